@@ -1,0 +1,34 @@
+GO ?= go
+BIN := bin
+
+.PHONY: all build test test-short fuzz bench vet clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	@if [ -d cmd ]; then $(GO) build -o $(BIN)/ ./cmd/...; fi
+
+# The whole suite: unit tests, privileged integration tests (each in fresh network
+# namespaces; needs root) and a short fuzz run of every fuzz target.
+test: vet
+	$(GO) test -race -count=1 ./...
+	$(MAKE) fuzz FUZZTIME=5s
+
+vet:
+	$(GO) vet ./...
+
+FUZZTIME ?= 10s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$f"; \
+	    $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+clean:
+	rm -rf $(BIN)

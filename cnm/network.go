@@ -1,0 +1,238 @@
+package cnm
+
+import (
+	"context"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/undo"
+	"github.com/piernet/pier/ipam"
+)
+
+// IPAM driver names.
+const (
+	IPAMDefault = "default"
+	IPAMNull    = "null"
+)
+
+// PoolSpec is one requested pool (Docker's IPAM.Config entry).
+type PoolSpec struct {
+	Subnet  netip.Prefix // zero = automatic
+	IPRange netip.Prefix
+	Gateway netip.Addr
+	Aux     map[string]netip.Addr
+}
+
+// NetworkSpec describes a network to create.
+type NetworkSpec struct {
+	Name        string
+	Driver      string // "" = bridge
+	Internal    bool
+	Attachable  bool
+	EnableIPv6  bool
+	Options     map[string]string // driver options (-o)
+	Labels      map[string]string
+	IPAMDriver  string // "" = default
+	IPAMOptions map[string]string
+	IPAM        []PoolSpec
+	Predefined  bool // a network the controller creates itself (bridge, host, none)
+}
+
+// Pool is a pool granted to a network.
+type Pool struct {
+	PoolID  string
+	Subnet  netip.Prefix
+	IPRange netip.Prefix          `json:",omitempty"`
+	Gateway netip.Prefix          `json:",omitempty"` // gateway address with the pool's length
+	Aux     map[string]netip.Addr `json:",omitempty"`
+}
+
+// Network is a network record. Values returned by the controller are copies; their maps
+// must be treated as read-only.
+type Network struct {
+	ID          string
+	Name        string
+	Driver      string
+	Scope       driver.Scope
+	Created     time.Time
+	Internal    bool
+	Attachable  bool
+	EnableIPv6  bool
+	Predefined  bool
+	Options     map[string]string
+	Labels      map[string]string
+	IPAMDriver  string
+	IPAMOptions map[string]string
+	IPv4        []Pool
+	IPv6        []Pool
+}
+
+func (n *Network) id() string   { return n.ID }
+func (n *Network) name() string { return n.Name }
+
+const kindNetwork = "networks"
+
+// CreateNetwork creates a network: IPAM pools, then the driver's network, then the record.
+func (c *Controller) CreateNetwork(ctx context.Context, spec NetworkSpec) (Network, error) {
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	n, drv, err := c.prepareNetwork(spec)
+	if err != nil {
+		return Network{}, err
+	}
+	var u undo.Stack
+	if err := c.allocatePools(ctx, n, spec.IPAM, &u); err != nil {
+		return Network{}, u.Rollback(err)
+	}
+	if err := drv.CreateNetwork(ctx, n.driverConfig()); err != nil {
+		return Network{}, u.Rollback(err)
+	}
+	u.Push(func() error { return drv.DeleteNetwork(context.WithoutCancel(ctx), n.ID) })
+	if err := c.store.Put(ctx, kindNetwork, n.ID, n); err != nil {
+		return Network{}, u.Rollback(err)
+	}
+	c.mu.Lock()
+	c.networks[n.ID] = n
+	c.mu.Unlock()
+	c.log.InfoContext(ctx, "network created", "name", n.Name, "id", n.ID[:12], "driver", n.Driver)
+	return *n, nil
+}
+
+func (c *Controller) prepareNetwork(spec NetworkSpec) (*Network, driver.Driver, error) {
+	if err := validName("network", spec.Name); err != nil {
+		return nil, nil, err
+	}
+	if spec.Driver == "" {
+		spec.Driver = "bridge"
+	}
+	drv, err := c.drivers.Get(spec.Driver)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := c.checkNameFree(spec.Name); err != nil {
+		return nil, nil, err
+	}
+	ipamDriver, err := c.ipamDriverFor(spec.IPAMDriver, spec.Driver)
+	if err != nil {
+		return nil, nil, err
+	}
+	n := &Network{ID: NewID(), Name: spec.Name, Driver: spec.Driver, Scope: drv.Capability().DataScope,
+		Created: time.Now().UTC(), Internal: spec.Internal, Attachable: spec.Attachable,
+		EnableIPv6: spec.EnableIPv6, Predefined: spec.Predefined, Options: spec.Options, Labels: spec.Labels,
+		IPAMDriver: ipamDriver, IPAMOptions: spec.IPAMOptions}
+	return n, drv, nil
+}
+
+func (c *Controller) checkNameFree(name string) error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, o := range c.networks {
+		if o.Name == name {
+			return errdefs.Conflict("network with name %s already exists", name)
+		}
+	}
+	return nil
+}
+
+func (c *Controller) ipamDriverFor(name, drv string) (string, error) {
+	if drv == "null" || drv == "host" {
+		return IPAMNull, nil
+	}
+	switch name {
+	case "", IPAMDefault:
+		return IPAMDefault, nil
+	case IPAMNull:
+		return IPAMNull, nil
+	}
+	return "", errdefs.NotFound("IPAM driver %q not found (available: default, null)", name)
+}
+
+func (n *Network) driverConfig() driver.NetworkConfig {
+	nc := driver.NetworkConfig{ID: n.ID, Name: n.Name, Options: n.Options, Internal: n.Internal,
+		EnableIPv6: n.EnableIPv6, Predefined: n.Predefined}
+	for _, p := range n.IPv4 {
+		nc.IPv4 = append(nc.IPv4, p.ipamData())
+	}
+	for _, p := range n.IPv6 {
+		nc.IPv6 = append(nc.IPv6, p.ipamData())
+	}
+	return nc
+}
+
+func (p Pool) ipamData() driver.IPAMData {
+	return driver.IPAMData{AddressSpace: ipam.SpaceLocal, Pool: p.Subnet, Gateway: p.Gateway, Aux: p.Aux}
+}
+
+// Network returns the network with the given ID, name or unique ID prefix.
+func (c *Controller) Network(ctx context.Context, ref string) (Network, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	n, err := lookup(c.networks, "network", ref)
+	if err != nil {
+		return Network{}, err
+	}
+	return *n, nil
+}
+
+// Networks lists all networks sorted by name.
+func (c *Controller) Networks(ctx context.Context) []Network {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]Network, 0, len(c.networks))
+	for _, n := range c.networks {
+		out = append(out, *n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// DeleteNetwork deletes a network that has no endpoints.
+func (c *Controller) DeleteNetwork(ctx context.Context, ref string) error {
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	n, err := c.Network(ctx, ref)
+	if err != nil {
+		return err
+	}
+	if n.Predefined {
+		return errdefs.Forbidden("%s is a pre-defined network and cannot be removed", n.Name)
+	}
+	if eps := c.networkEndpoints(n.ID); len(eps) > 0 {
+		return errdefs.Forbidden("error while removing network: network %s id %s has active endpoints", n.Name, n.ID)
+	}
+	return c.deleteNetwork(ctx, &n)
+}
+
+func (c *Controller) deleteNetwork(ctx context.Context, n *Network) error {
+	drv, err := c.drivers.Get(n.Driver)
+	if err != nil {
+		return err
+	}
+	if err := drv.DeleteNetwork(ctx, n.ID); err != nil {
+		return err
+	}
+	if err := c.store.Delete(ctx, kindNetwork, n.ID); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	delete(c.networks, n.ID)
+	c.mu.Unlock()
+	c.releasePools(ctx, n)
+	c.log.InfoContext(ctx, "network deleted", "name", n.Name, "id", n.ID[:12])
+	return nil
+}
+
+func (c *Controller) networkEndpoints(nid string) []*Endpoint {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var eps []*Endpoint
+	for _, ep := range c.endpoints {
+		if ep.NetworkID == nid {
+			eps = append(eps, ep)
+		}
+	}
+	return eps
+}

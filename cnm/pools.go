@@ -1,0 +1,151 @@
+package cnm
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/undo"
+	"github.com/piernet/pier/ipam"
+)
+
+// allocatePools requests the network's pools, gateways and auxiliary addresses and
+// records them in n. Without an IPv4 spec an automatic IPv4 pool is used; with
+// EnableIPv6 and no IPv6 spec, an automatic IPv6 pool.
+func (c *Controller) allocatePools(ctx context.Context, n *Network, specs []PoolSpec, u *undo.Stack) error {
+	if n.IPAMDriver == IPAMNull {
+		return nil
+	}
+	v4, v6, err := splitFamilies(specs)
+	if err != nil {
+		return err
+	}
+	if len(v6) > 0 {
+		n.EnableIPv6 = true
+	}
+	if len(v4) == 0 {
+		v4 = []PoolSpec{{}}
+	}
+	if n.EnableIPv6 && len(v6) == 0 {
+		v6 = []PoolSpec{{}}
+	}
+	for _, s := range v4 {
+		p, err := c.allocatePool(ctx, n.Name, s, false, u)
+		if err != nil {
+			return err
+		}
+		n.IPv4 = append(n.IPv4, p)
+	}
+	for _, s := range v6 {
+		p, err := c.allocatePool(ctx, n.Name, s, true, u)
+		if err != nil {
+			return err
+		}
+		n.IPv6 = append(n.IPv6, p)
+	}
+	return nil
+}
+
+func splitFamilies(specs []PoolSpec) (v4, v6 []PoolSpec, err error) {
+	for _, s := range specs {
+		fam, ferr := specFamily(s)
+		if ferr != nil {
+			return nil, nil, ferr
+		}
+		if fam == 6 {
+			v6 = append(v6, s)
+		} else {
+			v4 = append(v4, s)
+		}
+	}
+	return v4, v6, nil
+}
+
+func specFamily(s PoolSpec) (int, error) {
+	if !s.Subnet.IsValid() {
+		if s.IPRange.IsValid() || s.Gateway.IsValid() {
+			return 0, errdefs.InvalidArgument("ip-range and gateway need a subnet")
+		}
+		return 4, nil
+	}
+	is6 := s.Subnet.Addr().Is6()
+	for _, a := range []netip.Addr{s.IPRange.Addr(), s.Gateway} {
+		if a.IsValid() && a.Is6() != is6 {
+			return 0, errdefs.InvalidArgument("address %s and subnet %s are of different families", a, s.Subnet)
+		}
+	}
+	if is6 {
+		return 6, nil
+	}
+	return 4, nil
+}
+
+func (c *Controller) allocatePool(ctx context.Context, netName string, s PoolSpec, v6 bool, u *undo.Stack) (Pool, error) {
+	gw := s.Gateway
+	if gw.IsUnspecified() {
+		gw = netip.Addr{}
+	}
+	granted, err := c.ipam.RequestPool(ctx, ipam.PoolRequest{Subnet: s.Subnet, IPRange: s.IPRange, V6: v6, Network: netName})
+	if err != nil {
+		return Pool{}, err
+	}
+	u.Push(func() error { return c.ipam.ReleasePool(context.WithoutCancel(ctx), granted.ID) })
+	p := Pool{PoolID: granted.ID, Subnet: granted.Subnet, IPRange: granted.IPRange}
+	if p.Gateway, err = c.ipam.RequestAddress(ctx, ipam.AddressRequest{PoolID: granted.ID, Addr: gw, Gateway: true}); err != nil {
+		return Pool{}, errdefs.Wrap(errdefs.KindOf(err), prefixErr("gateway", err))
+	}
+	for name, a := range s.Aux {
+		if _, err := c.ipam.RequestAddress(ctx, ipam.AddressRequest{PoolID: granted.ID, Addr: a}); err != nil {
+			return Pool{}, errdefs.Wrap(errdefs.KindOf(err), prefixErr("auxiliary address "+name, err))
+		}
+		if p.Aux == nil {
+			p.Aux = map[string]netip.Addr{}
+		}
+		p.Aux[name] = a
+	}
+	return p, nil
+}
+
+type labelled struct {
+	label string
+	err   error
+}
+
+func (l labelled) Error() string { return l.label + ": " + l.err.Error() }
+func (l labelled) Unwrap() error { return l.err }
+
+func prefixErr(label string, err error) error { return labelled{label, err} }
+
+// releasePools gives back everything allocatePools took; errors are logged only, since
+// the network is already gone from the kernel and the store.
+func (c *Controller) releasePools(ctx context.Context, n *Network) {
+	for _, p := range append(append([]Pool{}, n.IPv4...), n.IPv6...) {
+		if err := c.ipam.ReleasePool(ctx, p.PoolID); err != nil {
+			c.log.WarnContext(ctx, "releasing pool", "network", n.Name, "pool", p.PoolID, "err", err)
+		}
+	}
+}
+
+// restorePools re-requests a recorded network's pools exactly as recorded.
+func (c *Controller) restorePools(ctx context.Context, n *Network) error {
+	var u undo.Stack
+	for _, p := range append(append([]Pool{}, n.IPv4...), n.IPv6...) {
+		spec := PoolSpec{Subnet: p.Subnet, IPRange: p.IPRange, Gateway: validAddr(p.Gateway), Aux: p.Aux}
+		if _, err := c.allocatePool(ctx, n.Name, spec, p.Subnet.Addr().Is6(), &u); err != nil {
+			return u.Rollback(err)
+		}
+	}
+	u.Release()
+	return nil
+}
+
+// poolFor returns the pool of n (of the family of want, or v4/v6 as asked) that
+// contains want; with a zero want, the first pool of the family.
+func poolFor(pools []Pool, want netip.Addr) (Pool, bool) {
+	for _, p := range pools {
+		if !want.IsValid() || p.Subnet.Contains(want) {
+			return p, true
+		}
+	}
+	return Pool{}, false
+}

@@ -1,0 +1,35 @@
+package cnm
+
+import (
+	"context"
+
+	"github.com/piernet/pier/errdefs"
+)
+
+// DefaultBridgeName is the Linux bridge of the predefined network "bridge".
+const DefaultBridgeName = "pier0"
+
+// EnsurePredefined creates the predefined networks Docker has — "none" (null), "host"
+// (host) and, unless withBridge is false, "bridge" (bridge pier0) — when missing.
+func (c *Controller) EnsurePredefined(ctx context.Context, withBridge bool) error {
+	specs := []NetworkSpec{
+		{Name: "none", Driver: "null", Predefined: true},
+		{Name: "host", Driver: "host", Predefined: true},
+	}
+	if withBridge {
+		specs = append(specs, NetworkSpec{Name: "bridge", Driver: "bridge", Predefined: true,
+			Options: map[string]string{
+				"com.docker.network.bridge.name":           DefaultBridgeName,
+				"com.docker.network.bridge.default_bridge": "true",
+			}})
+	}
+	for _, spec := range specs {
+		if _, err := c.Network(ctx, spec.Name); err == nil {
+			continue
+		}
+		if _, err := c.CreateNetwork(ctx, spec); err != nil && !errdefs.Is(err, errdefs.KindConflict) {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,256 @@
+package cnm
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/internal/undo"
+	"github.com/piernet/pier/store"
+)
+
+// restore loads the records and brings the kernel back in line with them: pools and
+// addresses are re-requested, drivers re-create missing bridges and report broken
+// endpoints, missing namespaces are re-created and broken joins redone, and leftovers
+// of interrupted operations (namespaces, interfaces, files) are removed.
+func (c *Controller) restore(ctx context.Context) error {
+	if err := c.load(ctx); err != nil {
+		return err
+	}
+	for _, n := range c.sortedNetworks() {
+		c.restoreNetwork(ctx, n)
+	}
+	for _, sb := range c.sandboxes {
+		c.restoreSandboxOS(ctx, sb)
+	}
+	broken := c.restoreEndpoints(ctx)
+	for _, sb := range c.sandboxes {
+		c.repairSandbox(ctx, sb, broken)
+	}
+	return c.cleanup(ctx)
+}
+
+func (c *Controller) load(ctx context.Context) error {
+	nets, err := store.List[Network](ctx, c.store, kindNetwork)
+	if err != nil {
+		return err
+	}
+	eps, err := store.List[Endpoint](ctx, c.store, kindEndpoint)
+	if err != nil {
+		return err
+	}
+	sbs, err := store.List[Sandbox](ctx, c.store, kindSandbox)
+	if err != nil {
+		return err
+	}
+	for i := range nets {
+		c.networks[nets[i].ID] = &nets[i]
+	}
+	for i := range eps {
+		c.endpoints[eps[i].ID] = &eps[i]
+	}
+	for i := range sbs {
+		c.sandboxes[sbs[i].ID] = &sbs[i]
+	}
+	return nil
+}
+
+func (c *Controller) sortedNetworks() []*Network {
+	out := make([]*Network, 0, len(c.networks))
+	for _, n := range c.networks {
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	return out
+}
+
+func (c *Controller) restoreNetwork(ctx context.Context, n *Network) {
+	if err := c.restorePools(ctx, n); err != nil {
+		c.log.ErrorContext(ctx, "restoring network pools", "network", n.Name, "err", err)
+	}
+	drv, err := c.drivers.Get(n.Driver)
+	if err != nil {
+		c.log.ErrorContext(ctx, "restoring network", "network", n.Name, "err", err)
+		return
+	}
+	if r, ok := drv.(driver.Restorer); ok {
+		err = r.RestoreNetwork(ctx, n.driverConfig())
+	}
+	if err != nil {
+		c.log.ErrorContext(ctx, "restoring network", "network", n.Name, "err", err)
+	}
+}
+
+// restoreSandboxOS re-creates a sandbox namespace that vanished (e.g. after a reboot).
+func (c *Controller) restoreSandboxOS(ctx context.Context, sb *Sandbox) {
+	if sb.HostNetwork {
+		sb.Key = c.os.HostKey()
+		return
+	}
+	if c.os.Exists(sb.Key) {
+		return
+	}
+	key, err := c.os.Create(ctx, sb.ID)
+	if err != nil {
+		c.log.ErrorContext(ctx, "re-creating sandbox namespace", "sandbox", sb.Name, "err", err)
+		return
+	}
+	sb.Key = key
+}
+
+// restoreEndpoints re-requests addresses and lets drivers re-register endpoints. It
+// returns the joined endpoints whose interfaces must be re-created.
+func (c *Controller) restoreEndpoints(ctx context.Context) map[string]bool {
+	broken := map[string]bool{}
+	for _, ep := range c.endpoints {
+		n, ok := c.networks[ep.NetworkID]
+		if !ok {
+			c.log.ErrorContext(ctx, "endpoint of unknown network", "endpoint", ep.ID)
+			continue
+		}
+		if !c.restoreEndpoint(ctx, n, ep) {
+			broken[ep.ID] = true
+		}
+	}
+	return broken
+}
+
+func (c *Controller) restoreEndpoint(ctx context.Context, n *Network, ep *Endpoint) bool {
+	if err := c.reserveAddrs(ctx, n, ep); err != nil {
+		c.log.ErrorContext(ctx, "restoring endpoint addresses", "endpoint", ep.Name, "err", err)
+	}
+	drv, err := c.drivers.Get(n.Driver)
+	if err != nil {
+		return ep.SandboxID == ""
+	}
+	r, ok := drv.(driver.Restorer)
+	if !ok {
+		return true
+	}
+	var join *driver.JoinRequest
+	if sb := c.sandboxes[ep.SandboxID]; sb != nil {
+		join = &driver.JoinRequest{NetworkID: n.ID, EndpointID: ep.ID, SandboxID: sb.ID, SandboxKey: sb.Key, IfName: ep.IfName}
+	}
+	intact, err := r.RestoreEndpoint(ctx, ep.driverConfig(), join)
+	if err != nil {
+		c.log.ErrorContext(ctx, "restoring endpoint", "endpoint", ep.Name, "err", err)
+	}
+	return intact && err == nil
+}
+
+func (c *Controller) reserveAddrs(ctx context.Context, n *Network, ep *Endpoint) error {
+	var u undo.Stack
+	var errs []error
+	for _, a := range []struct {
+		pools []Pool
+		addr  netip.Prefix
+	}{{n.IPv4, ep.Addr4}, {n.IPv6, ep.Addr6}} {
+		if a.addr.IsValid() {
+			_, err := c.allocateAddr(ctx, n, a.pools, a.addr.Addr(), &u)
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// repairSandbox re-joins broken endpoints of sb and re-applies its gateway and files.
+func (c *Controller) repairSandbox(ctx context.Context, sb *Sandbox, broken map[string]bool) {
+	eps := c.sandboxEndpointsLocked(sb.ID)
+	for _, ep := range eps {
+		if broken[ep.ID] || !c.os.Exists(sb.Key) {
+			c.rejoin(ctx, sb, ep)
+		}
+	}
+	sb.GatewayEndpoint = ""
+	if err := c.switchGateway(ctx, sb, eps); err != nil {
+		c.log.ErrorContext(ctx, "restoring default route", "sandbox", sb.Name, "err", err)
+	}
+	c.refreshFiles(ctx, sb)
+}
+
+func (c *Controller) rejoin(ctx context.Context, sb *Sandbox, ep *Endpoint) {
+	n := c.networks[ep.NetworkID]
+	if n == nil {
+		return
+	}
+	if drv, err := c.drivers.Get(n.Driver); err == nil {
+		_ = drv.Leave(ctx, n.ID, ep.ID) // clear half-made interfaces
+	}
+	c.log.InfoContext(ctx, "re-creating endpoint interface", "sandbox", sb.Name, "endpoint", ep.Name)
+	var u undo.Stack
+	if err := c.attach(ctx, sb, n, ep, &u); err != nil {
+		c.log.ErrorContext(ctx, "re-joining endpoint", "sandbox", sb.Name, "endpoint", ep.Name, "err", u.Rollback(err))
+	}
+}
+
+// cleanup removes what no record accounts for: driver leftovers, pinned namespaces and
+// sandbox directories.
+func (c *Controller) cleanup(ctx context.Context) error {
+	var errs []error
+	for _, name := range c.drivers.Names() {
+		errs = append(errs, c.cleanupDriver(ctx, name))
+	}
+	errs = append(errs, c.cleanupNamespaces(ctx), c.cleanupDirs())
+	return errors.Join(errs...)
+}
+
+func (c *Controller) cleanupDriver(ctx context.Context, name string) error {
+	drv, err := c.drivers.Get(name)
+	if err != nil {
+		return err
+	}
+	r, ok := drv.(driver.Restorer)
+	if !ok {
+		return nil
+	}
+	live := driver.Live{Networks: map[string]bool{}, Endpoints: map[string]bool{}}
+	for _, n := range c.networks {
+		if n.Driver == name {
+			live.Networks[n.ID] = true
+		}
+	}
+	for _, ep := range c.endpoints {
+		if live.Networks[ep.NetworkID] && ep.SandboxID != "" {
+			live.Endpoints[ep.ID] = true
+		}
+	}
+	return r.Cleanup(ctx, live)
+}
+
+func (c *Controller) cleanupNamespaces(ctx context.Context) error {
+	keys, err := c.os.Pinned()
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, sb := range c.sandboxes {
+		known[sb.Key] = true
+	}
+	var errs []error
+	for _, k := range keys {
+		if !known[k] {
+			c.log.InfoContext(ctx, "removing leftover namespace", "path", k)
+			errs = append(errs, c.os.Destroy(ctx, k))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Controller) cleanupDirs() error {
+	dir := filepath.Join(c.execRoot, "sandboxes")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var errs []error
+	for _, e := range entries {
+		if c.sandboxes[e.Name()] == nil {
+			errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
+		}
+	}
+	return errors.Join(errs...)
+}

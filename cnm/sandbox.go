@@ -1,0 +1,223 @@
+package cnm
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/etcfiles"
+)
+
+// SandboxSpec describes a sandbox to create.
+type SandboxSpec struct {
+	Name        string
+	Hostname    string // "" = first 12 characters of the ID
+	HostNetwork bool   // the sandbox is the host's own namespace (network "host")
+	DNS         []netip.Addr
+	DNSSearch   []string
+	DNSOptions  []string
+	ExtraHosts  []etcfiles.HostEntry
+}
+
+// Sandbox is a sandbox record. Values returned by the controller are copies.
+type Sandbox struct {
+	ID          string
+	Name        string
+	Hostname    string
+	Key         string // network namespace path
+	Created     time.Time
+	HostNetwork bool                 `json:",omitempty"`
+	DNS         []netip.Addr         `json:",omitempty"`
+	DNSSearch   []string             `json:",omitempty"`
+	DNSOptions  []string             `json:",omitempty"`
+	ExtraHosts  []etcfiles.HostEntry `json:",omitempty"`
+	// GatewayEndpoint is the endpoint providing the default route ("" = none).
+	GatewayEndpoint string `json:",omitempty"`
+}
+
+func (s *Sandbox) id() string   { return s.ID }
+func (s *Sandbox) name() string { return s.Name }
+
+const kindSandbox = "sandboxes"
+
+// Dir is the directory holding the sandbox's hosts, resolv.conf and hostname files.
+func (c *Controller) Dir(s Sandbox) string { return c.sandboxDir(s.ID) }
+
+// CreateSandbox creates a sandbox: a pinned network namespace with loopback up (or the
+// host namespace) and its hosts/resolv.conf/hostname files.
+func (c *Controller) CreateSandbox(ctx context.Context, spec SandboxSpec) (Sandbox, error) {
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	sb, err := c.newSandbox(spec)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	if sb.Key, err = c.sandboxKey(ctx, sb); err != nil {
+		return Sandbox{}, err
+	}
+	if err := c.writeFiles(sb); err != nil {
+		return Sandbox{}, c.destroySandboxOS(ctx, sb, err)
+	}
+	if err := c.store.Put(ctx, kindSandbox, sb.ID, sb); err != nil {
+		return Sandbox{}, c.destroySandboxOS(ctx, sb, err)
+	}
+	c.mu.Lock()
+	c.sandboxes[sb.ID] = sb
+	c.mu.Unlock()
+	return *sb, nil
+}
+
+func (c *Controller) newSandbox(spec SandboxSpec) (*Sandbox, error) {
+	if spec.Name == "" {
+		return nil, errdefs.InvalidArgument("a sandbox needs a name")
+	}
+	if err := validName("sandbox", spec.Name); err != nil {
+		return nil, err
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, o := range c.sandboxes {
+		if o.Name == spec.Name {
+			return nil, errdefs.Conflict("sandbox name %q is already in use by %s", spec.Name, o.ID[:12])
+		}
+	}
+	sb := &Sandbox{ID: NewID(), Name: spec.Name, Hostname: spec.Hostname, Created: time.Now().UTC(),
+		HostNetwork: spec.HostNetwork, DNS: spec.DNS, DNSSearch: spec.DNSSearch, DNSOptions: spec.DNSOptions,
+		ExtraHosts: spec.ExtraHosts}
+	if sb.Hostname == "" {
+		sb.Hostname = sb.ID[:12]
+	}
+	return sb, nil
+}
+
+func (c *Controller) sandboxKey(ctx context.Context, sb *Sandbox) (string, error) {
+	if sb.HostNetwork {
+		return c.os.HostKey(), nil
+	}
+	return c.os.Create(ctx, sb.ID)
+}
+
+func (c *Controller) destroySandboxOS(ctx context.Context, sb *Sandbox, cause error) error {
+	if err := c.os.Destroy(context.WithoutCancel(ctx), sb.Key); err != nil {
+		c.log.WarnContext(ctx, "destroying sandbox namespace", "sandbox", sb.Name, "err", err)
+	}
+	_ = os.RemoveAll(c.sandboxDir(sb.ID))
+	return cause
+}
+
+// writeFiles renders the sandbox's hosts, resolv.conf and hostname files.
+func (c *Controller) writeFiles(sb *Sandbox) error {
+	cfg := etcfiles.Config{Hostname: sb.Hostname, Names: []string{sb.Hostname, sb.Name},
+		ExtraHosts: sb.ExtraHosts, DNS: sb.DNS, DNSSearch: sb.DNSSearch, DNSOptions: sb.DNSOptions}
+	for _, ep := range c.sandboxEndpoints(sb.ID) {
+		for _, p := range []netip.Prefix{ep.Addr4, ep.Addr6} {
+			if p.IsValid() {
+				cfg.Addrs = append(cfg.Addrs, p.Addr())
+			}
+		}
+	}
+	return etcfiles.Write(c.sandboxDir(sb.ID), c.hostResolv(), cfg)
+}
+
+// Sandbox returns the sandbox with the given ID, name or unique ID prefix.
+func (c *Controller) Sandbox(ctx context.Context, ref string) (Sandbox, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	sb, err := lookup(c.sandboxes, "sandbox", ref)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	return *sb, nil
+}
+
+// Sandboxes lists all sandboxes sorted by name.
+func (c *Controller) Sandboxes(ctx context.Context) []Sandbox {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]Sandbox, 0, len(c.sandboxes))
+	for _, sb := range c.sandboxes {
+		out = append(out, *sb)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// SandboxEndpoints lists the endpoints joined to sandbox ref, sorted by interface name.
+func (c *Controller) SandboxEndpoints(ctx context.Context, ref string) ([]Endpoint, error) {
+	sb, err := c.Sandbox(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out []Endpoint
+	for _, ep := range c.sandboxEndpointsLocked(sb.ID) {
+		out = append(out, *ep)
+	}
+	return out, nil
+}
+
+func (c *Controller) sandboxEndpoints(sid string) []*Endpoint {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.sandboxEndpointsLocked(sid)
+}
+
+func (c *Controller) sandboxEndpointsLocked(sid string) []*Endpoint {
+	var eps []*Endpoint
+	for _, ep := range c.endpoints {
+		if ep.SandboxID == sid {
+			eps = append(eps, ep)
+		}
+	}
+	sort.Slice(eps, func(i, j int) bool { return ifIndex(eps[i].IfName) < ifIndex(eps[j].IfName) })
+	return eps
+}
+
+func ifIndex(name string) int {
+	i := strings.LastIndexFunc(name, func(r rune) bool { return r < '0' || r > '9' })
+	n, _ := strconv.Atoi(name[i+1:])
+	return n
+}
+
+// DeleteSandbox removes a sandbox. With endpoints still joined it is refused unless
+// force is set, in which case they leave and (when created by Connect) are deleted.
+func (c *Controller) DeleteSandbox(ctx context.Context, ref string, force bool) error {
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	sb, err := c.Sandbox(ctx, ref)
+	if err != nil {
+		return err
+	}
+	eps := c.sandboxEndpoints(sb.ID)
+	if len(eps) > 0 && !force {
+		return errdefs.Conflict("sandbox %s is connected to %d network(s): disconnect first or force", sb.Name, len(eps))
+	}
+	for _, ep := range eps {
+		if err := c.disconnect(ctx, &sb, ep); err != nil {
+			return err
+		}
+	}
+	return c.deleteSandbox(ctx, &sb)
+}
+
+func (c *Controller) deleteSandbox(ctx context.Context, sb *Sandbox) error {
+	if err := c.os.Destroy(ctx, sb.Key); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(c.sandboxDir(sb.ID)); err != nil {
+		return err
+	}
+	if err := c.store.Delete(ctx, kindSandbox, sb.ID); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	delete(c.sandboxes, sb.ID)
+	c.mu.Unlock()
+	return nil
+}

@@ -1,0 +1,457 @@
+// Package bridge is pier's bridge driver: one Linux bridge per network, a veth pair per
+// endpoint whose sandbox end is created directly inside the sandbox namespace, the
+// gateway address on the bridge, and the network's firewall state (isolation, ICC,
+// masquerade) handed to the firewall package. It owns nothing outside the host
+// namespace it was given, and never configures addresses inside sandboxes (the
+// controller does).
+//
+// Lock order: Driver.mu only; kernel I/O happens outside it where possible.
+package bridge
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	vns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/firewall"
+	"github.com/piernet/pier/internal/undo"
+	"github.com/piernet/pier/netns"
+)
+
+// Name is the driver name.
+const Name = "bridge"
+
+// ownerAlias marks kernel objects pier owns (bridges carry "pier:<network id>").
+const ownerAlias = "pier:"
+
+// hostVethPrefix names host-side veths: "pv" + 12 hex of the endpoint ID.
+const hostVethPrefix = "pv"
+
+// Firewall is what the driver needs from the firewall.
+type Firewall interface {
+	SetBridge(ctx context.Context, b firewall.Bridge) error
+	RemoveBridge(ctx context.Context, name string) error
+}
+
+// Driver is the bridge driver.
+type Driver struct {
+	host *netns.Namespace
+	fw   Firewall
+	log  *slog.Logger
+
+	mu        sync.Mutex // guards the fields below
+	networks  map[string]*network
+	endpoints map[string]*endpoint
+}
+
+type network struct {
+	id       string
+	cfg      Config
+	subnet4  netip.Prefix
+	subnet6  netip.Prefix
+	gateway4 netip.Prefix
+	gateway6 netip.Prefix
+}
+
+type endpoint struct {
+	nid, id string
+	addr4   netip.Prefix
+	addr6   netip.Prefix
+	mac     net.HardwareAddr
+}
+
+// New returns a bridge driver programming the host namespace host and firewall fw.
+func New(host *netns.Namespace, fw Firewall, log *slog.Logger) *Driver {
+	return &Driver{host: host, fw: fw, log: log.With("component", "bridge"),
+		networks: map[string]*network{}, endpoints: map[string]*endpoint{}}
+}
+
+// Name implements driver.Driver.
+func (d *Driver) Name() string { return Name }
+
+// Capability implements driver.Driver.
+func (d *Driver) Capability() driver.Capability {
+	return driver.Capability{DataScope: driver.ScopeLocal, ConnectivityScope: driver.ScopeLocal}
+}
+
+// CreateNetwork creates the bridge, its gateway addresses and firewall state.
+func (d *Driver) CreateNetwork(ctx context.Context, nc driver.NetworkConfig) error {
+	n, err := d.validate(nc)
+	if err != nil {
+		return err
+	}
+	var u undo.Stack
+	if err := d.setup(ctx, n, &u); err != nil {
+		return u.Rollback(err)
+	}
+	u.Release()
+	d.mu.Lock()
+	d.networks[n.id] = n
+	d.mu.Unlock()
+	return nil
+}
+
+// RestoreNetwork implements driver.Restorer: like CreateNetwork, reusing what exists.
+func (d *Driver) RestoreNetwork(ctx context.Context, nc driver.NetworkConfig) error {
+	return d.CreateNetwork(ctx, nc)
+}
+
+func (d *Driver) validate(nc driver.NetworkConfig) (*network, error) {
+	cfg, err := ParseOptions(nc.ID, nc.Internal, nc.Options)
+	if err != nil {
+		return nil, err
+	}
+	if len(nc.IPv4) > 1 || len(nc.IPv6) > 1 {
+		return nil, errdefs.InvalidArgument("bridge network %q: only one IPv4 and one IPv6 subnet are supported", nc.Name)
+	}
+	n := &network{id: nc.ID, cfg: cfg}
+	if len(nc.IPv4) == 1 {
+		n.subnet4, n.gateway4 = nc.IPv4[0].Pool, nc.IPv4[0].Gateway
+	}
+	if len(nc.IPv6) == 1 {
+		n.subnet6, n.gateway6 = nc.IPv6[0].Pool, nc.IPv6[0].Gateway
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return n, d.conflictsLocked(n, nc.Name)
+}
+
+func (d *Driver) conflictsLocked(n *network, name string) error {
+	for _, o := range d.networks {
+		if o.id == n.id {
+			continue
+		}
+		if o.cfg.BridgeName == n.cfg.BridgeName {
+			return errdefs.Conflict("bridge name %q is already used by network %s", n.cfg.BridgeName, o.id[:12])
+		}
+		for _, p := range [][2]netip.Prefix{{o.subnet4, n.subnet4}, {o.subnet6, n.subnet6}} {
+			if p[0].IsValid() && p[1].IsValid() && p[0].Overlaps(p[1]) {
+				return errdefs.Conflict("subnet %s of network %q overlaps %s of bridge network %s", p[1], name, p[0], o.id[:12])
+			}
+		}
+	}
+	return nil
+}
+
+func (d *Driver) setup(ctx context.Context, n *network, u *undo.Stack) error {
+	br, created, err := d.ensureBridge(n)
+	if err != nil {
+		return err
+	}
+	if created {
+		u.Push(func() error { return d.host.NL.LinkDel(br) })
+	}
+	if err := d.addGateways(br, n); err != nil {
+		return err
+	}
+	if err := d.host.NL.LinkSetUp(br); err != nil {
+		return fmt.Errorf("setting bridge %s up: %w", n.cfg.BridgeName, err)
+	}
+	if err := d.enableForwarding(n); err != nil {
+		return err
+	}
+	if err := d.fw.SetBridge(ctx, n.firewallState()); err != nil {
+		return err
+	}
+	u.Push(func() error { return d.fw.RemoveBridge(context.WithoutCancel(ctx), n.cfg.BridgeName) })
+	return nil
+}
+
+// ensureBridge returns the network's bridge, creating it if needed. An existing device
+// is reused only if it is a bridge.
+func (d *Driver) ensureBridge(n *network) (netlink.Link, bool, error) {
+	name := n.cfg.BridgeName
+	if l, err := d.host.NL.LinkByName(name); err == nil {
+		if l.Type() != "bridge" {
+			return nil, false, errdefs.Conflict("interface %q exists and is not a bridge", name)
+		}
+		return l, false, nil
+	}
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.Alias, attrs.MTU = name, ownerAlias+n.id, n.cfg.MTU
+	br := &netlink.Bridge{LinkAttrs: attrs}
+	if err := d.host.NL.LinkAdd(br); err != nil {
+		return nil, false, fmt.Errorf("creating bridge %s: %w", name, err)
+	}
+	l, err := d.host.NL.LinkByName(name)
+	if err != nil {
+		return nil, false, fmt.Errorf("finding new bridge %s: %w", name, err)
+	}
+	return l, true, nil
+}
+
+func (d *Driver) addGateways(br netlink.Link, n *network) error {
+	for _, gw := range []netip.Prefix{n.gateway4, n.gateway6} {
+		if !gw.IsValid() {
+			continue
+		}
+		a := &netlink.Addr{IPNet: netns.PrefixToIPNet(gw)}
+		if gw.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := d.host.NL.AddrReplace(br, a); err != nil {
+			return fmt.Errorf("adding gateway %s to %s: %w", gw, n.cfg.BridgeName, err)
+		}
+	}
+	return nil
+}
+
+func (d *Driver) enableForwarding(n *network) error {
+	if err := d.host.SetSysctl("net/ipv4/ip_forward", "1"); err != nil {
+		return err
+	}
+	if !n.subnet6.IsValid() {
+		return nil
+	}
+	if err := d.host.SetSysctl("net/ipv6/conf/"+n.cfg.BridgeName+"/disable_ipv6", "0"); err != nil {
+		return err
+	}
+	return d.host.SetSysctl("net/ipv6/conf/all/forwarding", "1")
+}
+
+func (n *network) firewallState() firewall.Bridge {
+	b := firewall.Bridge{Name: n.cfg.BridgeName, Owner: n.id, ICC: n.cfg.ICC,
+		Masquerade: n.cfg.Masquerade, Internal: n.cfg.Internal}
+	if n.subnet4.IsValid() {
+		b.Subnets4 = []netip.Prefix{n.subnet4}
+	}
+	if n.subnet6.IsValid() {
+		b.Subnets6 = []netip.Prefix{n.subnet6}
+	}
+	return b
+}
+
+// DeleteNetwork removes the firewall state and the bridge (if pier created it).
+func (d *Driver) DeleteNetwork(ctx context.Context, nid string) error {
+	n, err := d.network(nid)
+	if err != nil {
+		return err
+	}
+	if err := d.fw.RemoveBridge(ctx, n.cfg.BridgeName); err != nil {
+		return err
+	}
+	if err := d.deleteOwnedBridge(n.cfg.BridgeName, nid); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	delete(d.networks, nid)
+	d.mu.Unlock()
+	return nil
+}
+
+func (d *Driver) deleteOwnedBridge(name, nid string) error {
+	l, err := d.host.NL.LinkByName(name)
+	if err != nil {
+		return nil // already gone
+	}
+	if l.Attrs().Alias != ownerAlias+nid {
+		return nil // a user-provided bridge: not ours to delete
+	}
+	if err := d.host.NL.LinkDel(l); err != nil {
+		return fmt.Errorf("deleting bridge %s: %w", name, err)
+	}
+	return nil
+}
+
+func (d *Driver) network(nid string) (*network, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.networks[nid]
+	if !ok {
+		return nil, errdefs.NotFound("bridge network %s not found", nid)
+	}
+	return n, nil
+}
+
+// CreateEndpoint records the endpoint and derives its MAC address.
+func (d *Driver) CreateEndpoint(ctx context.Context, ec driver.EndpointConfig) (driver.EndpointInfo, error) {
+	if _, err := d.network(ec.NetworkID); err != nil {
+		return driver.EndpointInfo{}, err
+	}
+	mac := ec.MAC
+	if mac == nil {
+		mac = DeriveMAC(ec.Addr4.Addr(), ec.EndpointID)
+	}
+	ep := &endpoint{nid: ec.NetworkID, id: ec.EndpointID, addr4: ec.Addr4, addr6: ec.Addr6, mac: mac}
+	d.mu.Lock()
+	d.endpoints[ec.EndpointID] = ep
+	d.mu.Unlock()
+	return driver.EndpointInfo{MAC: mac}, nil
+}
+
+// DeriveMAC returns Docker's static MAC (02:42 + the IPv4 address), or, without an
+// IPv4 address, a locally administered MAC derived from the endpoint ID.
+func DeriveMAC(ip netip.Addr, endpointID string) net.HardwareAddr {
+	if ip.Is4() {
+		a := ip.As4()
+		return net.HardwareAddr{0x02, 0x42, a[0], a[1], a[2], a[3]}
+	}
+	h := sha256.Sum256([]byte(endpointID))
+	return net.HardwareAddr{0x02, 0x42, h[0], h[1], h[2], h[3]}
+}
+
+// DeleteEndpoint forgets the endpoint.
+func (d *Driver) DeleteEndpoint(ctx context.Context, nid, eid string) error {
+	d.mu.Lock()
+	delete(d.endpoints, eid)
+	d.mu.Unlock()
+	return nil
+}
+
+// HostVethName is the host-side veth name of endpoint eid.
+func HostVethName(eid string) string {
+	if len(eid) > 12 {
+		eid = eid[:12]
+	}
+	return hostVethPrefix + eid
+}
+
+// Join creates the veth pair with its peer directly inside the sandbox namespace.
+func (d *Driver) Join(ctx context.Context, req driver.JoinRequest) (driver.JoinResult, error) {
+	n, err := d.network(req.NetworkID)
+	if err != nil {
+		return driver.JoinResult{}, err
+	}
+	ep, err := d.endpoint(req.EndpointID)
+	if err != nil {
+		return driver.JoinResult{}, err
+	}
+	if err := d.createVeth(n, ep, req); err != nil {
+		return driver.JoinResult{}, err
+	}
+	res := driver.JoinResult{DisableGateway: n.cfg.Internal}
+	if !n.cfg.Internal {
+		res.Gateway4, res.Gateway6 = n.gateway4.Addr(), n.gateway6.Addr()
+	}
+	return res, nil
+}
+
+func (d *Driver) createVeth(n *network, ep *endpoint, req driver.JoinRequest) error {
+	sb, err := vns.GetFromPath(req.SandboxKey)
+	if err != nil {
+		return fmt.Errorf("opening sandbox namespace %s: %w", req.SandboxKey, err)
+	}
+	defer sb.Close()
+	br, err := d.host.NL.LinkByName(n.cfg.BridgeName)
+	if err != nil {
+		return fmt.Errorf("finding bridge %s: %w", n.cfg.BridgeName, err)
+	}
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.MTU, attrs.Flags = HostVethName(ep.id), n.cfg.MTU, net.FlagUp
+	attrs.MasterIndex = br.Attrs().Index
+	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: req.IfName, PeerHardwareAddr: ep.mac,
+		PeerNamespace: netlink.NsFd(int(sb))}
+	err = d.host.NL.LinkAdd(veth)
+	if errors.Is(err, unix.EEXIST) && d.removeHostVeth(ep.id) == nil {
+		err = d.host.NL.LinkAdd(veth) // a leftover of an interrupted operation
+	}
+	if err != nil {
+		_ = d.removeHostVeth(ep.id)
+		return fmt.Errorf("creating veth %s for endpoint %s: %w", attrs.Name, ep.id[:12], err)
+	}
+	return nil
+}
+
+func (d *Driver) endpoint(eid string) (*endpoint, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ep, ok := d.endpoints[eid]
+	if !ok {
+		return nil, errdefs.NotFound("bridge endpoint %s not found", eid)
+	}
+	return ep, nil
+}
+
+// Leave deletes the veth pair (both ends go with the host side).
+func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
+	return d.removeHostVeth(eid)
+}
+
+func (d *Driver) removeHostVeth(eid string) error {
+	l, err := d.host.NL.LinkByName(HostVethName(eid))
+	if err != nil {
+		return nil // already gone
+	}
+	if err := d.host.NL.LinkDel(l); err != nil {
+		return fmt.Errorf("deleting veth %s: %w", l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// ProgramExternalConnectivity is a no-op until port publishing lands.
+func (d *Driver) ProgramExternalConnectivity(ctx context.Context, nid, eid string) error {
+	return nil
+}
+
+// RevokeExternalConnectivity is a no-op until port publishing lands.
+func (d *Driver) RevokeExternalConnectivity(ctx context.Context, nid, eid string) error {
+	return nil
+}
+
+// RestoreEndpoint implements driver.Restorer.
+func (d *Driver) RestoreEndpoint(ctx context.Context, ec driver.EndpointConfig, join *driver.JoinRequest) (bool, error) {
+	if _, err := d.CreateEndpoint(ctx, ec); err != nil {
+		return false, err
+	}
+	if join == nil {
+		return true, nil
+	}
+	return d.vethIntact(ec.NetworkID, ec.EndpointID), nil
+}
+
+func (d *Driver) vethIntact(nid, eid string) bool {
+	n, err := d.network(nid)
+	if err != nil {
+		return false
+	}
+	l, err := d.host.NL.LinkByName(HostVethName(eid))
+	if err != nil {
+		return false
+	}
+	br, err := d.host.NL.LinkByName(n.cfg.BridgeName)
+	return err == nil && l.Attrs().MasterIndex == br.Attrs().Index
+}
+
+// Cleanup implements driver.Restorer: it deletes bridges and veths pier created for
+// networks and endpoints that no longer exist (leftovers of interrupted operations).
+func (d *Driver) Cleanup(ctx context.Context, live driver.Live) error {
+	links, err := d.host.NL.LinkList()
+	if err != nil {
+		return fmt.Errorf("listing links: %w", err)
+	}
+	liveVeths := map[string]bool{}
+	for eid := range live.Endpoints {
+		liveVeths[HostVethName(eid)] = true
+	}
+	var errs []error
+	for _, l := range links {
+		if d.isStale(l, live, liveVeths) {
+			d.log.InfoContext(ctx, "removing leftover interface", "name", l.Attrs().Name)
+			errs = append(errs, d.host.NL.LinkDel(l))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Driver) isStale(l netlink.Link, live driver.Live, liveVeths map[string]bool) bool {
+	a := l.Attrs()
+	switch {
+	case l.Type() == "bridge" && strings.HasPrefix(a.Alias, ownerAlias):
+		return !live.Networks[strings.TrimPrefix(a.Alias, ownerAlias)]
+	case l.Type() == "veth" && strings.HasPrefix(a.Name, hostVethPrefix) && len(a.Name) == len(hostVethPrefix)+12:
+		return !liveVeths[a.Name]
+	}
+	return false
+}

@@ -1,0 +1,270 @@
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netns"
+)
+
+// Options configure a Firewall.
+type Options struct {
+	// NetNS is the network namespace to program. netns.None() (-1) means the
+	// namespace of the calling thread at the time of New. A handle passed
+	// here must stay open until Close.
+	NetNS  netns.NsHandle
+	Logger *slog.Logger
+}
+
+// ErrClosed is returned by methods called after Close.
+var ErrClosed = errors.New("firewall is closed")
+
+// Firewall keeps pier's desired firewall state and programs it into the
+// kernel. It is safe for concurrent use.
+type Firewall struct {
+	log *slog.Logger
+	// dial returns a fresh connection for one batch. *nftables.Conn keeps
+	// queued messages after a failed queue call and a serialization error
+	// forever, so a connection is never reused across batches.
+	dial   func() (conn, error)
+	ownsNS netns.NsHandle // namespace handle opened by New, closed by Close; -1 if none
+
+	mu      sync.Mutex // guards the fields below; held across kernel batches
+	bridges map[string]Bridge
+	// synced is true when the kernel is known to hold exactly the rendering
+	// of bridges: false before the first write and after a failed batch, so
+	// that the next change rewrites the whole table.
+	synced bool
+	closed bool
+}
+
+// New returns a Firewall for the namespace in opts. It does not touch the
+// kernel: the table is written on the first change or by Reconcile.
+func New(_ context.Context, opts Options) (*Firewall, error) {
+	ns, owned := opts.NetNS, netns.None()
+	if !ns.IsOpen() {
+		cur, err := netns.Get()
+		if err != nil {
+			return nil, fmt.Errorf("opening current network namespace: %w", err)
+		}
+		ns, owned = cur, cur
+	}
+	// Not AsLasting: each batch opens its own netlink socket in ns, so a
+	// failed batch cannot leave unread acknowledgements behind; a socket
+	// costs microseconds.
+	dial := func() (conn, error) { return nftables.New(nftables.WithNetNSFd(int(ns))) }
+	f := newFirewall(dial, opts.Logger)
+	f.ownsNS = owned
+	return f, nil
+}
+
+// newFirewall returns a Firewall programming through connections from dial.
+func newFirewall(dial func() (conn, error), log *slog.Logger) *Firewall {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Firewall{
+		log:     log.With("component", "firewall"),
+		dial:    dial,
+		ownsNS:  netns.None(),
+		bridges: map[string]Bridge{},
+	}
+}
+
+// SetBridge adds or replaces the state of bridge b.Name in one batch. Setting
+// the same state again sends nothing. On error the desired state is unchanged.
+func (f *Firewall) SetBridge(ctx context.Context, b Bridge) error {
+	b, err := normalize(b)
+	if err == nil {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		next := maps.Clone(f.bridges)
+		next[b.Name] = b
+		err = f.applyLocked(ctx, next)
+	}
+	if err != nil {
+		return fmt.Errorf("programming bridge %q: %w", b.Name, err)
+	}
+	return nil
+}
+
+// RemoveBridge removes bridge name's state in one batch. Removing an unknown
+// bridge is a no-op. On error the desired state is unchanged.
+func (f *Firewall) RemoveBridge(ctx context.Context, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.bridges[name]; !ok {
+		return nil
+	}
+	next := maps.Clone(f.bridges)
+	delete(next, name)
+	if err := f.applyLocked(ctx, next); err != nil {
+		return fmt.Errorf("removing bridge %q: %w", name, err)
+	}
+	return nil
+}
+
+// Reconcile deletes pier's table, if any, and writes the whole desired state,
+// in one atomic batch. Use it at start-up and to repair the table after
+// someone else changed or deleted it (see Installed).
+func (f *Firewall) Reconcile(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.checkLocked(ctx); err != nil {
+		return err
+	}
+	f.synced = false
+	if err := f.writeAll(desired(f.bridges)); err != nil {
+		return fmt.Errorf("reconciling firewall: %w", err)
+	}
+	f.synced = true
+	return nil
+}
+
+// Installed reports whether pier's table exists in the kernel. A watcher can
+// poll it (or listen for table events) and call Reconcile when it is false.
+func (f *Firewall) Installed(ctx context.Context) (bool, error) {
+	f.mu.Lock() // keeps Close from closing the namespace under us
+	defer f.mu.Unlock()
+	if err := f.checkLocked(ctx); err != nil {
+		return false, err
+	}
+	c, err := f.dial()
+	if err != nil {
+		return false, fmt.Errorf("opening nftables connection: %w", err)
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("listing nftables tables: %w", err)
+	}
+	return slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == tableName }), nil
+}
+
+// State returns a copy of the desired state.
+func (f *Firewall) State() State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return stateOf(f.bridges)
+}
+
+// Close releases the namespace handle New opened. It leaves the kernel table
+// in place, so traffic keeps flowing while pier restarts. Close is idempotent.
+func (f *Firewall) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil
+	}
+	f.closed = true
+	if f.ownsNS.IsOpen() {
+		return f.ownsNS.Close()
+	}
+	return nil
+}
+
+func stateOf(bridges map[string]Bridge) State {
+	s := State{Bridges: make([]Bridge, 0, len(bridges))}
+	for _, name := range slices.Sorted(maps.Keys(bridges)) {
+		s.Bridges = append(s.Bridges, bridges[name].clone())
+	}
+	return s
+}
+
+func (f *Firewall) checkLocked(ctx context.Context) error {
+	if f.closed {
+		return ErrClosed
+	}
+	return ctx.Err()
+}
+
+// applyLocked programs the change from f.bridges to next and, on success,
+// makes next the desired state. Normally that is one batch of set-element
+// changes; if the kernel state is unknown, or the kernel rejects the
+// incremental batch, the whole table is rewritten in one batch instead.
+func (f *Firewall) applyLocked(ctx context.Context, next map[string]Bridge) error {
+	if err := f.checkLocked(ctx); err != nil {
+		return err
+	}
+	want := desired(next)
+	if f.synced {
+		changes := diff(desired(f.bridges), want)
+		err := f.writeChanges(changes)
+		if err == nil {
+			f.bridges = next
+			return nil
+		}
+		f.synced = false
+		f.log.Warn("incremental firewall update rejected, rewriting table", "err", err)
+	}
+	if err := f.writeAll(want); err != nil {
+		return err
+	}
+	f.bridges, f.synced = next, true
+	return nil
+}
+
+// writeChanges sends element deletions and additions as one batch.
+func (f *Firewall) writeChanges(changes []setChange) error {
+	if len(changes) == 0 {
+		return nil
+	}
+	c, err := f.dial()
+	if err != nil {
+		return fmt.Errorf("opening nftables connection: %w", err)
+	}
+	t := newTable()
+	for _, ch := range changes {
+		s := ch.set.set(t)
+		if len(ch.del) > 0 {
+			if err := c.SetDeleteElements(s, encodeAll(ch.del)); err != nil {
+				return fmt.Errorf("deleting elements of set %s: %w", s.Name, err)
+			}
+		}
+		if len(ch.add) > 0 {
+			if err := c.SetAddElements(s, encodeAll(ch.add)); err != nil {
+				return fmt.Errorf("adding elements to set %s: %w", s.Name, err)
+			}
+		}
+	}
+	return flush(c)
+}
+
+// writeAll deletes pier's table if it exists and writes the skeleton with the
+// elements of c, as one batch. "add table; delete table" makes the deletion
+// succeed whether or not the table existed.
+func (f *Firewall) writeAll(want contents) error {
+	c, err := f.dial()
+	if err != nil {
+		return fmt.Errorf("opening nftables connection: %w", err)
+	}
+	t := newTable()
+	c.AddTable(t)
+	c.DelTable(t)
+	c.AddTable(t)
+	for _, d := range allSets {
+		if err := c.AddSet(d.set(t), encodeAll(sortedElements(want[d.name]))); err != nil {
+			return fmt.Errorf("adding set %s: %w", d.name, err)
+		}
+	}
+	for _, cd := range chains() {
+		ch := c.AddChain(cd.chain(t))
+		for _, r := range cd.rules {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r.exprs})
+		}
+	}
+	return flush(c)
+}
+
+// flush sends the queued batch.
+func flush(c conn) error {
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("sending nftables batch: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,56 @@
+package firewall
+
+import (
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden files")
+
+// checkGolden compares got with testdata/name, or rewrites it with -update.
+func checkGolden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if diff := cmp.Diff(string(want), got); diff != "" {
+		t.Errorf("%s mismatch (-want +got):\n%s", path, diff)
+	}
+}
+
+const (
+	ownerDefault  = "0000000000000000000000000000000000000000000000000000000000000001"
+	ownerICCOff   = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	ownerInternal = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+)
+
+func pfx(s ...string) []netip.Prefix {
+	out := make([]netip.Prefix, len(s))
+	for i, p := range s {
+		out[i] = netip.MustParsePrefix(p)
+	}
+	return out
+}
+
+// goldenState is the small state of the golden files: a default bridge with
+// IPv4 and IPv6, an ICC-off bridge, and an internal bridge.
+func goldenState() State {
+	return State{Bridges: []Bridge{
+		{Name: "br-aaaaaaaaaaaa", Owner: ownerICCOff, Subnets4: pfx("172.18.0.0/16"), Masquerade: true},
+		{Name: "br-bbbbbbbbbbbb", Owner: ownerInternal, Subnets4: pfx("172.19.0.0/16"), ICC: true, Masquerade: true, Internal: true},
+		{Name: "pier0", Owner: ownerDefault, Subnets4: pfx("172.17.0.0/16"), Subnets6: pfx("fd00:17::/64"), ICC: true, Masquerade: true},
+	}}
+}

@@ -1,0 +1,120 @@
+// Package nstest gives privileged tests a fresh network namespace each, so tests never
+// touch the machine's own interfaces, routes or firewall. Everything it creates is
+// removed by t.Cleanup, also when the test fails.
+package nstest
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"testing"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// RequireRoot skips the test unless it runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces); run the suite with sudo or via .ci/run")
+	}
+}
+
+// New returns a handle to a fresh network namespace that disappears when the test ends.
+func New(t testing.TB) netns.NsHandle {
+	t.Helper()
+	RequireRoot(t)
+	ns, err := create()
+	if err != nil {
+		t.Fatalf("creating test network namespace: %v", err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	return ns
+}
+
+// NewPinned creates a fresh namespace pinned (bind-mounted) at a file in a temp dir and
+// returns its path and handle; the mount and file are removed at cleanup.
+func NewPinned(t testing.TB) (string, netns.NsHandle) {
+	t.Helper()
+	ns := New(t)
+	path := filepath.Join(t.TempDir(), "netns")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(procPath(ns), path, "", unix.MS_BIND, ""); err != nil {
+		t.Fatalf("pinning namespace: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(path, unix.MNT_DETACH) })
+	return path, ns
+}
+
+// Do runs fn on an OS thread switched into ns, then switches back.
+func Do(t testing.TB, ns netns.NsHandle, fn func()) {
+	t.Helper()
+	if err := run(ns, fn); err != nil {
+		t.Fatalf("entering namespace: %v", err)
+	}
+}
+
+func procPath(ns netns.NsHandle) string {
+	return "/proc/self/fd/" + strconv.Itoa(int(ns))
+}
+
+// create makes a namespace on a locked thread and returns the thread to its original
+// namespace. If switching back fails the thread stays locked and dies with its goroutine.
+func create() (netns.NsHandle, error) {
+	type result struct {
+		ns  netns.NsHandle
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer orig.Close()
+		ns, err := netns.New()
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		if err := netns.Set(orig); err != nil {
+			ch <- result{err: err}
+			return // thread stays locked: the runtime discards it
+		}
+		runtime.UnlockOSThread()
+		ch <- result{ns: ns}
+	}()
+	r := <-ch
+	return r.ns, r.err
+}
+
+func run(ns netns.NsHandle, fn func()) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- err
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- nil
+	}()
+	return <-errc
+}

@@ -1,0 +1,271 @@
+package netns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Interface describes an interface to configure inside a sandbox.
+type Interface struct {
+	Name    string // name inside the sandbox
+	SrcName string // host-side interface to move in and rename; "" = already inside
+	Addr4   netip.Prefix
+	Addr6   netip.Prefix
+	Routes  []Route
+}
+
+// Route is a static route inside a sandbox; a zero Via is a connected route.
+type Route struct {
+	Dst netip.Prefix
+	Via netip.Addr
+}
+
+// DefaultRoute selects the sandbox's default gateway. An empty IfName removes the
+// default routes; a zero gateway of one family means no default route of that family.
+type DefaultRoute struct {
+	IfName string
+	GW4    netip.Addr
+	GW6    netip.Addr
+}
+
+// Manager creates sandbox namespaces pinned under Dir and configures them. It caches
+// open namespaces; Close releases them. Safe for concurrent use.
+type Manager struct {
+	dir  string
+	host *Namespace
+
+	mu   sync.Mutex // guards open
+	open map[string]*Namespace
+}
+
+// NewManager returns a manager pinning namespaces under dir; host is the namespace
+// treated as the host (used for host-network sandboxes and moving interfaces).
+func NewManager(dir string, host *Namespace) *Manager {
+	return &Manager{dir: dir, host: host, open: map[string]*Namespace{}}
+}
+
+// HostKey is the sandbox key of the host namespace.
+func (m *Manager) HostKey() string { return m.host.Path }
+
+// KeyFor returns the pin path for sandbox id.
+func (m *Manager) KeyFor(id string) string { return filepath.Join(m.dir, id) }
+
+// Create makes and pins a new namespace for sandbox id, returning its key.
+func (m *Manager) Create(ctx context.Context, id string) (string, error) {
+	key := m.KeyFor(id)
+	ns, err := Create(ctx, key)
+	if err != nil {
+		return "", err
+	}
+	m.mu.Lock()
+	m.open[key] = ns
+	m.mu.Unlock()
+	return key, nil
+}
+
+// Exists reports whether the namespace with key is still pinned.
+func (m *Manager) Exists(key string) bool { return key == m.HostKey() || IsPinned(key) }
+
+// Destroy unpins the sandbox namespace with key (never the host's).
+func (m *Manager) Destroy(ctx context.Context, key string) error {
+	if key == m.HostKey() {
+		return nil
+	}
+	m.mu.Lock()
+	if ns := m.open[key]; ns != nil {
+		ns.Close()
+		delete(m.open, key)
+	}
+	m.mu.Unlock()
+	return Remove(key)
+}
+
+// Pinned lists the keys of all namespaces pinned under the manager's directory.
+func (m *Manager) Pinned() ([]string, error) {
+	entries, err := os.ReadDir(m.dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", m.dir, err)
+	}
+	var keys []string
+	for _, e := range entries {
+		keys = append(keys, filepath.Join(m.dir, e.Name()))
+	}
+	sort.Strings(keys)
+	return keys, nil
+}
+
+// Get returns the open namespace for key, opening it if needed.
+func (m *Manager) Get(key string) (*Namespace, error) {
+	if key == m.HostKey() {
+		return m.host, nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if ns := m.open[key]; ns != nil {
+		return ns, nil
+	}
+	ns, err := Open(key)
+	if err != nil {
+		return nil, err
+	}
+	m.open[key] = ns
+	return ns, nil
+}
+
+// Close releases cached handles; pinned namespaces stay.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, ns := range m.open {
+		ns.Close()
+		delete(m.open, k)
+	}
+	return nil
+}
+
+// ConfigureInterface moves (if SrcName is set) and configures ifc inside the sandbox.
+func (m *Manager) ConfigureInterface(ctx context.Context, key string, ifc Interface) error {
+	ns, err := m.Get(key)
+	if err != nil {
+		return err
+	}
+	if ifc.SrcName != "" {
+		if err := m.moveIn(ns, ifc.SrcName, ifc.Name); err != nil {
+			return err
+		}
+	}
+	link, err := ns.NL.LinkByName(ifc.Name)
+	if err != nil {
+		return fmt.Errorf("finding %s in sandbox: %w", ifc.Name, err)
+	}
+	if err := ns.addAddrs(link, ifc); err != nil {
+		return err
+	}
+	if err := ns.NL.LinkSetUp(link); err != nil {
+		return fmt.Errorf("setting %s up: %w", ifc.Name, err)
+	}
+	for _, r := range ifc.Routes {
+		if err := ns.NL.RouteReplace(toRoute(link, r.Dst, r.Via)); err != nil {
+			return fmt.Errorf("adding route %s via %s: %w", r.Dst, r.Via, err)
+		}
+	}
+	return nil
+}
+
+func (m *Manager) moveIn(ns *Namespace, src, dst string) error {
+	l, err := m.host.NL.LinkByName(src)
+	if err != nil {
+		return fmt.Errorf("finding %s: %w", src, err)
+	}
+	if err := m.host.NL.LinkSetNsFd(l, int(ns.Handle)); err != nil {
+		return fmt.Errorf("moving %s into sandbox: %w", src, err)
+	}
+	l, err = ns.NL.LinkByName(src)
+	if err != nil {
+		return fmt.Errorf("finding %s in sandbox: %w", src, err)
+	}
+	if err := ns.NL.LinkSetName(l, dst); err != nil {
+		return fmt.Errorf("renaming %s to %s: %w", src, dst, err)
+	}
+	return nil
+}
+
+func (n *Namespace) addAddrs(link netlink.Link, ifc Interface) error {
+	for _, p := range []netip.Prefix{ifc.Addr4, ifc.Addr6} {
+		if !p.IsValid() {
+			continue
+		}
+		a := &netlink.Addr{IPNet: prefixToIPNet(p)}
+		if p.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := n.NL.AddrReplace(link, a); err != nil {
+			return fmt.Errorf("adding address %s to %s: %w", p, ifc.Name, err)
+		}
+	}
+	return nil
+}
+
+// RemoveInterface deletes the interface name from the sandbox; a missing one is fine.
+func (m *Manager) RemoveInterface(ctx context.Context, key, name string) error {
+	ns, err := m.Get(key)
+	if err != nil {
+		return err
+	}
+	l, err := ns.NL.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("finding %s: %w", name, err)
+	}
+	if err := ns.NL.LinkDel(l); err != nil {
+		return fmt.Errorf("deleting %s: %w", name, err)
+	}
+	return nil
+}
+
+// SetDefaultRoute replaces the sandbox's default routes according to r.
+func (m *Manager) SetDefaultRoute(ctx context.Context, key string, r DefaultRoute) error {
+	ns, err := m.Get(key)
+	if err != nil {
+		return err
+	}
+	for _, fam := range []struct {
+		gw  netip.Addr
+		dst netip.Prefix
+	}{{r.GW4, netip.MustParsePrefix("0.0.0.0/0")}, {r.GW6, netip.MustParsePrefix("::/0")}} {
+		if err := ns.replaceDefault(r.IfName, fam.dst, fam.gw); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (n *Namespace) replaceDefault(ifname string, dst netip.Prefix, gw netip.Addr) error {
+	if ifname == "" || !gw.IsValid() {
+		err := n.NL.RouteDel(&netlink.Route{Dst: prefixToIPNet(dst), Family: family(dst.Addr())})
+		if err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("removing default route %s: %w", dst, err)
+		}
+		return nil
+	}
+	link, err := n.NL.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("finding %s: %w", ifname, err)
+	}
+	if err := n.NL.RouteReplace(toRoute(link, dst, gw)); err != nil {
+		return fmt.Errorf("setting default route via %s dev %s: %w", gw, ifname, err)
+	}
+	return nil
+}
+
+func toRoute(link netlink.Link, dst netip.Prefix, via netip.Addr) *netlink.Route {
+	r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: prefixToIPNet(dst), Family: family(dst.Addr())}
+	if via.IsValid() {
+		r.Gw = via.AsSlice()
+	} else {
+		r.Scope = netlink.SCOPE_LINK
+	}
+	return r
+}
+
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}

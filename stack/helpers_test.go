@@ -1,0 +1,247 @@
+package stack
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/piernet/pier/cnm"
+	"github.com/piernet/pier/internal/nstest"
+	"github.com/piernet/pier/netns"
+)
+
+// env is one test "host": a fresh network namespace plus data and exec roots.
+type env struct {
+	t        *testing.T
+	hostPath string
+	opts     Options
+	s        *Stack
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	hostPath, _ := nstest.NewPinned(t)
+	dir := t.TempDir()
+	e := &env{t: t, hostPath: hostPath, opts: Options{DataRoot: filepath.Join(dir, "data"),
+		ExecRoot: filepath.Join(dir, "exec"), HostNetNS: hostPath, HostResolvConf: filepath.Join(dir, "resolv.conf")}}
+	e.open()
+	t.Cleanup(e.teardown)
+	return e
+}
+
+func (e *env) open() {
+	e.t.Helper()
+	s, err := Open(e.t.Context(), e.opts)
+	if err != nil {
+		e.t.Fatalf("opening stack: %v", err)
+	}
+	e.s = s
+}
+
+func (e *env) reopen() {
+	e.t.Helper()
+	if err := e.s.Close(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.open()
+}
+
+// teardown removes every sandbox and network so pinned namespaces are unmounted.
+func (e *env) teardown() {
+	if e.s == nil {
+		return
+	}
+	ctx := context.Background() // t.Context is already cancelled in Cleanup
+	c := e.s.Controller
+	for _, sb := range c.Sandboxes(ctx) {
+		if err := c.DeleteSandbox(ctx, sb.ID, true); err != nil {
+			e.t.Errorf("cleanup: deleting sandbox %s: %v", sb.Name, err)
+		}
+	}
+	for _, n := range c.Networks(ctx) {
+		if !n.Predefined {
+			if err := c.DeleteNetwork(ctx, n.ID); err != nil {
+				e.t.Errorf("cleanup: deleting network %s: %v", n.Name, err)
+			}
+		}
+	}
+	e.s.Close()
+	// Whatever the controller failed to remove must not outlive the test.
+	pins, _ := filepath.Glob(filepath.Join(e.opts.ExecRoot, "netns", "*"))
+	for _, p := range pins {
+		_ = netns.Remove(p)
+	}
+}
+
+func (e *env) network(spec cnm.NetworkSpec) cnm.Network {
+	e.t.Helper()
+	n, err := e.s.Controller.CreateNetwork(e.t.Context(), spec)
+	if err != nil {
+		e.t.Fatalf("creating network %s: %v", spec.Name, err)
+	}
+	return n
+}
+
+// sandbox creates a sandbox connected to the given networks (in order).
+func (e *env) sandbox(name string, nets ...string) cnm.Sandbox {
+	e.t.Helper()
+	c := e.s.Controller
+	sb, err := c.CreateSandbox(e.t.Context(), cnm.SandboxSpec{Name: name})
+	if err != nil {
+		e.t.Fatalf("creating sandbox %s: %v", name, err)
+	}
+	for _, n := range nets {
+		if _, err := c.Connect(e.t.Context(), n, name, cnm.EndpointSpec{}); err != nil {
+			e.t.Fatalf("connecting %s to %s: %v", name, n, err)
+		}
+	}
+	return sb
+}
+
+// addr returns the sandbox's address on network net (v6 selects IPv6).
+func (e *env) addr(sb, net string, v6 bool) netip.Addr {
+	e.t.Helper()
+	eps, err := e.s.Controller.SandboxEndpoints(e.t.Context(), sb)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	n, err := e.s.Controller.Network(e.t.Context(), net)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, ep := range eps {
+		if ep.NetworkID == n.ID {
+			if v6 {
+				return ep.Addr6.Addr()
+			}
+			return ep.Addr4.Addr()
+		}
+	}
+	e.t.Fatalf("sandbox %s has no endpoint on %s", sb, net)
+	return netip.Addr{}
+}
+
+// run runs a command inside the network namespace at key.
+func run(key string, args ...string) (string, error) {
+	cmd := exec.Command("nsenter", append([]string{"--net=" + key, "--"}, args...)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+func ping(key string, to netip.Addr) error {
+	out, err := run(key, "ping", "-c", "1", "-W", "2", to.String())
+	if err != nil {
+		return fmt.Errorf("ping %s: %v\n%s", to, err, out)
+	}
+	return nil
+}
+
+// listen starts a TCP echo server inside the namespace at key.
+func listen(t *testing.T, key string) net.Listener {
+	t.Helper()
+	ns, err := netns.Open(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	var ln net.Listener
+	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", ":7777"); return }); err != nil {
+		t.Fatalf("listening in sandbox: %v", err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	return ln
+}
+
+// dialEcho connects from the namespace at key to addr:7777 and checks the echo.
+func dialEcho(key string, addr netip.Addr, timeout time.Duration) error {
+	ns, err := netns.Open(key)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	var c net.Conn
+	if err := ns.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(addr, 7777).String(), timeout)
+		return
+	}); err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("hello pier\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 11)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != "hello pier\n" {
+		return fmt.Errorf("echo returned %q", buf)
+	}
+	return nil
+}
+
+// links lists link names in the namespace at key, sorted.
+func links(t *testing.T, key string) []string {
+	t.Helper()
+	ns, err := netns.Open(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	ls, err := ns.NL.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range ls {
+		names = append(names, l.Attrs().Name)
+	}
+	return names
+}
+
+// defaultRoutes returns "dev via" of the default routes in the namespace at key.
+func defaultRoutes(t *testing.T, key string, family int) []string {
+	t.Helper()
+	ns, err := netns.Open(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	rs, err := ns.NL.RouteList(nil, family)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range rs {
+		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+			l, _ := ns.NL.LinkByIndex(r.LinkIndex)
+			out = append(out, l.Attrs().Name+" via "+r.Gw.String())
+		}
+	}
+	return out
+}
+
+var _ = strings.TrimSpace
+var _ = netlink.FAMILY_V4

@@ -1,0 +1,150 @@
+// Package stack wires pier's single-host stack: store, IPAM, firewall, sandbox OS,
+// built-in drivers and the controller, for a given host namespace. It is the one place
+// that knows how the pieces fit; mains and integration tests call Open.
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/piernet/pier/cnm"
+	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/driver/builtin"
+	"github.com/piernet/pier/firewall"
+	"github.com/piernet/pier/ipam"
+	"github.com/piernet/pier/netns"
+	"github.com/piernet/pier/store"
+)
+
+// Options configure the stack.
+type Options struct {
+	DataRoot       string // records: DataRoot/pier.db (default /var/lib/pier)
+	ExecRoot       string // namespaces and sandbox files (default /run/pier)
+	HostNetNS      string // path of the namespace acting as the host; "" = our own
+	DefaultPools   []ipam.PredefinedPool
+	HostResolvConf string
+	Logger         *slog.Logger
+}
+
+// Stack is an opened single-host pier stack.
+type Stack struct {
+	Controller *cnm.Controller
+	Firewall   *firewall.Firewall
+	Host       *netns.Namespace
+
+	store *store.Store
+	nsm   *netns.Manager
+}
+
+// Open builds every component and restores the recorded state.
+func Open(ctx context.Context, o Options) (*Stack, error) {
+	o = withDefaults(o)
+	s := &Stack{}
+	if err := s.open(ctx, o); err != nil {
+		return nil, errors.Join(err, s.Close())
+	}
+	return s, nil
+}
+
+func withDefaults(o Options) Options {
+	if o.DataRoot == "" {
+		o.DataRoot = "/var/lib/pier"
+	}
+	if o.ExecRoot == "" {
+		o.ExecRoot = "/run/pier"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+func (s *Stack) open(ctx context.Context, o Options) error {
+	var err error
+	if s.store, err = store.Open(filepath.Join(o.DataRoot, "pier.db")); err != nil {
+		return err
+	}
+	if s.Host, err = openHost(o.HostNetNS); err != nil {
+		return err
+	}
+	alloc, err := ipam.New(ipam.Config{LocalPools: o.DefaultPools, V6Seed: machineID(o.DataRoot), IsRouted: s.isRouted})
+	if err != nil {
+		return err
+	}
+	if s.Firewall, err = firewall.New(ctx, firewall.Options{NetNS: s.Host.Handle, Logger: o.Logger}); err != nil {
+		return err
+	}
+	reg := driver.NewRegistry()
+	if err := builtin.Register(reg, builtin.Deps{Host: s.Host, Firewall: s.Firewall, Logger: o.Logger}); err != nil {
+		return err
+	}
+	s.nsm = netns.NewManager(filepath.Join(o.ExecRoot, "netns"), s.Host)
+	s.Controller, err = cnm.New(ctx, cnm.Config{ExecRoot: o.ExecRoot, Store: s.store, Drivers: reg, IPAM: alloc,
+		OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf})
+	if err != nil {
+		return err
+	}
+	return s.Firewall.Reconcile(ctx)
+}
+
+func openHost(path string) (*netns.Namespace, error) {
+	if path == "" {
+		return netns.Current()
+	}
+	return netns.Open(path)
+}
+
+// isRouted reports whether p overlaps a non-default route of the host namespace.
+func (s *Stack) isRouted(p netip.Prefix) bool {
+	routes, err := s.Host.NL.RouteList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return false
+	}
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		dst, ok := netip.AddrFromSlice(r.Dst.IP)
+		ones, _ := r.Dst.Mask.Size()
+		if ok && ones > 0 && netip.PrefixFrom(dst.Unmap(), ones).Masked().Overlaps(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// machineID seeds the default IPv6 ULA prefix: /etc/machine-id, else the data root.
+func machineID(dataRoot string) string {
+	if b, err := os.ReadFile("/etc/machine-id"); err == nil && len(b) > 0 {
+		return string(b)
+	}
+	return dataRoot
+}
+
+// Close releases handles; kernel state and records stay for the next Open.
+func (s *Stack) Close() error {
+	var errs []error
+	if s.nsm != nil {
+		errs = append(errs, s.nsm.Close())
+	}
+	if s.Firewall != nil {
+		errs = append(errs, s.Firewall.Close())
+	}
+	if s.Host != nil {
+		errs = append(errs, s.Host.Close())
+	}
+	if s.store != nil {
+		errs = append(errs, s.store.Close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("closing stack: %w", err)
+	}
+	return nil
+}
