@@ -35,12 +35,12 @@ type Endpoint struct {
 	Aliases   []string     `json:",omitempty"`
 	Priority  int          `json:",omitempty"`
 	// Set while joined to a sandbox.
-	SandboxID      string       `json:",omitempty"`
-	IfName         string       `json:",omitempty"`
-	Gateway4       netip.Addr   `json:",omitempty"`
-	Gateway6       netip.Addr   `json:",omitempty"`
-	DisableGateway bool         `json:",omitempty"`
-	Moved          bool         `json:",omitempty"` // the interface was moved in by the controller
+	SandboxID      string        `json:",omitempty"`
+	IfName         string        `json:",omitempty"`
+	Gateway4       netip.Addr    `json:",omitempty"`
+	Gateway6       netip.Addr    `json:",omitempty"`
+	DisableGateway bool          `json:",omitempty"`
+	Moved          bool          `json:",omitempty"` // the interface was moved in by the controller
 	Routes         []StaticRoute `json:",omitempty"`
 }
 

@@ -24,12 +24,13 @@ func (c *Controller) restore(ctx context.Context) error {
 	for _, n := range c.sortedNetworks() {
 		c.restoreNetwork(ctx, n)
 	}
+	recreated := map[string]bool{}
 	for _, sb := range c.sandboxes {
-		c.restoreSandboxOS(ctx, sb)
+		recreated[sb.ID] = c.restoreSandboxOS(ctx, sb)
 	}
 	broken := c.restoreEndpoints(ctx)
 	for _, sb := range c.sandboxes {
-		c.repairSandbox(ctx, sb, broken)
+		c.repairSandbox(ctx, sb, broken, recreated[sb.ID])
 	}
 	return c.cleanup(ctx)
 }
@@ -85,21 +86,23 @@ func (c *Controller) restoreNetwork(ctx context.Context, n *Network) {
 	}
 }
 
-// restoreSandboxOS re-creates a sandbox namespace that vanished (e.g. after a reboot).
-func (c *Controller) restoreSandboxOS(ctx context.Context, sb *Sandbox) {
+// restoreSandboxOS re-creates a sandbox namespace that vanished (e.g. after a reboot)
+// and reports whether it did.
+func (c *Controller) restoreSandboxOS(ctx context.Context, sb *Sandbox) bool {
 	if sb.HostNetwork {
 		sb.Key = c.os.HostKey()
-		return
+		return false
 	}
 	if c.os.Exists(sb.Key) {
-		return
+		return false
 	}
 	key, err := c.os.Create(ctx, sb.ID)
 	if err != nil {
 		c.log.ErrorContext(ctx, "re-creating sandbox namespace", "sandbox", sb.Name, "err", err)
-		return
+		return false
 	}
 	sb.Key = key
+	return true
 }
 
 // restoreEndpoints re-requests addresses and lets drivers re-register endpoints. It
@@ -158,10 +161,12 @@ func (c *Controller) reserveAddrs(ctx context.Context, n *Network, ep *Endpoint)
 }
 
 // repairSandbox re-joins broken endpoints of sb and re-applies its gateway and files.
-func (c *Controller) repairSandbox(ctx context.Context, sb *Sandbox, broken map[string]bool) {
+// A re-created namespace has lost all its interfaces, whatever the host side shows
+// (the old namespace's teardown is asynchronous in the kernel).
+func (c *Controller) repairSandbox(ctx context.Context, sb *Sandbox, broken map[string]bool, recreated bool) {
 	eps := c.sandboxEndpointsLocked(sb.ID)
 	for _, ep := range eps {
-		if broken[ep.ID] || !c.os.Exists(sb.Key) {
+		if broken[ep.ID] || recreated {
 			c.rejoin(ctx, sb, ep)
 		}
 	}

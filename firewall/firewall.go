@@ -15,9 +15,10 @@ import (
 
 // Options configure a Firewall.
 type Options struct {
-	// NetNS is the network namespace to program. netns.None() (-1) means the
-	// namespace of the calling thread at the time of New. A handle passed
-	// here must stay open until Close.
+	// NetNS is the network namespace to program. netns.None() (-1) or the
+	// zero value means the namespace of the calling thread at the time of
+	// New (pinned then, so later calls from any thread program it). A
+	// handle passed here must stay open until Close.
 	NetNS  netns.NsHandle
 	Logger *slog.Logger
 }
@@ -48,7 +49,7 @@ type Firewall struct {
 // kernel: the table is written on the first change or by Reconcile.
 func New(_ context.Context, opts Options) (*Firewall, error) {
 	ns, owned := opts.NetNS, netns.None()
-	if !ns.IsOpen() {
+	if ns <= 0 {
 		cur, err := netns.Get()
 		if err != nil {
 			return nil, fmt.Errorf("opening current network namespace: %w", err)

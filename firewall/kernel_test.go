@@ -204,3 +204,24 @@ func tableText(ruleset, table string) string {
 	end := strings.Index(ruleset[start:], "\n}\n")
 	return ruleset[start : start+end+3]
 }
+
+// TestKernelCurrentNamespaceIsPinned creates a Firewall with the zero
+// Options on a thread inside ns and uses it from other threads.
+func TestKernelCurrentNamespaceIsPinned(t *testing.T) {
+	t.Parallel()
+	ns := nstest.New(t)
+	var fw *Firewall
+	var err error
+	nstest.Do(t, ns, func() { fw, err = New(t.Context(), Options{}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fw.Close() })
+	if !fw.ownsNS.Equal(ns) {
+		t.Fatal("New did not pin the calling thread's namespace") // stop before touching any other namespace
+	}
+	if err := fw.SetBridge(t.Context(), goldenState().Bridges[2]); err != nil {
+		t.Fatal(err)
+	}
+	checkKernel(t, ns, fw.State())
+}

@@ -5,10 +5,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -33,7 +36,11 @@ func newEnv(t *testing.T) *env {
 	hostPath, _ := nstest.NewPinned(t)
 	dir := t.TempDir()
 	e := &env{t: t, hostPath: hostPath, opts: Options{DataRoot: filepath.Join(dir, "data"),
-		ExecRoot: filepath.Join(dir, "exec"), HostNetNS: hostPath, HostResolvConf: filepath.Join(dir, "resolv.conf")}}
+		ExecRoot: filepath.Join(dir, "exec"), HostNetNS: hostPath, HostResolvConf: filepath.Join(dir, "resolv.conf"),
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}}
+	if err := os.WriteFile(e.opts.HostResolvConf, []byte("nameserver 192.0.2.53\nsearch example.test\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	e.open()
 	t.Cleanup(e.teardown)
 	return e
@@ -218,6 +225,7 @@ func links(t *testing.T, key string) []string {
 	for _, l := range ls {
 		names = append(names, l.Attrs().Name)
 	}
+	sort.Strings(names)
 	return names
 }
 
@@ -243,5 +251,12 @@ func defaultRoutes(t *testing.T, key string, family int) []string {
 	return out
 }
 
-var _ = strings.TrimSpace
 var _ = netlink.FAMILY_V4
+
+// testWriter sends log lines to t.Log, so pier's warnings show up with the failing test.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

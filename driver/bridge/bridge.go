@@ -180,16 +180,17 @@ func (d *Driver) ensureBridge(n *network) (netlink.Link, bool, error) {
 		return l, false, nil
 	}
 	attrs := netlink.NewLinkAttrs()
-	attrs.Name, attrs.Alias, attrs.MTU = name, ownerAlias+n.id, n.cfg.MTU
+	attrs.Name, attrs.MTU = name, n.cfg.MTU
 	br := &netlink.Bridge{LinkAttrs: attrs}
 	if err := d.host.NL.LinkAdd(br); err != nil {
 		return nil, false, fmt.Errorf("creating bridge %s: %w", name, err)
 	}
-	l, err := d.host.NL.LinkByName(name)
-	if err != nil {
-		return nil, false, fmt.Errorf("finding new bridge %s: %w", name, err)
+	// The kernel ignores IFLA_IFALIAS on creation: the owner mark needs its own request.
+	if err := d.host.NL.LinkSetAlias(br, ownerAlias+n.id); err != nil {
+		_ = d.host.NL.LinkDel(br)
+		return nil, false, fmt.Errorf("marking bridge %s as pier's: %w", name, err)
 	}
-	return l, true, nil
+	return br, true, nil
 }
 
 func (d *Driver) addGateways(br netlink.Link, n *network) error {
