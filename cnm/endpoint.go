@@ -34,6 +34,10 @@ type Endpoint struct {
 	MAC       string       `json:",omitempty"`
 	Aliases   []string     `json:",omitempty"`
 	Priority  int          `json:",omitempty"`
+	// Transient endpoints live only while joined: Connect creates them, Disconnect
+	// deletes them. A restart finding one unjoined finishes the interrupted operation
+	// by deleting it.
+	Transient bool `json:",omitempty"`
 	// Set while joined to a sandbox.
 	SandboxID      string        `json:",omitempty"`
 	IfName         string        `json:",omitempty"`
@@ -67,19 +71,19 @@ func (c *Controller) CreateEndpoint(ctx context.Context, ref string, spec Endpoi
 	if err != nil {
 		return Endpoint{}, err
 	}
-	ep, err := c.createEndpoint(ctx, &n, spec)
+	ep, err := c.createEndpoint(ctx, &n, spec, false)
 	if err != nil {
 		return Endpoint{}, err
 	}
 	return *ep, nil
 }
 
-func (c *Controller) createEndpoint(ctx context.Context, n *Network, spec EndpointSpec) (*Endpoint, error) {
+func (c *Controller) createEndpoint(ctx context.Context, n *Network, spec EndpointSpec, transient bool) (*Endpoint, error) {
 	if err := c.checkEndpointName(n, spec.Name); err != nil {
 		return nil, err
 	}
 	ep := &Endpoint{ID: NewID(), Name: spec.Name, NetworkID: n.ID, Created: time.Now().UTC(),
-		Aliases: spec.Aliases, Priority: spec.Priority}
+		Aliases: spec.Aliases, Priority: spec.Priority, Transient: transient}
 	if spec.MAC != nil {
 		ep.MAC = spec.MAC.String()
 	}

@@ -44,7 +44,7 @@ func (c *Controller) Connect(ctx context.Context, netRef, sbRef string, spec End
 	if spec.Name == "" {
 		spec.Name = sb.Name
 	}
-	ep, err := c.createEndpoint(ctx, &n, spec)
+	ep, err := c.createEndpoint(ctx, &n, spec, true)
 	if err != nil {
 		return Endpoint{}, err
 	}
@@ -100,6 +100,9 @@ func (c *Controller) Leave(ctx context.Context, sbRef, netRef, epRef string) err
 	if ep.SandboxID != sb.ID {
 		return errdefs.Forbidden("endpoint %s is not joined to sandbox %s", ep.Name, sb.Name)
 	}
+	c.mu.Lock()
+	ep.Transient = false // left explicitly: the caller manages its lifetime now
+	c.mu.Unlock()
 	return c.leave(ctx, &sb, &n, ep)
 }
 

@@ -21,6 +21,9 @@ func (c *Controller) restore(ctx context.Context) error {
 	if err := c.load(ctx); err != nil {
 		return err
 	}
+	if err := c.dropHalfMade(ctx); err != nil {
+		return err
+	}
 	for _, n := range c.sortedNetworks() {
 		c.restoreNetwork(ctx, n)
 	}
@@ -58,6 +61,31 @@ func (c *Controller) load(ctx context.Context) error {
 		c.sandboxes[sbs[i].ID] = &sbs[i]
 	}
 	return nil
+}
+
+// dropHalfMade finishes operations a crash interrupted: transient endpoints that are
+// not joined (Connect before its join, Disconnect after its leave) are deleted, their
+// kernel leftovers go in cleanup; endpoints recorded as joined to a sandbox that no
+// longer exists are marked as not joined.
+func (c *Controller) dropHalfMade(ctx context.Context) error {
+	return c.store.Update(ctx, func(tx *store.Tx) error {
+		for id, ep := range c.endpoints {
+			switch {
+			case ep.Transient && (ep.SandboxID == "" || c.sandboxes[ep.SandboxID] == nil):
+				c.log.InfoContext(ctx, "removing half-connected endpoint", "endpoint", ep.Name)
+				delete(c.endpoints, id)
+				if err := tx.Delete(kindEndpoint, id); err != nil {
+					return err
+				}
+			case ep.SandboxID != "" && c.sandboxes[ep.SandboxID] == nil:
+				*ep = ep.unjoined()
+				if err := tx.Put(kindEndpoint, id, ep); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
 }
 
 func (c *Controller) sortedNetworks() []*Network {

@@ -115,17 +115,21 @@ func desired(bridges map[string]Bridge) contents {
 
 // outermost drops prefixes that lie inside another one (and duplicates,
 // keeping the first), because an interval set must not hold overlapping
-// elements. Two prefixes either nest or are disjoint, so what remains is
-// disjoint. Bridges' subnets normally never overlap; this keeps the kernel
-// from rejecting the batch if they do.
+// elements. Bridges' subnets normally never overlap; this keeps the kernel
+// from rejecting the batch if they do. Two prefixes either nest or are
+// disjoint, so after sorting by address (wider first) a prefix is nested
+// exactly when it overlaps the last one kept.
 func outermost(in []element) []element {
 	sorted := slices.Clone(in)
 	slices.SortStableFunc(sorted, func(a, b element) int {
-		return cmp.Compare(a.prefix.Bits(), b.prefix.Bits()) // widest first
+		if c := a.prefix.Addr().Compare(b.prefix.Addr()); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.prefix.Bits(), b.prefix.Bits())
 	})
 	var out []element
 	for _, e := range sorted {
-		if !slices.ContainsFunc(out, func(o element) bool { return o.prefix.Overlaps(e.prefix) }) {
+		if len(out) == 0 || !out[len(out)-1].prefix.Overlaps(e.prefix) {
 			out = append(out, e)
 		}
 	}

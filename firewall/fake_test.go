@@ -20,8 +20,9 @@ import (
 type fakeKernel struct {
 	mu      sync.Mutex
 	tables  map[string]*fakeTable // key "family name"
-	batches [][]string            // operations of every Flush, failed ones too
+	batches [][]string            // operations of every non-empty Flush, failed ones too
 	fail    error                 // if set, Flush fails with it and applies nothing
+	dials   int
 }
 
 type fakeTable struct {
@@ -42,8 +43,19 @@ type fakeSet struct {
 
 func newFakeKernel() *fakeKernel { return &fakeKernel{tables: map[string]*fakeTable{}} }
 
-// dial returns a connection queueing into its own batch.
-func (k *fakeKernel) dial() (conn, error) { return &fakeConn{k: k}, nil }
+// dial returns a new connection.
+func (k *fakeKernel) dial() (conn, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.dials++
+	return &fakeConn{k: k}, nil
+}
+
+func (k *fakeKernel) dialCount() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.dials
+}
 
 func (k *fakeKernel) flushes() int {
 	k.mu.Lock()
@@ -101,8 +113,14 @@ type fakeOp struct {
 }
 
 type fakeConn struct {
-	k   *fakeKernel
-	ops []fakeOp
+	k      *fakeKernel
+	ops    []fakeOp
+	closed bool
+}
+
+func (c *fakeConn) CloseLasting() error {
+	c.closed = true
+	return nil
 }
 
 func tableKey(t *nftables.Table) string {
@@ -235,13 +253,20 @@ func (c *fakeConn) elements(verb string, s *nftables.Set, vals []nftables.SetEle
 	return nil
 }
 
-// Flush applies the queued operations atomically.
+// Flush applies the queued operations atomically; like the library it sends
+// nothing if nothing is queued.
 func (c *fakeConn) Flush() error {
 	k := c.k
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	ops := c.ops
 	c.ops = nil
+	if c.closed {
+		return errors.New("flush on closed connection")
+	}
+	if len(ops) == 0 {
+		return nil
+	}
 	texts := make([]string, len(ops))
 	for i, op := range ops {
 		texts[i] = op.text

@@ -248,8 +248,12 @@ func TestFailedBatchKeepsDesiredState(t *testing.T) {
 	}
 
 	k.setFail(nil)
+	dials := k.dialCount()
 	if err := fw.SetBridge(ctx, g[1]); err != nil {
 		t.Fatal(err)
+	}
+	if k.dialCount() != dials+1 {
+		t.Errorf("the connection was reused after a failed batch")
 	}
 	if diff := cmp.Diff(fakeDumpOf(t, State{Bridges: g[:2]}), k.dump()); diff != "" {
 		t.Errorf("after recovery (-want +got):\n%s", diff)
