@@ -103,8 +103,12 @@ func (c *Controller) createEndpoint(ctx context.Context, n *Network, spec Endpoi
 	if info.MAC != nil {
 		ep.MAC = info.MAC.String()
 	}
-	if err := c.store.Put(ctx, kindEndpoint, ep.ID, ep); err != nil {
-		return nil, u.Rollback(err)
+	// A transient endpoint is persisted with its join, in the same transaction: a
+	// crash before that leaves no record, and restore's cleanup removes kernel leftovers.
+	if !transient {
+		if err := c.store.Put(ctx, kindEndpoint, ep.ID, ep); err != nil {
+			return nil, u.Rollback(err)
+		}
 	}
 	c.mu.Lock()
 	c.endpoints[ep.ID] = ep

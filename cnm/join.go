@@ -79,7 +79,9 @@ func (c *Controller) disconnect(ctx context.Context, sb *Sandbox, ep *Endpoint) 
 	if err != nil {
 		return err
 	}
-	if err := c.leave(ctx, sb, &n, ep); err != nil {
+	// The leave is not persisted on its own: the delete below is the one durable write.
+	// A crash in between restores the endpoint as joined and re-creates its interface.
+	if err := c.leave(ctx, sb, &n, ep, false); err != nil {
 		return err
 	}
 	return c.deleteEndpoint(ctx, &n, ep)
@@ -103,7 +105,7 @@ func (c *Controller) Leave(ctx context.Context, sbRef, netRef, epRef string) err
 	c.mu.Lock()
 	ep.Transient = false // left explicitly: the caller manages its lifetime now
 	c.mu.Unlock()
-	return c.leave(ctx, &sb, &n, ep)
+	return c.leave(ctx, &sb, &n, ep, true)
 }
 
 func (c *Controller) sandboxAndNetwork(ctx context.Context, sbRef, netRef string) (Sandbox, Network, error) {
@@ -230,7 +232,7 @@ func (c *Controller) restoreGateway(ctx context.Context, sb *Sandbox, old string
 	return err
 }
 
-func (c *Controller) leave(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint) error {
+func (c *Controller) leave(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint, persist bool) error {
 	var rest []*Endpoint
 	for _, o := range c.sandboxEndpoints(sb.ID) {
 		if o.ID != ep.ID {
@@ -244,13 +246,15 @@ func (c *Controller) leave(ctx context.Context, sb *Sandbox, n *Network, ep *End
 		return err
 	}
 	left := ep.unjoined()
-	if err := c.store.Update(ctx, func(tx *store.Tx) error {
-		if err := tx.Put(kindEndpoint, ep.ID, &left); err != nil {
+	if persist {
+		if err := c.store.Update(ctx, func(tx *store.Tx) error {
+			if err := tx.Put(kindEndpoint, ep.ID, &left); err != nil {
+				return err
+			}
+			return tx.Put(kindSandbox, sb.ID, sb)
+		}); err != nil {
 			return err
 		}
-		return tx.Put(kindSandbox, sb.ID, sb)
-	}); err != nil {
-		return err
 	}
 	c.mu.Lock()
 	*ep = left

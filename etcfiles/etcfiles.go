@@ -127,7 +127,10 @@ func Paths(dir string) (hosts, resolv, hostname string) {
 	return filepath.Join(dir, "hosts"), filepath.Join(dir, "resolv.conf"), filepath.Join(dir, "hostname")
 }
 
-// Write renders all three files into dir (created if needed), replacing each atomically.
+// Write renders all three files into dir (created if needed). Files are rewritten in
+// place, never replaced: `pier exec` bind-mounts them over /etc, and a bind mount keeps
+// the inode it was made from, so a replaced file would never reach running processes.
+// Unchanged files are not written at all.
 func Write(dir string, host Parsed, c Config) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("creating sandbox directory: %w", err)
@@ -137,20 +140,19 @@ func Write(dir string, host Parsed, c Config) error {
 		path string
 		data []byte
 	}{{h, Hosts(c)}, {r, ResolvConf(host, c)}, {n, []byte(c.Hostname + "\n")}} {
-		if err := writeAtomic(f.path, f.data); err != nil {
+		if err := writeInPlace(f.path, f.data); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func writeAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
+func writeInPlace(path string, data []byte) error {
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		return nil
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("replacing %s: %w", path, err)
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil
 }

@@ -82,55 +82,110 @@ type contents map[string]map[string]element
 
 // desired computes every set's elements for bridges.
 func desired(bridges map[string]Bridge) contents {
+	c := newContents()
+	for _, b := range bridges {
+		c.addIfnames(b)
+	}
+	c.addMasq(bridges, func(netip.Prefix) bool { return true })
+	return c
+}
+
+// affected is the part of desired(bridges) that changing bridge name from
+// prev to next can alter: that bridge's ifname elements, and the masquerade
+// elements overlapping its previous or next subnets. Diffing it instead of the
+// whole state keeps a change's cost from growing with the number of bridges
+// (but for a linear scan of their subnets).
+//
+// Why the overlap filter is exact: a masquerade element's fate (kept, or
+// hidden inside a wider prefix) depends only on the prefixes that contain
+// it, and every prefix containing an element that overlaps a changed subnet
+// overlaps that subnet too.
+func affected(bridges map[string]Bridge, name string, prev, next Bridge) contents {
+	c := newContents()
+	if b, ok := bridges[name]; ok {
+		c.addIfnames(b)
+	}
+	changed := slices.Concat(prev.Subnets4, prev.Subnets6, next.Subnets4, next.Subnets6)
+	c.addMasq(bridges, func(p netip.Prefix) bool {
+		return slices.ContainsFunc(changed, p.Overlaps)
+	})
+	return c
+}
+
+func newContents() contents {
 	c := contents{}
 	for _, d := range allSets {
 		c[d.name] = map[string]element{}
 	}
-	add := func(d setDef, e element) { c[d.name][e.key()] = e }
-	var masq []element
-	for _, name := range slices.Sorted(maps.Keys(bridges)) {
-		b := bridges[name]
-		add(setBridges, element{names: []string{name}, comment: b.Owner})
-		if b.Internal {
-			add(setInternal, element{names: []string{name}, comment: b.Owner})
-		}
-		if b.ICC {
-			add(setIntra, element{names: []string{name, name}, comment: b.Owner})
-		}
-		if b.Masquerade && !b.Internal {
-			for _, p := range slices.Concat(b.Subnets4, b.Subnets6) {
-				masq = append(masq, element{prefix: p, comment: b.Owner})
-			}
-		}
-	}
-	for _, e := range outermost(masq) {
-		if e.prefix.Addr().Is4() {
-			add(setMasq4, e)
-		} else {
-			add(setMasq6, e)
-		}
-	}
 	return c
 }
 
-// outermost drops prefixes that lie inside another one (and duplicates,
-// keeping the first), because an interval set must not hold overlapping
-// elements. Bridges' subnets normally never overlap; this keeps the kernel
-// from rejecting the batch if they do. Two prefixes either nest or are
-// disjoint, so after sorting by address (wider first) a prefix is nested
-// exactly when it overlaps the last one kept.
-func outermost(in []element) []element {
-	sorted := slices.Clone(in)
-	slices.SortStableFunc(sorted, func(a, b element) int {
+func (c contents) add(d setDef, e element) { c[d.name][e.key()] = e }
+
+// addIfnames adds b's elements of the ifname-keyed sets.
+func (c contents) addIfnames(b Bridge) {
+	c.add(setBridges, element{names: []string{b.Name}, comment: b.Owner})
+	if b.Internal {
+		c.add(setInternal, element{names: []string{b.Name}, comment: b.Owner})
+	}
+	if b.ICC {
+		c.add(setIntra, element{names: []string{b.Name, b.Name}, comment: b.Owner})
+	}
+}
+
+// addMasq adds the subnets of non-internal masquerading bridges that are
+// in scope.
+func (c contents) addMasq(bridges map[string]Bridge, inScope func(netip.Prefix) bool) {
+	var masq []masqPrefix
+	for _, b := range bridges {
+		if !b.Masquerade || b.Internal {
+			continue
+		}
+		for _, subnets := range [][]netip.Prefix{b.Subnets4, b.Subnets6} {
+			for _, p := range subnets {
+				if inScope(p) {
+					masq = append(masq, masqPrefix{p, b.Name, b.Owner})
+				}
+			}
+		}
+	}
+	for _, m := range outermost(masq) {
+		e := element{prefix: m.prefix, comment: m.owner}
+		if m.prefix.Addr().Is4() {
+			c.add(setMasq4, e)
+		} else {
+			c.add(setMasq6, e)
+		}
+	}
+}
+
+// masqPrefix is one subnet to masquerade and the bridge it belongs to.
+type masqPrefix struct {
+	prefix netip.Prefix
+	bridge string
+	owner  string
+}
+
+// outermost drops prefixes that lie inside another one, and duplicates
+// (the bridge first by name wins), because an interval set must not hold
+// overlapping elements. Bridges' subnets normally never overlap; this keeps
+// the kernel from rejecting the batch if they do. Two prefixes either nest
+// or are disjoint, so after sorting by address (wider first) a prefix is
+// nested exactly when it overlaps the last one kept.
+func outermost(in []masqPrefix) []masqPrefix {
+	slices.SortFunc(in, func(a, b masqPrefix) int {
 		if c := a.prefix.Addr().Compare(b.prefix.Addr()); c != 0 {
 			return c
 		}
-		return cmp.Compare(a.prefix.Bits(), b.prefix.Bits())
+		if c := cmp.Compare(a.prefix.Bits(), b.prefix.Bits()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.bridge, b.bridge)
 	})
-	var out []element
-	for _, e := range sorted {
-		if len(out) == 0 || !out[len(out)-1].prefix.Overlaps(e.prefix) {
-			out = append(out, e)
+	var out []masqPrefix
+	for _, m := range in {
+		if len(out) == 0 || !out[len(out)-1].prefix.Overlaps(m.prefix) {
+			out = append(out, m)
 		}
 	}
 	return out
@@ -142,21 +197,21 @@ type setChange struct {
 	del, add []element
 }
 
-// diff returns the element changes that turn old into new, in set order;
+// diff returns the element changes that turn from into to, in set order;
 // sets that do not change are left out. An element whose comment changed is
 // deleted and added again.
-func diff(old, new contents) []setChange {
+func diff(from, to contents) []setChange {
 	var out []setChange
 	for _, d := range allSets {
 		ch := setChange{set: d}
-		for _, k := range slices.Sorted(maps.Keys(old[d.name])) {
-			if e, ok := new[d.name][k]; !ok || e.comment != old[d.name][k].comment {
-				ch.del = append(ch.del, old[d.name][k])
+		for _, k := range slices.Sorted(maps.Keys(from[d.name])) {
+			if e, ok := to[d.name][k]; !ok || e.comment != from[d.name][k].comment {
+				ch.del = append(ch.del, from[d.name][k])
 			}
 		}
-		for _, k := range slices.Sorted(maps.Keys(new[d.name])) {
-			if e, ok := old[d.name][k]; !ok || e.comment != new[d.name][k].comment {
-				ch.add = append(ch.add, new[d.name][k])
+		for _, k := range slices.Sorted(maps.Keys(to[d.name])) {
+			if e, ok := from[d.name][k]; !ok || e.comment != to[d.name][k].comment {
+				ch.add = append(ch.add, to[d.name][k])
 			}
 		}
 		if len(ch.del)+len(ch.add) > 0 {

@@ -87,9 +87,7 @@ func (f *Firewall) SetBridge(ctx context.Context, b Bridge) error {
 	if err == nil {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		next := maps.Clone(f.bridges)
-		next[b.Name] = b
-		err = f.applyLocked(ctx, next)
+		err = f.applyLocked(ctx, b.Name, &b)
 	}
 	if err != nil {
 		return fmt.Errorf("programming bridge %q: %w", b.Name, err)
@@ -105,9 +103,7 @@ func (f *Firewall) RemoveBridge(ctx context.Context, name string) error {
 	if _, ok := f.bridges[name]; !ok {
 		return nil
 	}
-	next := maps.Clone(f.bridges)
-	delete(next, name)
-	if err := f.applyLocked(ctx, next); err != nil {
+	if err := f.applyLocked(ctx, name, nil); err != nil {
 		return fmt.Errorf("removing bridge %q: %w", name, err)
 	}
 	return nil
@@ -188,33 +184,62 @@ func (f *Firewall) checkLocked(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// applyLocked programs the change from f.bridges to next and, on success,
-// makes next the desired state. Normally that is one batch of set-element
-// changes; if the kernel state is unknown, or the kernel rejects the
-// incremental batch, the whole table is rewritten in one batch instead.
-func (f *Firewall) applyLocked(ctx context.Context, next map[string]Bridge) error {
+// applyLocked sets bridge name to *b (or removes it if b is nil) in the
+// desired state and programs the kernel; on error it restores the old
+// state. Normally that is one batch of set-element changes; if the kernel
+// state is unknown, or the kernel rejects the incremental batch, the whole
+// table is rewritten in one batch instead.
+func (f *Firewall) applyLocked(ctx context.Context, name string, b *Bridge) error {
 	if err := f.checkLocked(ctx); err != nil {
 		return err
 	}
-	want := desired(next)
+	prev, had := f.bridges[name]
+	var next Bridge
+	if b != nil {
+		next = *b
+	}
+	before := affected(f.bridges, name, prev, next)
+	// Switch to the new state in place (copying the map would make a change
+	// cost O(bridges)); undo restores it.
+	undo := func() {
+		if had {
+			f.bridges[name] = prev
+		} else {
+			delete(f.bridges, name)
+		}
+	}
+	if b != nil {
+		f.bridges[name] = next
+	} else {
+		delete(f.bridges, name)
+	}
+	if err := f.programLocked(diff(before, affected(f.bridges, name, prev, next))); err != nil {
+		undo()
+		return err
+	}
+	return nil
+}
+
+// programLocked makes the kernel hold desired(f.bridges), given the element
+// changes from the previous state: one batch of those changes, or one
+// rewrite of the table when the kernel state is unknown or the changes are
+// rejected.
+func (f *Firewall) programLocked(changes []setChange) error {
 	if f.synced {
-		changes := diff(desired(f.bridges), want)
 		if len(changes) == 0 {
-			f.bridges = next
 			return nil
 		}
 		err := f.batchLocked(func(c conn) error { return writeChanges(c, changes) })
 		if err == nil {
-			f.bridges = next
 			return nil
 		}
 		f.synced = false
 		f.log.Warn("incremental firewall update rejected, rewriting table", "err", err)
 	}
-	if err := f.batchLocked(func(c conn) error { return writeAll(c, want) }); err != nil {
+	if err := f.batchLocked(func(c conn) error { return writeAll(c, desired(f.bridges)) }); err != nil {
 		return err
 	}
-	f.bridges, f.synced = next, true
+	f.synced = true
 	return nil
 }
 

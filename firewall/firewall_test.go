@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -139,7 +140,7 @@ func testStates() []State {
 	}
 	overlap := []Bridge{
 		{Name: "br-x", Owner: "x", Subnets4: pfx("10.0.0.0/8"), Masquerade: true, ICC: true},
-		{Name: "br-y", Owner: "y", Subnets4: pfx("10.1.0.0/16", "10.2.0.0/24"), Subnets6: pfx("fd00::/48"), Masquerade: true},
+		{Name: "br-y", Owner: "y", Subnets4: pfx("10.1.0.0/16", "10.2.0.0/24", "192.168.7.7/32"), Subnets6: pfx("fd00::/48"), Masquerade: true},
 		{Name: "br-z", Owner: "z", Subnets4: pfx("10.1.0.0/16", "10.2.1.0/24"), Subnets6: pfx("fd00::/56", "::/0"), Masquerade: true},
 	}
 	return []State{
@@ -353,5 +354,36 @@ func TestCanceledContext(t *testing.T) {
 	}
 	if k.flushes() != 0 {
 		t.Errorf("sent %d batches", k.flushes())
+	}
+}
+
+func TestConcurrentChanges(t *testing.T) {
+	fw, k := newFake(t)
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			b := benchBridge(i)
+			for range 5 {
+				if err := fw.SetBridge(t.Context(), b); err != nil {
+					t.Error(err)
+				}
+				if err := fw.RemoveBridge(t.Context(), b.Name); err != nil {
+					t.Error(err)
+				}
+			}
+			if i%2 == 0 {
+				if err := fw.SetBridge(t.Context(), b); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var want State
+	for i := 0; i < 20; i += 2 {
+		want.Bridges = append(want.Bridges, benchBridge(i))
+	}
+	if diff := cmp.Diff(fakeDumpOf(t, want), k.dump()); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
 	}
 }

@@ -6,8 +6,9 @@ import (
 )
 
 // Render returns the full desired ruleset for s in the syntax of
-// `nft list ruleset`, except that set elements are listed one per line,
-// sorted. It is deterministic and needs no privileges.
+// `nft list table inet pier`, except that set elements are listed one per
+// line, sorted. It is deterministic and needs no privileges. Bridges are
+// normalized as SetBridge does; ones it would reject are rendered as given.
 func Render(s State) string {
 	bridges := make(map[string]Bridge, len(s.Bridges))
 	for _, b := range s.Bridges {

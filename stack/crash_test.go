@@ -67,7 +67,8 @@ func TestSIGKILLMidOperationRestoresAndLeaksNothing(t *testing.T) {
 			killChildMidway(t, e, time.Duration(5+rand.IntN(150))*time.Millisecond)
 			e.open()
 			checkConsistent(t, e)
-			e.teardown()
+			e.deleteAll()
+			e.s.Close()
 			e.s = nil
 			checkEmpty(t, e)
 		})
@@ -172,7 +173,7 @@ func checkEmpty(t *testing.T, e *env) {
 		t.Errorf("pinned namespaces left: %v", pins)
 	}
 	e.open()
-	defer func() { e.teardown(); e.s = nil }()
+	defer e.teardown()
 	// Every pool was released: the first automatic pool is free again.
 	n, err := e.s.Controller.CreateNetwork(t.Context(), cnm.NetworkSpec{Name: "again"})
 	if err != nil || n.IPv4[0].Subnet.String() != "172.17.0.0/16" {

@@ -25,13 +25,18 @@ import (
 
 // env is one test "host": a fresh network namespace plus data and exec roots.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	hostPath string
 	opts     Options
 	s        *Stack
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { return newEnvTB(t) }
+
+// newEnvB is newEnv for benchmarks.
+func newEnvB(b *testing.B) *env { return newEnvTB(b) }
+
+func newEnvTB(t testing.TB) *env {
 	t.Helper()
 	hostPath, _ := nstest.NewPinned(t)
 	dir := t.TempDir()
@@ -65,9 +70,17 @@ func (e *env) reopen() {
 
 // teardown removes every sandbox and network so pinned namespaces are unmounted.
 func (e *env) teardown() {
+	defer e.unpinAll()
 	if e.s == nil {
 		return
 	}
+	e.deleteAll()
+	e.s.Close()
+	e.s = nil
+}
+
+// deleteAll removes every sandbox and network through the controller.
+func (e *env) deleteAll() {
 	ctx := context.Background() // t.Context is already cancelled in Cleanup
 	c := e.s.Controller
 	for _, sb := range c.Sandboxes(ctx) {
@@ -82,8 +95,11 @@ func (e *env) teardown() {
 			}
 		}
 	}
-	e.s.Close()
-	// Whatever the controller failed to remove must not outlive the test.
+}
+
+// unpinAll removes whatever namespace the controller failed to remove: nothing may
+// outlive the test.
+func (e *env) unpinAll() {
 	pins, _ := filepath.Glob(filepath.Join(e.opts.ExecRoot, "netns", "*"))
 	for _, p := range pins {
 		_ = netns.Remove(p)
@@ -156,7 +172,7 @@ func ping(key string, to netip.Addr) error {
 }
 
 // listen starts a TCP echo server inside the namespace at key.
-func listen(t *testing.T, key string) net.Listener {
+func listen(t testing.TB, key string) net.Listener {
 	t.Helper()
 	ns, err := netns.Open(key)
 	if err != nil {
@@ -210,7 +226,7 @@ func dialEcho(key string, addr netip.Addr, timeout time.Duration) error {
 }
 
 // links lists link names in the namespace at key, sorted.
-func links(t *testing.T, key string) []string {
+func links(t testing.TB, key string) []string {
 	t.Helper()
 	ns, err := netns.Open(key)
 	if err != nil {
@@ -230,7 +246,7 @@ func links(t *testing.T, key string) []string {
 }
 
 // defaultRoutes returns "dev via" of the default routes in the namespace at key.
-func defaultRoutes(t *testing.T, key string, family int) []string {
+func defaultRoutes(t testing.TB, key string, family int) []string {
 	t.Helper()
 	ns, err := netns.Open(key)
 	if err != nil {
@@ -254,9 +270,11 @@ func defaultRoutes(t *testing.T, key string, family int) []string {
 var _ = netlink.FAMILY_V4
 
 // testWriter sends log lines to t.Log, so pier's warnings show up with the failing test.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+func (e *env) networkB(spec cnm.NetworkSpec) cnm.Network { return e.network(spec) }

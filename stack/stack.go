@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -39,8 +40,9 @@ type Stack struct {
 	Firewall   *firewall.Firewall
 	Host       *netns.Namespace
 
-	store *store.Store
-	nsm   *netns.Manager
+	store   *store.Store
+	nsm     *netns.Manager
+	drivers io.Closer
 }
 
 // Open builds every component and restores the recorded state.
@@ -82,7 +84,7 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 		return err
 	}
 	reg := driver.NewRegistry()
-	if err := builtin.Register(reg, builtin.Deps{Host: s.Host, Firewall: s.Firewall, Logger: o.Logger}); err != nil {
+	if s.drivers, err = builtin.Register(reg, builtin.Deps{Host: s.Host, Firewall: s.Firewall, Logger: o.Logger}); err != nil {
 		return err
 	}
 	s.nsm = netns.NewManager(filepath.Join(o.ExecRoot, "netns"), s.Host)
@@ -131,6 +133,9 @@ func machineID(dataRoot string) string {
 // Close releases handles; kernel state and records stay for the next Open.
 func (s *Stack) Close() error {
 	var errs []error
+	if s.drivers != nil {
+		errs = append(errs, s.drivers.Close())
+	}
 	if s.nsm != nil {
 		errs = append(errs, s.nsm.Close())
 	}

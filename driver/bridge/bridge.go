@@ -51,6 +51,7 @@ type Driver struct {
 	fw   Firewall
 	log  *slog.Logger
 
+	reaper    *reaper
 	mu        sync.Mutex // guards the fields below
 	networks  map[string]*network
 	endpoints map[string]*endpoint
@@ -70,12 +71,26 @@ type endpoint struct {
 	addr4   netip.Prefix
 	addr6   netip.Prefix
 	mac     net.HardwareAddr
+
+	// Set while joined (guarded by Driver.mu).
+	sandboxKey, ifName string
 }
 
 // New returns a bridge driver programming the host namespace host and firewall fw.
 func New(host *netns.Namespace, fw Firewall, log *slog.Logger) *Driver {
-	return &Driver{host: host, fw: fw, log: log.With("component", "bridge"),
+	log = log.With("component", "bridge")
+	return &Driver{host: host, fw: fw, log: log, reaper: &reaper{nl: host.NL, do: host.Do, log: log},
 		networks: map[string]*network{}, endpoints: map[string]*endpoint{}}
+}
+
+// Start launches the background deletion of detached veths (see reaper). Without it
+// Leave deletes synchronously.
+func (d *Driver) Start() { d.reaper.start() }
+
+// Close finishes pending deletions and stops the background work. Idempotent.
+func (d *Driver) Close() error {
+	d.reaper.stop()
+	return nil
 }
 
 // Name implements driver.Driver.
@@ -332,6 +347,7 @@ func (d *Driver) Join(ctx context.Context, req driver.JoinRequest) (driver.JoinR
 	if err := d.createVeth(n, ep, req); err != nil {
 		return driver.JoinResult{}, err
 	}
+	d.setJoined(ep, req.SandboxKey, req.IfName)
 	res := driver.JoinResult{DisableGateway: n.cfg.Internal}
 	if !n.cfg.Internal {
 		res.Gateway4, res.Gateway6 = n.gateway4.Addr(), n.gateway6.Addr()
@@ -362,6 +378,20 @@ func (d *Driver) createVeth(n *network, ep *endpoint, req driver.JoinRequest) er
 		_ = d.removeHostVeth(ep.id)
 		return fmt.Errorf("creating veth %s for endpoint %s: %w", attrs.Name, ep.id[:12], err)
 	}
+	return d.isolate(n, veth)
+}
+
+// isolate marks the port isolated on ICC-off bridges: the bridge then forwards nothing
+// between two isolated ports, with or without br_netfilter (the firewall's intra-bridge
+// drop only sees bridged frames when bridge-nf-call-iptables is on).
+func (d *Driver) isolate(n *network, veth netlink.Link) error {
+	if n.cfg.ICC {
+		return nil
+	}
+	if err := d.host.NL.LinkSetIsolated(veth, true); err != nil {
+		_ = d.host.NL.LinkDel(veth)
+		return fmt.Errorf("isolating port %s (enable_icc=false): %w", veth.Attrs().Name, err)
+	}
 	return nil
 }
 
@@ -375,9 +405,27 @@ func (d *Driver) endpoint(eid string) (*endpoint, error) {
 	return ep, nil
 }
 
-// Leave deletes the veth pair (both ends go with the host side).
+func (d *Driver) setJoined(ep *endpoint, key, ifName string) {
+	d.mu.Lock()
+	ep.sandboxKey, ep.ifName = key, ifName
+	d.mu.Unlock()
+}
+
+// Leave removes the veth pair (both ends go with the host side); the kernel's slow
+// part happens in the background (see reaper).
 func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
-	return d.removeHostVeth(eid)
+	l, err := d.host.NL.LinkByName(HostVethName(eid))
+	if err != nil {
+		return nil // already gone
+	}
+	var key, ifName string
+	d.mu.Lock()
+	if ep := d.endpoints[eid]; ep != nil {
+		key, ifName = ep.sandboxKey, ep.ifName
+		ep.sandboxKey, ep.ifName = "", ""
+	}
+	d.mu.Unlock()
+	return d.reaper.remove(l, key, ifName)
 }
 
 func (d *Driver) removeHostVeth(eid string) error {
@@ -409,6 +457,11 @@ func (d *Driver) RestoreEndpoint(ctx context.Context, ec driver.EndpointConfig, 
 	if join == nil {
 		return true, nil
 	}
+	ep, err := d.endpoint(ec.EndpointID)
+	if err != nil {
+		return false, err
+	}
+	d.setJoined(ep, join.SandboxKey, join.IfName)
 	return d.vethIntact(ec.NetworkID, ec.EndpointID), nil
 }
 
@@ -438,9 +491,13 @@ func (d *Driver) Cleanup(ctx context.Context, live driver.Live) error {
 	}
 	var errs []error
 	for _, l := range links {
-		if d.isStale(l, live, liveVeths) {
-			d.log.InfoContext(ctx, "removing leftover interface", "name", l.Attrs().Name)
-			errs = append(errs, d.host.NL.LinkDel(l))
+		if !d.isStale(l, live, liveVeths) {
+			continue
+		}
+		d.log.InfoContext(ctx, "removing leftover interface", "name", l.Attrs().Name)
+		// ENODEV: a deletion still running in the kernel got there first.
+		if err := d.host.NL.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("removing leftover %s: %w", l.Attrs().Name, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -2,6 +2,7 @@
 package builtin
 
 import (
+	"io"
 	"log/slog"
 
 	"github.com/piernet/pier/driver"
@@ -18,16 +19,19 @@ type Deps struct {
 	Logger   *slog.Logger
 }
 
-// Register adds the built-in drivers to r.
-func Register(r *driver.Registry, deps Deps) error {
+// Register adds the built-in drivers to r and starts their background work; the
+// returned Closer stops it (call it after the controller is done).
+func Register(r *driver.Registry, deps Deps) (io.Closer, error) {
+	br := bridge.New(deps.Host, deps.Firewall, deps.Logger)
 	for _, d := range []driver.Driver{
 		null.Driver{},
 		host.Driver{},
-		bridge.New(deps.Host, deps.Firewall, deps.Logger),
+		br,
 	} {
 		if err := r.Register(d); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	br.Start()
+	return br, nil
 }
