@@ -278,3 +278,5 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 func (e *env) networkB(spec cnm.NetworkSpec) cnm.Network { return e.network(spec) }
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
