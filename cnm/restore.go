@@ -32,10 +32,12 @@ func (c *Controller) restore(ctx context.Context) error {
 		recreated[sb.ID] = c.restoreSandboxOS(ctx, sb)
 	}
 	broken := c.restoreEndpoints(ctx)
+	// Leftovers go first: a half-detached veth may still hold a sandbox interface name.
+	cleanupErr := c.cleanup(ctx)
 	for _, sb := range c.sandboxes {
 		c.repairSandbox(ctx, sb, broken, recreated[sb.ID])
 	}
-	return c.cleanup(ctx)
+	return cleanupErr
 }
 
 func (c *Controller) load(ctx context.Context) error {
@@ -212,6 +214,9 @@ func (c *Controller) rejoin(ctx context.Context, sb *Sandbox, ep *Endpoint) {
 	}
 	if drv, err := c.drivers.Get(n.Driver); err == nil {
 		_ = drv.Leave(ctx, n.ID, ep.ID) // clear half-made interfaces
+	}
+	if ep.IfName != "" {
+		_ = c.os.RemoveInterface(ctx, sb.Key, ep.IfName)
 	}
 	c.log.InfoContext(ctx, "re-creating endpoint interface", "sandbox", sb.Name, "endpoint", ep.Name)
 	var u undo.Stack
