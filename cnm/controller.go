@@ -19,6 +19,7 @@ import (
 	"sync"
 
 	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/etcfiles"
 	"github.com/piernet/pier/ipam"
 	"github.com/piernet/pier/netns"
@@ -37,12 +38,20 @@ type SandboxOS interface {
 	SetDefaultRoute(ctx context.Context, key string, r netns.DefaultRoute) error
 }
 
-// Config wires a controller. Every field except Logger and HostResolvConf is required.
+// Plugins resolves network and IPAM drivers that are not built in (Docker plugins).
+type Plugins interface {
+	NetworkDriver(ctx context.Context, name string) (driver.Driver, error)
+	IPAM(ctx context.Context, name string) (ipam.Allocator, error)
+}
+
+// Config wires a controller. Every field except Logger, HostResolvConf and Plugins is
+// required.
 type Config struct {
 	ExecRoot       string // sandbox files live under ExecRoot/sandboxes
 	Store          *store.Store
 	Drivers        *driver.Registry
-	IPAM           ipam.Allocator
+	IPAM           ipam.Allocator // the "default" IPAM driver
+	Plugins        Plugins
 	OS             SandboxOS
 	Logger         *slog.Logger
 	HostResolvConf string // default /etc/resolv.conf
@@ -53,12 +62,15 @@ type Controller struct {
 	execRoot   string
 	store      *store.Store
 	drivers    *driver.Registry
-	ipam       ipam.Allocator
+	plugins    Plugins
 	os         SandboxOS
 	log        *slog.Logger
 	resolvPath string
 
 	opMu sync.Mutex // serialises mutating operations
+
+	ipamMu sync.Mutex // guards ipams
+	ipams  map[string]ipam.Allocator
 
 	mu        sync.RWMutex // guards the maps below
 	networks  map[string]*Network
@@ -77,8 +89,9 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if cfg.HostResolvConf == "" {
 		cfg.HostResolvConf = "/etc/resolv.conf"
 	}
-	c := &Controller{execRoot: cfg.ExecRoot, store: cfg.Store, drivers: cfg.Drivers, ipam: cfg.IPAM,
-		os: cfg.OS, log: cfg.Logger.With("component", "controller"), resolvPath: cfg.HostResolvConf,
+	c := &Controller{execRoot: cfg.ExecRoot, store: cfg.Store, drivers: cfg.Drivers, plugins: cfg.Plugins,
+		ipams: map[string]ipam.Allocator{IPAMDefault: cfg.IPAM, IPAMNull: nullIPAM{}},
+		os:    cfg.OS, log: cfg.Logger.With("component", "controller"), resolvPath: cfg.HostResolvConf,
 		networks: map[string]*Network{}, endpoints: map[string]*Endpoint{}, sandboxes: map[string]*Sandbox{}}
 	if err := c.restore(ctx); err != nil {
 		return nil, fmt.Errorf("restoring state: %w", err)
@@ -103,4 +116,37 @@ func validAddr(p netip.Prefix) netip.Addr {
 		return netip.Addr{}
 	}
 	return p.Addr()
+}
+
+// driver returns the network driver name, resolving a plugin on first use.
+func (c *Controller) driver(ctx context.Context, name string) (driver.Driver, error) {
+	d, err := c.drivers.Get(name)
+	if err == nil || c.plugins == nil {
+		return d, err
+	}
+	if d, err = c.plugins.NetworkDriver(ctx, name); err != nil {
+		return nil, err
+	}
+	if err := c.drivers.Register(d); err != nil {
+		return c.drivers.Get(name) // registered concurrently
+	}
+	return d, nil
+}
+
+// allocator returns the IPAM driver name, resolving a plugin on first use.
+func (c *Controller) allocator(ctx context.Context, name string) (ipam.Allocator, error) {
+	c.ipamMu.Lock()
+	defer c.ipamMu.Unlock()
+	if a, ok := c.ipams[name]; ok {
+		return a, nil
+	}
+	if c.plugins == nil {
+		return nil, errdefs.NotFound("IPAM driver %q not found (available: default, null)", name)
+	}
+	a, err := c.plugins.IPAM(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	c.ipams[name] = a
+	return a, nil
 }

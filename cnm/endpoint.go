@@ -91,7 +91,7 @@ func (c *Controller) createEndpoint(ctx context.Context, n *Network, spec Endpoi
 	if err := c.allocateAddrs(ctx, n, ep, spec, &u); err != nil {
 		return nil, u.Rollback(err)
 	}
-	drv, err := c.drivers.Get(n.Driver)
+	drv, err := c.driver(ctx, n.Driver)
 	if err != nil {
 		return nil, u.Rollback(err)
 	}
@@ -148,11 +148,15 @@ func (c *Controller) allocateAddr(ctx context.Context, n *Network, pools []Pool,
 	if !ok {
 		return netip.Prefix{}, errdefs.InvalidArgument("address %s is not in any subnet of network %s", want, n.Name)
 	}
-	addr, err := c.ipam.RequestAddress(ctx, ipam.AddressRequest{PoolID: p.PoolID, Addr: want})
+	alloc, err := c.allocator(ctx, n.IPAMDriver)
 	if err != nil {
 		return netip.Prefix{}, err
 	}
-	u.Push(func() error { return c.ipam.ReleaseAddress(context.WithoutCancel(ctx), p.PoolID, addr.Addr()) })
+	addr, err := alloc.RequestAddress(ctx, ipam.AddressRequest{PoolID: p.PoolID, Addr: want})
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	u.Push(func() error { return alloc.ReleaseAddress(context.WithoutCancel(ctx), p.PoolID, addr.Addr()) })
 	return addr, nil
 }
 
@@ -221,7 +225,7 @@ func (c *Controller) DeleteEndpoint(ctx context.Context, netRef, ref string) err
 }
 
 func (c *Controller) deleteEndpoint(ctx context.Context, n *Network, ep *Endpoint) error {
-	drv, err := c.drivers.Get(n.Driver)
+	drv, err := c.driver(ctx, n.Driver)
 	if err != nil {
 		return err
 	}
@@ -239,6 +243,11 @@ func (c *Controller) deleteEndpoint(ctx context.Context, n *Network, ep *Endpoin
 }
 
 func (c *Controller) releaseAddrs(ctx context.Context, n *Network, ep *Endpoint) {
+	alloc, err := c.allocator(ctx, n.IPAMDriver)
+	if err != nil {
+		c.log.WarnContext(ctx, "releasing addresses", "endpoint", ep.Name, "err", err)
+		return
+	}
 	for _, a := range []struct {
 		pools []Pool
 		addr  netip.Prefix
@@ -247,7 +256,7 @@ func (c *Controller) releaseAddrs(ctx context.Context, n *Network, ep *Endpoint)
 			continue
 		}
 		if p, ok := poolFor(a.pools, a.addr.Addr()); ok {
-			if err := c.ipam.ReleaseAddress(ctx, p.PoolID, a.addr.Addr()); err != nil {
+			if err := alloc.ReleaseAddress(ctx, p.PoolID, a.addr.Addr()); err != nil {
 				c.log.WarnContext(ctx, "releasing address", "addr", a.addr, "err", err)
 			}
 		}

@@ -176,7 +176,7 @@ func (c *Controller) join(ctx context.Context, sb *Sandbox, n *Network, ep *Endp
 
 // attach runs the driver's Join and configures the interface inside the sandbox.
 func (c *Controller) attach(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint, u *undo.Stack) error {
-	drv, err := c.drivers.Get(n.Driver)
+	drv, err := c.driver(ctx, n.Driver)
 	if err != nil {
 		return err
 	}
@@ -273,7 +273,7 @@ func (ep *Endpoint) unjoined() Endpoint {
 }
 
 func (c *Controller) detach(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint) error {
-	drv, err := c.drivers.Get(n.Driver)
+	drv, err := c.driver(ctx, n.Driver)
 	if err != nil {
 		return err
 	}
@@ -395,7 +395,7 @@ func (c *Controller) externalConnectivity(ctx context.Context, eid string, progr
 	if err != nil {
 		return err
 	}
-	drv, err := c.drivers.Get(n.Driver)
+	drv, err := c.driver(ctx, n.Driver)
 	if err != nil {
 		return err
 	}

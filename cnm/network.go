@@ -79,7 +79,7 @@ const kindNetwork = "networks"
 func (c *Controller) CreateNetwork(ctx context.Context, spec NetworkSpec) (Network, error) {
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
-	n, drv, err := c.prepareNetwork(spec)
+	n, drv, err := c.prepareNetwork(ctx, spec)
 	if err != nil {
 		return Network{}, err
 	}
@@ -101,21 +101,21 @@ func (c *Controller) CreateNetwork(ctx context.Context, spec NetworkSpec) (Netwo
 	return *n, nil
 }
 
-func (c *Controller) prepareNetwork(spec NetworkSpec) (*Network, driver.Driver, error) {
+func (c *Controller) prepareNetwork(ctx context.Context, spec NetworkSpec) (*Network, driver.Driver, error) {
 	if err := validName("network", spec.Name); err != nil {
 		return nil, nil, err
 	}
 	if spec.Driver == "" {
 		spec.Driver = "bridge"
 	}
-	drv, err := c.drivers.Get(spec.Driver)
+	drv, err := c.driver(ctx, spec.Driver)
 	if err != nil {
 		return nil, nil, err
 	}
 	if err := c.checkNameFree(spec.Name); err != nil {
 		return nil, nil, err
 	}
-	ipamDriver, err := c.ipamDriverFor(spec.IPAMDriver, spec.Driver)
+	ipamDriver, err := c.ipamDriverFor(ctx, spec.IPAMDriver, spec.Driver)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -137,17 +137,17 @@ func (c *Controller) checkNameFree(name string) error {
 	return nil
 }
 
-func (c *Controller) ipamDriverFor(name, drv string) (string, error) {
+func (c *Controller) ipamDriverFor(ctx context.Context, name, drv string) (string, error) {
 	if drv == "null" || drv == "host" {
 		return IPAMNull, nil
 	}
-	switch name {
-	case "", IPAMDefault:
-		return IPAMDefault, nil
-	case IPAMNull:
-		return IPAMNull, nil
+	if name == "" {
+		name = IPAMDefault
 	}
-	return "", errdefs.NotFound("IPAM driver %q not found (available: default, null)", name)
+	if _, err := c.allocator(ctx, name); err != nil {
+		return "", err
+	}
+	return name, nil
 }
 
 func (n *Network) driverConfig() driver.NetworkConfig {
@@ -207,7 +207,7 @@ func (c *Controller) DeleteNetwork(ctx context.Context, ref string) error {
 }
 
 func (c *Controller) deleteNetwork(ctx context.Context, n *Network) error {
-	drv, err := c.drivers.Get(n.Driver)
+	drv, err := c.driver(ctx, n.Driver)
 	if err != nil {
 		return err
 	}

@@ -30,14 +30,14 @@ func (c *Controller) allocatePools(ctx context.Context, n *Network, specs []Pool
 		v6 = []PoolSpec{{}}
 	}
 	for _, s := range v4 {
-		p, err := c.allocatePool(ctx, n.Name, s, false, u)
+		p, err := c.allocatePool(ctx, n, s, false, u)
 		if err != nil {
 			return err
 		}
 		n.IPv4 = append(n.IPv4, p)
 	}
 	for _, s := range v6 {
-		p, err := c.allocatePool(ctx, n.Name, s, true, u)
+		p, err := c.allocatePool(ctx, n, s, true, u)
 		if err != nil {
 			return err
 		}
@@ -80,22 +80,27 @@ func specFamily(s PoolSpec) (int, error) {
 	return 4, nil
 }
 
-func (c *Controller) allocatePool(ctx context.Context, netName string, s PoolSpec, v6 bool, u *undo.Stack) (Pool, error) {
+func (c *Controller) allocatePool(ctx context.Context, n *Network, s PoolSpec, v6 bool, u *undo.Stack) (Pool, error) {
+	alloc, err := c.allocator(ctx, n.IPAMDriver)
+	if err != nil {
+		return Pool{}, err
+	}
 	gw := s.Gateway
 	if gw.IsUnspecified() {
 		gw = netip.Addr{}
 	}
-	granted, err := c.ipam.RequestPool(ctx, ipam.PoolRequest{Subnet: s.Subnet, IPRange: s.IPRange, V6: v6, Network: netName})
+	granted, err := alloc.RequestPool(ctx, ipam.PoolRequest{Subnet: s.Subnet, IPRange: s.IPRange, V6: v6,
+		Network: n.Name, Options: n.IPAMOptions})
 	if err != nil {
 		return Pool{}, err
 	}
-	u.Push(func() error { return c.ipam.ReleasePool(context.WithoutCancel(ctx), granted.ID) })
+	u.Push(func() error { return alloc.ReleasePool(context.WithoutCancel(ctx), granted.ID) })
 	p := Pool{PoolID: granted.ID, Subnet: granted.Subnet, IPRange: granted.IPRange}
-	if p.Gateway, err = c.ipam.RequestAddress(ctx, ipam.AddressRequest{PoolID: granted.ID, Addr: gw, Gateway: true}); err != nil {
+	if p.Gateway, err = alloc.RequestAddress(ctx, ipam.AddressRequest{PoolID: granted.ID, Addr: gw, Gateway: true}); err != nil {
 		return Pool{}, errdefs.Wrap(errdefs.KindOf(err), prefixErr("gateway", err))
 	}
 	for name, a := range s.Aux {
-		if _, err := c.ipam.RequestAddress(ctx, ipam.AddressRequest{PoolID: granted.ID, Addr: a}); err != nil {
+		if _, err := alloc.RequestAddress(ctx, ipam.AddressRequest{PoolID: granted.ID, Addr: a}); err != nil {
 			return Pool{}, errdefs.Wrap(errdefs.KindOf(err), prefixErr("auxiliary address "+name, err))
 		}
 		if p.Aux == nil {
@@ -119,8 +124,13 @@ func prefixErr(label string, err error) error { return labelled{label, err} }
 // releasePools gives back everything allocatePools took; errors are logged only, since
 // the network is already gone from the kernel and the store.
 func (c *Controller) releasePools(ctx context.Context, n *Network) {
+	alloc, err := c.allocator(ctx, n.IPAMDriver)
+	if err != nil {
+		c.log.WarnContext(ctx, "releasing pools", "network", n.Name, "err", err)
+		return
+	}
 	for _, p := range append(append([]Pool{}, n.IPv4...), n.IPv6...) {
-		if err := c.ipam.ReleasePool(ctx, p.PoolID); err != nil {
+		if err := alloc.ReleasePool(ctx, p.PoolID); err != nil {
 			c.log.WarnContext(ctx, "releasing pool", "network", n.Name, "pool", p.PoolID, "err", err)
 		}
 	}
@@ -131,7 +141,7 @@ func (c *Controller) restorePools(ctx context.Context, n *Network) error {
 	var u undo.Stack
 	for _, p := range append(append([]Pool{}, n.IPv4...), n.IPv6...) {
 		spec := PoolSpec{Subnet: p.Subnet, IPRange: p.IPRange, Gateway: validAddr(p.Gateway), Aux: p.Aux}
-		if _, err := c.allocatePool(ctx, n.Name, spec, p.Subnet.Addr().Is6(), &u); err != nil {
+		if _, err := c.allocatePool(ctx, n, spec, p.Subnet.Addr().Is6(), &u); err != nil {
 			return u.Rollback(err)
 		}
 	}

@@ -103,7 +103,7 @@ func (c *Controller) restoreNetwork(ctx context.Context, n *Network) {
 	if err := c.restorePools(ctx, n); err != nil {
 		c.log.ErrorContext(ctx, "restoring network pools", "network", n.Name, "err", err)
 	}
-	drv, err := c.drivers.Get(n.Driver)
+	drv, err := c.driver(ctx, n.Driver)
 	if err != nil {
 		c.log.ErrorContext(ctx, "restoring network", "network", n.Name, "err", err)
 		return
@@ -156,7 +156,7 @@ func (c *Controller) restoreEndpoint(ctx context.Context, n *Network, ep *Endpoi
 	if err := c.reserveAddrs(ctx, n, ep); err != nil {
 		c.log.ErrorContext(ctx, "restoring endpoint addresses", "endpoint", ep.Name, "err", err)
 	}
-	drv, err := c.drivers.Get(n.Driver)
+	drv, err := c.driver(ctx, n.Driver)
 	if err != nil {
 		return ep.SandboxID == ""
 	}
@@ -212,7 +212,7 @@ func (c *Controller) rejoin(ctx context.Context, sb *Sandbox, ep *Endpoint) {
 	if n == nil {
 		return
 	}
-	if drv, err := c.drivers.Get(n.Driver); err == nil {
+	if drv, err := c.driver(ctx, n.Driver); err == nil {
 		_ = drv.Leave(ctx, n.ID, ep.ID) // clear half-made interfaces
 	}
 	if ep.IfName != "" {
@@ -237,7 +237,7 @@ func (c *Controller) cleanup(ctx context.Context) error {
 }
 
 func (c *Controller) cleanupDriver(ctx context.Context, name string) error {
-	drv, err := c.drivers.Get(name)
+	drv, err := c.driver(ctx, name)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"sync"
 
 	"github.com/piernet/pier/errdefs"
 )
@@ -140,6 +141,7 @@ type HostNamespaced interface{ UsesHostNamespace() bool }
 
 // Registry maps driver names to drivers. It is a plain value built by the caller.
 type Registry struct {
+	mu      sync.RWMutex // guards drivers: plugins are added at run time
 	drivers map[string]Driver
 }
 
@@ -148,6 +150,8 @@ func NewRegistry() *Registry { return &Registry{drivers: map[string]Driver{}} }
 
 // Register adds d under d.Name(); registering a name twice is an error.
 func (r *Registry) Register(d Driver) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if _, dup := r.drivers[d.Name()]; dup {
 		return errdefs.Conflict("driver %q already registered", d.Name())
 	}
@@ -157,6 +161,8 @@ func (r *Registry) Register(d Driver) error {
 
 // Get returns the driver registered under name.
 func (r *Registry) Get(name string) (Driver, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	d, ok := r.drivers[name]
 	if !ok {
 		return nil, errdefs.NotFound("plugin %q not found", name)
@@ -166,6 +172,8 @@ func (r *Registry) Get(name string) (Driver, error) {
 
 // Names lists registered driver names, sorted.
 func (r *Registry) Names() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	names := make([]string, 0, len(r.drivers))
 	for n := range r.drivers {
 		names = append(names, n)

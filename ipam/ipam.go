@@ -24,6 +24,9 @@ type PoolRequest struct {
 	IPRange      netip.Prefix // optional sub-pool dynamic addresses come from
 	V6           bool         // family wanted when Subnet is zero
 	Network      string       // network name, used in error messages only
+	// Options are the user's --ipam-opt values, passed to plugin IPAM drivers; the
+	// default allocator ignores them.
+	Options map[string]string
 }
 
 // Pool is a granted pool.
