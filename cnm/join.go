@@ -142,7 +142,7 @@ func (c *Controller) checkCanJoin(sb *Sandbox, n *Network) error {
 
 func (c *Controller) hasNullEndpoint(sid string) bool {
 	for _, ep := range c.sandboxEndpoints(sid) {
-		if n, err := c.Network(context.Background(), ep.NetworkID); err == nil && n.Driver == "null" {
+		if n := c.networkByID(ep.NetworkID); n != nil && n.Driver == "null" {
 			return true
 		}
 	}
@@ -338,8 +338,8 @@ func orderGateway(cs []gatewayCandidate) {
 func (c *Controller) selectGateway(eps []*Endpoint) *Endpoint {
 	var cs []gatewayCandidate
 	for _, ep := range eps {
-		n, err := c.Network(context.Background(), ep.NetworkID)
-		if err != nil {
+		n := c.networkByID(ep.NetworkID)
+		if n == nil {
 			continue
 		}
 		cs = append(cs, gatewayCandidate{ep: ep, internal: n.Internal, netName: n.Name})

@@ -177,6 +177,13 @@ func (c *Controller) Network(ctx context.Context, ref string) (Network, error) {
 	return *n, nil
 }
 
+// networkByID returns the network with exactly this ID, or nil (no copy: read-only).
+func (c *Controller) networkByID(id string) *Network {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.networks[id]
+}
+
 // Networks lists all networks sorted by name.
 func (c *Controller) Networks(ctx context.Context) []Network {
 	c.mu.RLock()
