@@ -47,7 +47,8 @@ func FromHandle(h vns.NsHandle) (*Namespace, error) {
 }
 
 // Current opens the calling process's network namespace (the thread group leader's).
-func Current() (*Namespace, error) { return Open("/proc/self/ns/net") }
+// Its Path names the process by PID, so other processes (pier exec) can enter it.
+func Current() (*Namespace, error) { return Open(fmt.Sprintf("/proc/%d/ns/net", os.Getpid())) }
 
 func wrap(path string, h vns.NsHandle) (*Namespace, error) {
 	nl, err := netlink.NewHandleAt(h)
