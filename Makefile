@@ -32,3 +32,9 @@ bench:
 
 clean:
 	rm -rf $(BIN)
+
+# Build and start pierd in the foreground with its defaults (/var/lib/pier, /run/pier,
+# unix:///run/pier/pier.sock). Needs root. Stop it with Ctrl-C; state is kept.
+.PHONY: run
+run: build
+	$(BIN)/pierd

@@ -1,0 +1,60 @@
+// Package types holds the JSON shapes of pier's own API routes (/pier/v1/...), shared by
+// the server (package api) and the Go client. It has no dependencies and no behaviour:
+// the Docker-compatible routes use Docker's own types (github.com/moby/moby/api).
+package types
+
+import "time"
+
+// ErrorResponse is the body of every error reply, as Docker's: {"message": "..."}.
+type ErrorResponse struct {
+	Message string `json:"message"`
+}
+
+// SandboxCreateRequest is the body of POST /pier/v1/sandboxes.
+type SandboxCreateRequest struct {
+	Name        string
+	Hostname    string
+	HostNetwork bool
+	// Networks are connected in order. "host" makes a host-network sandbox, "none"
+	// connects to the null network; no entry connects to "bridge" when it exists.
+	Networks   []SandboxNetwork
+	DNS        []string
+	DNSSearch  []string
+	DNSOptions []string
+	ExtraHosts []string // "host:ip", as docker's --add-host
+}
+
+// SandboxNetwork is one network a new sandbox is connected to.
+type SandboxNetwork struct {
+	Network     string // name or ID
+	IPv4Address string // static address; "" = allocate
+	IPv6Address string
+	Aliases     []string
+}
+
+// SandboxInfo describes a sandbox (reply of create, list and inspect).
+type SandboxInfo struct {
+	ID          string
+	Name        string
+	Hostname    string
+	Key         string // network namespace path
+	Dir         string // directory holding hosts, resolv.conf and hostname
+	HostNetwork bool
+	Created     time.Time
+	Endpoints   []SandboxEndpoint
+}
+
+// SandboxEndpoint is one network connection of a sandbox. Addresses are CIDR strings
+// ("172.18.0.2/16"); empty strings mean none.
+type SandboxEndpoint struct {
+	Network     string
+	NetworkID   string
+	EndpointID  string
+	IfName      string
+	MacAddress  string
+	IPv4Address string
+	IPv6Address string
+	Gateway     string
+	IPv6Gateway string
+	Aliases     []string
+}
