@@ -118,6 +118,9 @@ func validAddr(p netip.Prefix) netip.Addr {
 	return p.Addr()
 }
 
+// DriverNames lists the network drivers available now (built-in and plugins in use).
+func (c *Controller) DriverNames() []string { return c.drivers.Names() }
+
 // driver returns the network driver name, resolving a plugin on first use.
 func (c *Controller) driver(ctx context.Context, name string) (driver.Driver, error) {
 	d, err := c.drivers.Get(name)

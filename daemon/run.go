@@ -24,9 +24,6 @@ import (
 // -ldflags "-X github.com/piernet/pier/daemon.Version=...".
 var Version = "0.1.0-dev"
 
-// networkDrivers are the built-in drivers stack.Open registers (reported by /info).
-var networkDrivers = []string{"bridge", "host", "null"}
-
 // shutdownTimeout bounds how long in-flight requests may run after a stop signal.
 const shutdownTimeout = 15 * time.Second
 
@@ -53,7 +50,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("creating predefined networks: %w", err)
 	}
 	srv := api.New(api.Config{Controller: st.Controller, Logger: log, Version: Version,
-		ID: engineID(cfg.DataRoot, log), DataRoot: cfg.DataRoot, Drivers: networkDrivers})
+		ID: engineID(cfg.DataRoot, log), DataRoot: cfg.DataRoot, Drivers: st.Controller.DriverNames()})
 	return serve(ctx, log, srv, specs, tlsCfg)
 }
 
