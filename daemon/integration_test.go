@@ -99,7 +99,7 @@ func TestDockerCLI(t *testing.T) {
 	if got := d.mustDocker("version", "--format", "{{.Server.APIVersion}} {{.Server.Os}}"); got != "1.50 linux" {
 		t.Errorf("docker version = %q", got)
 	}
-	if got := d.mustDocker("info", "--format", "{{.Driver}} {{.DockerRootDir}} {{.Plugins.Network}}"); got != "pier "+d.dataRoot+" [bridge host null]" {
+	if got := d.mustDocker("info", "--format", "{{.Driver}} {{.DockerRootDir}} {{.Plugins.Network}}"); got != "pier "+d.dataRoot+" [bridge host ipvlan macvlan null]" {
 		t.Errorf("docker info = %q", got)
 	}
 }

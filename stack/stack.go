@@ -12,15 +12,19 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/driver/builtin"
+	"github.com/piernet/pier/driver/remote"
 	"github.com/piernet/pier/firewall"
 	"github.com/piernet/pier/ipam"
+	ipamremote "github.com/piernet/pier/ipam/remote"
 	"github.com/piernet/pier/netns"
+	"github.com/piernet/pier/plugin"
 	"github.com/piernet/pier/store"
 )
 
@@ -32,6 +36,11 @@ type Options struct {
 	DefaultPools   []ipam.PredefinedPool
 	HostResolvConf string
 	Logger         *slog.Logger
+	// PluginDirs are where Docker plugins (remote network and IPAM drivers) are found;
+	// zero = Docker's /run/docker/plugins, /etc/docker/plugins, /usr/lib/docker/plugins.
+	PluginDirs plugin.Dirs
+	// PluginTimeout bounds every plugin call (default plugin.DefaultTimeout).
+	PluginTimeout time.Duration
 }
 
 // Stack is an opened single-host pier stack.
@@ -88,12 +97,36 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 		return err
 	}
 	s.nsm = netns.NewManager(filepath.Join(o.ExecRoot, "netns"), s.Host)
+	plugins := plugins{loader: plugin.NewLoader(plugin.Options{Dirs: o.PluginDirs, Timeout: o.PluginTimeout, Logger: o.Logger}),
+		log: o.Logger}
 	s.Controller, err = cnm.New(ctx, cnm.Config{ExecRoot: o.ExecRoot, Store: s.store, Drivers: reg, IPAM: alloc,
-		OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf})
+		Plugins: plugins, OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf})
 	if err != nil {
 		return err
 	}
 	return s.Firewall.Reconcile(ctx)
+}
+
+// plugins resolves Docker plugins for the controller (cnm.Plugins).
+type plugins struct {
+	loader *plugin.Loader
+	log    *slog.Logger
+}
+
+func (p plugins) NetworkDriver(ctx context.Context, name string) (driver.Driver, error) {
+	pl, err := p.loader.Get(ctx, name, plugin.NetworkDriver)
+	if err != nil {
+		return nil, err
+	}
+	return remote.New(ctx, pl, p.log)
+}
+
+func (p plugins) IPAM(ctx context.Context, name string) (ipam.Allocator, error) {
+	pl, err := p.loader.Get(ctx, name, plugin.IpamDriver)
+	if err != nil {
+		return nil, err
+	}
+	return ipamremote.New(ctx, pl, p.log)
 }
 
 func openHost(path string) (*netns.Namespace, error) {

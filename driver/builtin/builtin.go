@@ -8,6 +8,9 @@ import (
 	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/driver/bridge"
 	"github.com/piernet/pier/driver/host"
+	"github.com/piernet/pier/driver/internal/subif"
+	"github.com/piernet/pier/driver/ipvlan"
+	"github.com/piernet/pier/driver/macvlan"
 	"github.com/piernet/pier/driver/null"
 	"github.com/piernet/pier/netns"
 )
@@ -23,10 +26,13 @@ type Deps struct {
 // returned Closer stops it (call it after the controller is done).
 func Register(r *driver.Registry, deps Deps) (io.Closer, error) {
 	br := bridge.New(deps.Host, deps.Firewall, deps.Logger)
+	k := subif.HostKernel{Host: deps.Host}
 	for _, d := range []driver.Driver{
 		null.Driver{},
 		host.Driver{},
 		br,
+		macvlan.New(k, deps.Logger),
+		ipvlan.New(k, deps.Logger),
 	} {
 		if err := r.Register(d); err != nil {
 			return nil, err
