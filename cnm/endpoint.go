@@ -242,6 +242,21 @@ func (c *Controller) deleteEndpoint(ctx context.Context, n *Network, ep *Endpoin
 	return nil
 }
 
+// forgetEndpoint undoes a Connect whose join failed: the endpoint was never stored, so
+// it leaves memory and IPAM even when the driver cannot delete it (logged: the driver's
+// state is then unknown, e.g. a dead plugin).
+func (c *Controller) forgetEndpoint(ctx context.Context, n *Network, ep *Endpoint) {
+	if drv, err := c.driver(ctx, n.Driver); err == nil {
+		if err := drv.DeleteEndpoint(ctx, n.ID, ep.ID); err != nil {
+			c.log.WarnContext(ctx, "driver could not delete a failed endpoint", "endpoint", ep.Name, "err", err)
+		}
+	}
+	c.mu.Lock()
+	delete(c.endpoints, ep.ID)
+	c.mu.Unlock()
+	c.releaseAddrs(ctx, n, ep)
+}
+
 func (c *Controller) releaseAddrs(ctx context.Context, n *Network, ep *Endpoint) {
 	alloc, err := c.allocator(ctx, n.IPAMDriver)
 	if err != nil {

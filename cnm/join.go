@@ -49,9 +49,7 @@ func (c *Controller) Connect(ctx context.Context, netRef, sbRef string, spec End
 		return Endpoint{}, err
 	}
 	if err := c.join(ctx, &sb, &n, ep); err != nil {
-		if derr := c.deleteEndpoint(context.WithoutCancel(ctx), &n, ep); derr != nil {
-			return Endpoint{}, fmt.Errorf("%w (and removing the endpoint failed: %v)", err, derr)
-		}
+		c.forgetEndpoint(context.WithoutCancel(ctx), &n, ep)
 		return Endpoint{}, err
 	}
 	c.mu.RLock()

@@ -138,6 +138,9 @@ func (c *Controller) releasePools(ctx context.Context, n *Network) {
 
 // restorePools re-requests a recorded network's pools exactly as recorded.
 func (c *Controller) restorePools(ctx context.Context, n *Network) error {
+	if !c.needsReplay(ctx, n) {
+		return nil
+	}
 	var u undo.Stack
 	for _, p := range append(append([]Pool{}, n.IPv4...), n.IPv6...) {
 		spec := PoolSpec{Subnet: p.Subnet, IPRange: p.IPRange, Gateway: validAddr(p.Gateway), Aux: p.Aux}
@@ -158,4 +161,15 @@ func poolFor(pools []Pool, want netip.Addr) (Pool, bool) {
 		}
 	}
 	return Pool{}, false
+}
+
+// needsReplay reports whether n's IPAM driver must be told again, after a restart, about
+// the pools and addresses the records hold. Plugins that keep their own state say no.
+func (c *Controller) needsReplay(ctx context.Context, n *Network) bool {
+	alloc, err := c.allocator(ctx, n.IPAMDriver)
+	if err != nil {
+		return false
+	}
+	r, ok := alloc.(interface{ RequiresRequestReplay() bool })
+	return !ok || r.RequiresRequestReplay()
 }

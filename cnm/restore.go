@@ -176,6 +176,9 @@ func (c *Controller) restoreEndpoint(ctx context.Context, n *Network, ep *Endpoi
 }
 
 func (c *Controller) reserveAddrs(ctx context.Context, n *Network, ep *Endpoint) error {
+	if !c.needsReplay(ctx, n) {
+		return nil
+	}
 	var u undo.Stack
 	var errs []error
 	for _, a := range []struct {

@@ -237,11 +237,7 @@ func (m *Manager) SetDefaultRoute(ctx context.Context, key string, r DefaultRout
 
 func (n *Namespace) replaceDefault(ifname string, dst netip.Prefix, gw netip.Addr) error {
 	if ifname == "" || !gw.IsValid() {
-		err := n.NL.RouteDel(&netlink.Route{Dst: prefixToIPNet(dst), Family: family(dst.Addr())})
-		if err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("removing default route %s: %w", dst, err)
-		}
-		return nil
+		return n.removeGatewayDefault(dst)
 	}
 	link, err := n.NL.LinkByName(ifname)
 	if err != nil {
@@ -249,6 +245,24 @@ func (n *Namespace) replaceDefault(ifname string, dst netip.Prefix, gw netip.Add
 	}
 	if err := n.NL.RouteReplace(toRoute(link, dst, gw)); err != nil {
 		return fmt.Errorf("setting default route via %s dev %s: %w", gw, ifname, err)
+	}
+	return nil
+}
+
+// removeGatewayDefault removes default routes via a gateway; connected default routes
+// a driver installed as static routes (ipvlan L3) stay.
+func (n *Namespace) removeGatewayDefault(dst netip.Prefix) error {
+	routes, err := n.NL.RouteListFiltered(family(dst.Addr()), &netlink.Route{Dst: prefixToIPNet(dst)}, netlink.RT_FILTER_DST)
+	if err != nil {
+		return fmt.Errorf("listing default routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Gw == nil {
+			continue
+		}
+		if err := n.NL.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("removing default route %s via %s: %w", dst, r.Gw, err)
+		}
 	}
 	return nil
 }
