@@ -34,7 +34,8 @@ func TestSandboxCreate(t *testing.T) {
 		t.Errorf("bridge endpoint %+v: want an address from the default pool and a MAC", web.Endpoints[1])
 	}
 	assertFile(t, filepath.Join(web.Dir, "hosts"), "10.0.0.7\tdb", "fd00::7\tv6host", "10.9.0.5\twebhost web")
-	assertFile(t, filepath.Join(web.Dir, "resolv.conf"), "nameserver 1.2.3.4", "search example.test", "options ndots:2")
+	// On a user-defined network the embedded DNS answers; --dns becomes its upstream.
+	assertFile(t, filepath.Join(web.Dir, "resolv.conf"), "nameserver 127.0.0.11", "search example.test", "options ndots:2")
 
 	// The sandbox is a real network stack: a second one reaches it on the network.
 	var db types.SandboxInfo

@@ -52,6 +52,7 @@ type Config struct {
 	Drivers        *driver.Registry
 	IPAM           ipam.Allocator // the "default" IPAM driver
 	Plugins        Plugins
+	DNS            Resolver // embedded DNS; nil = none (sandboxes use the host's resolvers)
 	OS             SandboxOS
 	Logger         *slog.Logger
 	HostResolvConf string // default /etc/resolv.conf
@@ -63,11 +64,13 @@ type Controller struct {
 	store      *store.Store
 	drivers    *driver.Registry
 	plugins    Plugins
+	dns        Resolver
 	os         SandboxOS
 	log        *slog.Logger
 	resolvPath string
 
-	opMu sync.Mutex // serialises mutating operations
+	opMu      sync.Mutex      // serialises mutating operations
+	dnsActive map[string]bool // sandboxes with a DNS listener; guarded by opMu
 
 	ipamMu sync.Mutex // guards ipams
 	ipams  map[string]ipam.Allocator
@@ -89,7 +92,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if cfg.HostResolvConf == "" {
 		cfg.HostResolvConf = "/etc/resolv.conf"
 	}
-	c := &Controller{execRoot: cfg.ExecRoot, store: cfg.Store, drivers: cfg.Drivers, plugins: cfg.Plugins,
+	c := &Controller{execRoot: cfg.ExecRoot, store: cfg.Store, drivers: cfg.Drivers, plugins: cfg.Plugins, dns: cfg.DNS, dnsActive: map[string]bool{},
 		ipams: map[string]ipam.Allocator{IPAMDefault: cfg.IPAM, IPAMNull: nullIPAM{}},
 		os:    cfg.OS, log: cfg.Logger.With("component", "controller"), resolvPath: cfg.HostResolvConf,
 		networks: map[string]*Network{}, endpoints: map[string]*Endpoint{}, sandboxes: map[string]*Sandbox{}}

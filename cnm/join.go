@@ -154,6 +154,9 @@ func (c *Controller) join(ctx context.Context, sb *Sandbox, n *Network, ep *Endp
 	if err := c.checkCanJoin(sb, n); err != nil {
 		return err
 	}
+	if err := c.checkPorts(ctx, sb, n); err != nil {
+		return err
+	}
 	joined := *ep
 	joined.SandboxID, joined.IfName = sb.ID, c.nextIfName(sb.ID, n)
 	var u undo.Stack
@@ -166,10 +169,19 @@ func (c *Controller) join(ctx context.Context, sb *Sandbox, n *Network, ep *Endp
 	}
 	c.mu.Lock()
 	*ep = joined
-	c.sandboxes[sb.ID].GatewayEndpoint = sb.GatewayEndpoint
+	c.sandboxes[sb.ID].GatewayEndpoint, c.sandboxes[sb.ID].Published = sb.GatewayEndpoint, sb.Published
 	c.mu.Unlock()
-	c.refreshFiles(ctx, sb)
+	c.refreshNaming(ctx, sb)
 	return nil
+}
+
+// refreshNaming updates what names depend on after a join or leave: the embedded DNS
+// (records and listener) and the sandbox's files.
+func (c *Controller) refreshNaming(ctx context.Context, sb *Sandbox) {
+	if err := c.syncDNS(ctx, sb); err != nil {
+		c.log.ErrorContext(ctx, "updating embedded DNS", "sandbox", sb.Name, "err", err)
+	}
+	c.refreshFiles(ctx, sb)
 }
 
 // attach runs the driver's Join and configures the interface inside the sandbox.
@@ -180,7 +192,8 @@ func (c *Controller) attach(ctx context.Context, sb *Sandbox, n *Network, ep *En
 	}
 	cfg := ep.driverConfig()
 	res, err := drv.Join(ctx, driver.JoinRequest{NetworkID: n.ID, EndpointID: ep.ID, SandboxID: sb.ID,
-		SandboxKey: sb.Key, IfName: ep.IfName, Addr4: ep.Addr4, Addr6: ep.Addr6, MAC: cfg.MAC})
+		SandboxKey: sb.Key, IfName: ep.IfName, Addr4: ep.Addr4, Addr6: ep.Addr6, MAC: cfg.MAC,
+		Ports: sb.Ports, Published: sb.Published})
 	if err != nil {
 		return err
 	}
@@ -256,9 +269,12 @@ func (c *Controller) leave(ctx context.Context, sb *Sandbox, n *Network, ep *End
 	}
 	c.mu.Lock()
 	*ep = left
-	c.sandboxes[sb.ID].GatewayEndpoint = sb.GatewayEndpoint
+	c.sandboxes[sb.ID].GatewayEndpoint, c.sandboxes[sb.ID].Published = sb.GatewayEndpoint, sb.Published
 	c.mu.Unlock()
-	c.refreshFiles(ctx, sb)
+	if c.dns != nil {
+		c.dns.Remove(ep.ID)
+	}
+	c.refreshNaming(ctx, sb)
 	return nil
 }
 
@@ -372,10 +388,44 @@ func (c *Controller) switchGateway(ctx context.Context, sb *Sandbox, eps []*Endp
 	if err := c.externalConnectivity(ctx, sb.GatewayEndpoint, false); err != nil {
 		return err
 	}
+	sb.Published = nil
 	if err := c.externalConnectivity(ctx, bestID, true); err != nil {
 		return err
 	}
 	sb.GatewayEndpoint = bestID
+	c.recordPublished(ctx, sb, best)
+	return nil
+}
+
+// recordPublished keeps the port bindings the gateway endpoint's driver made.
+func (c *Controller) recordPublished(ctx context.Context, sb *Sandbox, gw *Endpoint) {
+	if gw == nil || len(sb.Ports) == 0 {
+		return
+	}
+	n := c.networkByID(gw.NetworkID)
+	if n == nil {
+		return
+	}
+	if drv, err := c.driver(ctx, n.Driver); err == nil {
+		if pp, ok := drv.(driver.PortPublisher); ok {
+			sb.Published = pp.PublishedPorts(gw.ID)
+		}
+	}
+}
+
+// checkPorts refuses to join a sandbox with published ports to a network whose driver
+// cannot publish them (macvlan, ipvlan, plugins); host and none ignore ports, as in Docker.
+func (c *Controller) checkPorts(ctx context.Context, sb *Sandbox, n *Network) error {
+	if len(sb.Ports) == 0 || n.Internal || n.Driver == "host" || n.Driver == "null" {
+		return nil
+	}
+	drv, err := c.driver(ctx, n.Driver)
+	if err != nil {
+		return err
+	}
+	if _, ok := drv.(driver.PortPublisher); !ok {
+		return errdefs.Forbidden("network %s (driver %s) does not publish ports: reach sandbox %s at its own address, or publish on a bridge network", n.Name, n.Driver, sb.Name)
+	}
 	return nil
 }
 

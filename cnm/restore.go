@@ -166,7 +166,8 @@ func (c *Controller) restoreEndpoint(ctx context.Context, n *Network, ep *Endpoi
 	}
 	var join *driver.JoinRequest
 	if sb := c.sandboxes[ep.SandboxID]; sb != nil {
-		join = &driver.JoinRequest{NetworkID: n.ID, EndpointID: ep.ID, SandboxID: sb.ID, SandboxKey: sb.Key, IfName: ep.IfName}
+		join = &driver.JoinRequest{NetworkID: n.ID, EndpointID: ep.ID, SandboxID: sb.ID, SandboxKey: sb.Key,
+			IfName: ep.IfName, Addr4: ep.Addr4, Addr6: ep.Addr6, Ports: sb.Ports, Published: sb.Published}
 	}
 	intact, err := r.RestoreEndpoint(ctx, ep.driverConfig(), join)
 	if err != nil {
@@ -207,7 +208,7 @@ func (c *Controller) repairSandbox(ctx context.Context, sb *Sandbox, broken map[
 	if err := c.switchGateway(ctx, sb, eps); err != nil {
 		c.log.ErrorContext(ctx, "restoring default route", "sandbox", sb.Name, "err", err)
 	}
-	c.refreshFiles(ctx, sb)
+	c.refreshNaming(ctx, sb)
 }
 
 func (c *Controller) rejoin(ctx context.Context, sb *Sandbox, ep *Endpoint) {

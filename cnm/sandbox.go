@@ -11,6 +11,7 @@ import (
 
 	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/etcfiles"
+	"github.com/piernet/pier/portmap"
 )
 
 // SandboxSpec describes a sandbox to create.
@@ -22,6 +23,7 @@ type SandboxSpec struct {
 	DNSSearch   []string
 	DNSOptions  []string
 	ExtraHosts  []etcfiles.HostEntry
+	Ports       []portmap.Spec // published ports (-p), on the gateway endpoint's network
 }
 
 // Sandbox is a sandbox record. Values returned by the controller are copies.
@@ -36,8 +38,11 @@ type Sandbox struct {
 	DNSSearch   []string             `json:",omitempty"`
 	DNSOptions  []string             `json:",omitempty"`
 	ExtraHosts  []etcfiles.HostEntry `json:",omitempty"`
+	Ports       []portmap.Spec       `json:",omitempty"`
 	// GatewayEndpoint is the endpoint providing the default route ("" = none).
 	GatewayEndpoint string `json:",omitempty"`
+	// Published are the actual port bindings made for Ports.
+	Published []portmap.Binding `json:",omitempty"`
 }
 
 func (s *Sandbox) id() string   { return s.ID }
@@ -88,7 +93,7 @@ func (c *Controller) newSandbox(spec SandboxSpec) (*Sandbox, error) {
 	}
 	sb := &Sandbox{ID: NewID(), Name: spec.Name, Hostname: spec.Hostname, Created: time.Now().UTC(),
 		HostNetwork: spec.HostNetwork, DNS: spec.DNS, DNSSearch: spec.DNSSearch, DNSOptions: spec.DNSOptions,
-		ExtraHosts: spec.ExtraHosts}
+		ExtraHosts: spec.ExtraHosts, Ports: spec.Ports}
 	if sb.Hostname == "" {
 		sb.Hostname = sb.ID[:12]
 	}
@@ -113,7 +118,8 @@ func (c *Controller) destroySandboxOS(ctx context.Context, sb *Sandbox, cause er
 // writeFiles renders the sandbox's hosts, resolv.conf and hostname files.
 func (c *Controller) writeFiles(sb *Sandbox) error {
 	cfg := etcfiles.Config{Hostname: sb.Hostname, Names: []string{sb.Hostname, sb.Name},
-		ExtraHosts: sb.ExtraHosts, DNS: sb.DNS, DNSSearch: sb.DNSSearch, DNSOptions: sb.DNSOptions}
+		ExtraHosts: sb.ExtraHosts, DNS: sb.DNS, DNSSearch: sb.DNSSearch, DNSOptions: sb.DNSOptions,
+		EmbeddedDNS: c.dnsActive[sb.ID]}
 	for _, ep := range c.sandboxEndpoints(sb.ID) {
 		for _, p := range []netip.Prefix{ep.Addr4, ep.Addr6} {
 			if p.IsValid() {
@@ -207,6 +213,7 @@ func (c *Controller) DeleteSandbox(ctx context.Context, ref string, force bool) 
 }
 
 func (c *Controller) deleteSandbox(ctx context.Context, sb *Sandbox) error {
+	c.dropDNS(sb)
 	if err := c.os.Destroy(ctx, sb.Key); err != nil {
 		return err
 	}

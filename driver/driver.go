@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/portmap"
 )
 
 // Scope is where a driver's state (DataScope) or connectivity (ConnectivityScope) lives.
@@ -77,6 +78,11 @@ type JoinRequest struct {
 	Addr4      netip.Prefix
 	Addr6      netip.Prefix
 	MAC        net.HardwareAddr
+	// Ports are the sandbox's published ports (-p), programmed when this endpoint
+	// provides external connectivity; Published are the bindings a previous run made
+	// (kept across restarts, ephemeral host ports included).
+	Ports     []portmap.Spec
+	Published []portmap.Binding
 }
 
 // StaticRoute is an extra route a driver asks to be installed in the sandbox.
@@ -133,6 +139,13 @@ type Restorer interface {
 type Live struct {
 	Networks  map[string]bool // network IDs of this driver
 	Endpoints map[string]bool // endpoint IDs of this driver that are joined
+}
+
+// PortPublisher is implemented by drivers that publish ports (bridge). The controller
+// refuses published ports on a gateway endpoint whose driver does not implement it.
+type PortPublisher interface {
+	// PublishedPorts returns the bindings programmed for the endpoint.
+	PublishedPorts(endpointID string) []portmap.Binding
 }
 
 // HostNamespaced is implemented by drivers whose sandboxes are the host namespace

@@ -27,7 +27,13 @@ type Config struct {
 	DNS        []netip.Addr // --dns; empty = host resolv.conf nameservers
 	DNSSearch  []string
 	DNSOptions []string
+	// EmbeddedDNS points the resolver at pier's DNS server at 127.0.0.11 (the
+	// nameservers above become its upstreams).
+	EmbeddedDNS bool
 }
+
+// EmbeddedDNSAddr is where the embedded DNS server answers inside a sandbox.
+var EmbeddedDNSAddr = netip.MustParseAddr("127.0.0.11")
 
 const localhost = `127.0.0.1	localhost
 ::1	localhost ip6-localhost ip6-loopback
@@ -109,6 +115,10 @@ func ResolvConf(host Parsed, c Config) []byte {
 	if len(opts) == 0 {
 		opts = host.Options
 	}
+	if c.EmbeddedDNS {
+		ns = []netip.Addr{EmbeddedDNSAddr}
+		opts = withNdots0(opts)
+	}
 	var b bytes.Buffer
 	for _, a := range ns {
 		fmt.Fprintf(&b, "nameserver %s\n", a)
@@ -155,6 +165,16 @@ func writeInPlace(path string, data []byte) error {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil
+}
+
+// withNdots0 adds Docker's ndots:0 unless the options already set ndots.
+func withNdots0(opts []string) []string {
+	for _, o := range opts {
+		if strings.HasPrefix(o, "ndots:") {
+			return opts
+		}
+	}
+	return append(append([]string{}, opts...), "ndots:0")
 }
 
 func dedup(in []string) []string {

@@ -54,3 +54,17 @@ func TestWriteCreatesThreeFiles(t *testing.T) {
 		t.Fatalf("hostname file = %q, %v", b, err)
 	}
 }
+
+func TestEmbeddedDNSResolvConf(t *testing.T) {
+	host := ParseResolvConf([]byte("nameserver 192.0.2.53\nsearch example.org\noptions edns0\n"))
+	got := string(ResolvConf(host, Config{EmbeddedDNS: true}))
+	want := "nameserver 127.0.0.11\nsearch example.org\noptions edns0 ndots:0\n"
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("embedded resolv.conf (-want +got):\n%s", diff)
+	}
+	got = string(ResolvConf(host, Config{EmbeddedDNS: true, DNSOptions: []string{"ndots:3"}}))
+	want = "nameserver 127.0.0.11\nsearch example.org\noptions ndots:3\n"
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("user ndots kept (-want +got):\n%s", diff)
+	}
+}

@@ -21,7 +21,8 @@ type Bridge struct {
 
 // State is the whole desired state.
 type State struct {
-	Bridges []Bridge // sorted by Name
+	Bridges []Bridge                 // sorted by Name
+	Ports   map[string][]PortBinding // by owner, each sorted; nil if none
 }
 
 // maxComment is the longest comment nft accepts (NFTNL_UDATA_COMMENT_MAXLEN).

@@ -11,52 +11,66 @@ import (
 	"github.com/google/nftables"
 )
 
-// element is one desired set element.
+// element is one desired set or map element.
 type element struct {
-	names   []string     // ifname keys: one name, or two for ifname . ifname
-	prefix  netip.Prefix // interval keys
-	comment string       // owner network ID
-}
-
-// key is the element's nft text without the comment; it is unique in its set.
-func (e element) key() string {
-	if e.prefix.IsValid() {
-		if e.prefix.IsSingleIP() {
-			return e.prefix.Addr().String() // nft prints a /32 or /128 as an address
-		}
-		return e.prefix.String()
-	}
-	quoted := make([]string, len(e.names))
-	for i, n := range e.names {
-		quoted[i] = strconv.Quote(n)
-	}
-	return strings.Join(quoted, " . ")
+	key     string                // the key as nft prints it; unique in its set
+	val     string                // a map element's value as nft prints it; "" in sets
+	comment string                // owner: network or endpoint ID
+	enc     []nftables.SetElement // kernel encoding, without the comment
 }
 
 // text is the element as nft prints it.
 func (e element) text() string {
-	if e.comment == "" {
-		return e.key()
+	t := e.key
+	if e.comment != "" {
+		t += " comment " + strconv.Quote(e.comment)
 	}
-	return e.key() + " comment " + strconv.Quote(e.comment)
+	if e.val != "" {
+		t += " : " + e.val
+	}
+	return t
 }
 
-// encode returns the kernel elements for e. An interval is a start element
-// and an end element holding the first address after the prefix; a prefix
-// that ends at the top of the address space has no end element.
+// same reports whether e and o are the same element with the same payload.
+func (e element) same(o element) bool {
+	return e.key == o.key && e.val == o.val && e.comment == o.comment
+}
+
+// encode returns the kernel elements for e, the comment on the first.
 func (e element) encode() []nftables.SetElement {
-	if !e.prefix.IsValid() {
-		var key []byte
-		for _, n := range e.names {
-			key = append(key, ifname(n)...)
-		}
-		return []nftables.SetElement{{Key: key, Comment: e.comment}}
-	}
-	out := []nftables.SetElement{{Key: e.prefix.Addr().AsSlice(), Comment: e.comment}}
-	if end := lastAddr(e.prefix).Next(); end.IsValid() {
-		out = append(out, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
-	}
+	out := slices.Clone(e.enc)
+	out[0].Comment = e.comment
 	return out
+}
+
+// ifnameElement is an element of an ifname or ifname . ifname set.
+func ifnameElement(comment string, names ...string) element {
+	quoted := make([]string, len(names))
+	var key []byte
+	for i, n := range names {
+		quoted[i] = strconv.Quote(n)
+		key = append(key, ifname(n)...)
+	}
+	return element{key: strings.Join(quoted, " . "), comment: comment, enc: []nftables.SetElement{{Key: key}}}
+}
+
+// prefixElement is an element of an interval set of addresses: a start
+// element and an end element holding the first address after the prefix;
+// a prefix that ends at the top of the address space has no end element.
+func prefixElement(p netip.Prefix, comment string) element {
+	enc := []nftables.SetElement{{Key: p.Addr().AsSlice()}}
+	if end := lastAddr(p).Next(); end.IsValid() {
+		enc = append(enc, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+	}
+	return element{key: prefixText(p), comment: comment, enc: enc}
+}
+
+// prefixText is p as nft prints it: a /32 or /128 as an address.
+func prefixText(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
 }
 
 // ifname returns name zero-padded to IFNAMSIZ, the way the kernel loads
@@ -80,21 +94,24 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // contents maps a set name to its elements, keyed by element key.
 type contents map[string]map[string]element
 
-// desired computes every set's elements for bridges.
-func desired(bridges map[string]Bridge) contents {
+// desired computes every set's elements for bridges and published ports.
+func desired(bridges map[string]Bridge, ports map[string][]PortBinding) contents {
 	c := newContents()
 	for _, b := range bridges {
-		c.addIfnames(b)
+		c.addBridge(b)
 	}
 	c.addMasq(bridges, func(netip.Prefix) bool { return true })
+	for owner, bs := range ports {
+		c.addPorts(owner, bs)
+	}
 	return c
 }
 
-// affected is the part of desired(bridges) that changing bridge name from
-// prev to next can alter: that bridge's ifname elements, and the masquerade
-// elements overlapping its previous or next subnets. Diffing it instead of the
-// whole state keeps a change's cost from growing with the number of bridges
-// (but for a linear scan of their subnets).
+// affected is the part of desired(bridges, …) that changing bridge name
+// from prev to next can alter: that bridge's own elements, and the
+// masquerade elements overlapping its previous or next subnets. Diffing it
+// instead of the whole state keeps a change's cost from growing with the
+// number of bridges (but for a linear scan of their subnets).
 //
 // Why the overlap filter is exact: a masquerade element's fate (kept, or
 // hidden inside a wider prefix) depends only on the prefixes that contain
@@ -103,7 +120,7 @@ func desired(bridges map[string]Bridge) contents {
 func affected(bridges map[string]Bridge, name string, prev, next Bridge) contents {
 	c := newContents()
 	if b, ok := bridges[name]; ok {
-		c.addIfnames(b)
+		c.addBridge(b)
 	}
 	changed := slices.Concat(prev.Subnets4, prev.Subnets6, next.Subnets4, next.Subnets6)
 	c.addMasq(bridges, func(p netip.Prefix) bool {
@@ -120,16 +137,19 @@ func newContents() contents {
 	return c
 }
 
-func (c contents) add(d setDef, e element) { c[d.name][e.key()] = e }
+func (c contents) add(d setDef, e element) { c[d.name][e.key] = e }
 
-// addIfnames adds b's elements of the ifname-keyed sets.
-func (c contents) addIfnames(b Bridge) {
-	c.add(setBridges, element{names: []string{b.Name}, comment: b.Owner})
+// addBridge adds b's elements of the ifname-keyed sets.
+func (c contents) addBridge(b Bridge) {
+	c.add(setBridges, ifnameElement(b.Owner, b.Name))
 	if b.Internal {
-		c.add(setInternal, element{names: []string{b.Name}, comment: b.Owner})
+		c.add(setInternal, ifnameElement(b.Owner, b.Name))
 	}
 	if b.ICC {
-		c.add(setIntra, element{names: []string{b.Name, b.Name}, comment: b.Owner})
+		c.add(setIntra, ifnameElement(b.Owner, b.Name, b.Name))
+	}
+	if !b.Internal { // internal networks never publish ports: no hairpin
+		c.add(setHairpin, ifnameElement(b.Owner, b.Name, b.Name))
 	}
 }
 
@@ -150,7 +170,7 @@ func (c contents) addMasq(bridges map[string]Bridge, inScope func(netip.Prefix) 
 		}
 	}
 	for _, m := range outermost(masq) {
-		e := element{prefix: m.prefix, comment: m.owner}
+		e := prefixElement(m.prefix, m.owner)
 		if m.prefix.Addr().Is4() {
 			c.add(setMasq4, e)
 		} else {
@@ -198,19 +218,19 @@ type setChange struct {
 }
 
 // diff returns the element changes that turn from into to, in set order;
-// sets that do not change are left out. An element whose comment changed is
-// deleted and added again.
+// sets that do not change are left out. An element whose comment or value
+// changed is deleted and added again.
 func diff(from, to contents) []setChange {
 	var out []setChange
 	for _, d := range allSets {
 		ch := setChange{set: d}
 		for _, k := range slices.Sorted(maps.Keys(from[d.name])) {
-			if e, ok := to[d.name][k]; !ok || e.comment != from[d.name][k].comment {
+			if e, ok := to[d.name][k]; !ok || !e.same(from[d.name][k]) {
 				ch.del = append(ch.del, from[d.name][k])
 			}
 		}
 		for _, k := range slices.Sorted(maps.Keys(to[d.name])) {
-			if e, ok := from[d.name][k]; !ok || e.comment != to[d.name][k].comment {
+			if e, ok := from[d.name][k]; !ok || !e.same(to[d.name][k]) {
 				ch.add = append(ch.add, to[d.name][k])
 			}
 		}
@@ -232,5 +252,5 @@ func encodeAll(es []element) []nftables.SetElement {
 
 // sortedElements returns a set's elements ordered by key.
 func sortedElements(m map[string]element) []element {
-	return slices.SortedFunc(maps.Values(m), func(a, b element) int { return strings.Compare(a.key(), b.key()) })
+	return slices.SortedFunc(maps.Values(m), func(a, b element) int { return strings.Compare(a.key, b.key) })
 }

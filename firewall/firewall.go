@@ -10,7 +10,9 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Options configure a Firewall.
@@ -30,11 +32,17 @@ var ErrClosed = errors.New("firewall is closed")
 // kernel. It is safe for concurrent use.
 type Firewall struct {
 	log    *slog.Logger
-	dial   func() (conn, error) // opens a lasting connection
-	ownsNS netns.NsHandle       // namespace handle opened by New, closed by Close; -1 if none
+	k      kernel
+	ownsNS netns.NsHandle // namespace handle opened by New, closed by Close; -1 if none
 
-	mu      sync.Mutex // guards the fields below; held across kernel batches
-	bridges map[string]Bridge
+	portsMu  sync.Mutex      // guards ownPorts only; never held with mu
+	ownPorts map[uint32]bool // netlink port IDs of the Firewall's own sockets
+
+	mu        sync.Mutex // guards the fields below; held across kernel batches
+	bridges   map[string]Bridge
+	ports     map[string][]PortBinding // owner -> normalized bindings
+	portOwner map[portKey]string       // published host port -> owner
+	watch     *watcher                 // nil until Start
 	// conn is the lasting connection, dialed on first use and dropped after
 	// a failed batch (see batchLocked). It is lasting because closing a
 	// netlink socket after deleting set elements waits for the kernel's
@@ -42,14 +50,31 @@ type Firewall struct {
 	// the target machine, against ~50 µs on a lasting socket.
 	conn conn
 	// synced is true when the kernel is known to hold exactly the rendering
-	// of bridges: false before the first write and after a failed batch, so
-	// that the next change rewrites the whole table.
+	// of bridges and ports: false before the first write and after a failed
+	// batch, so that the next change rewrites the whole table.
 	synced bool
 	closed bool
 }
 
+// kernel is the Firewall's seam to the kernel: the nftables connection it
+// writes with (and that socket's netlink port ID), the nftables
+// notifications, and the conntrack table.
+type kernel struct {
+	dial      func() (conn, uint32, error) // a lasting connection
+	subscribe func() (events, error)
+	conntrack func() (conntracker, error)
+}
+
+// batchBuffer is the send buffer of the nftables socket. A batch goes out
+// in one sendmsg and the kernel refuses it if it exceeds the buffer: a
+// whole-table rewrite takes ~130 bytes per published port, so the default
+// limit (208 KiB) would stop at about 1,500 ports. Memory is only used
+// while a batch is in flight.
+const batchBuffer = 64 << 20
+
 // New returns a Firewall for the namespace in opts. It does not touch the
-// kernel: the table is written on the first change or by Reconcile.
+// kernel: the table is written on the first change, by Reconcile or by
+// Start.
 func New(_ context.Context, opts Options) (*Firewall, error) {
 	ns, owned := opts.NetNS, netns.None()
 	if ns <= 0 {
@@ -59,24 +84,40 @@ func New(_ context.Context, opts Options) (*Firewall, error) {
 		}
 		ns, owned = cur, cur
 	}
-	dial := func() (conn, error) {
-		return nftables.New(nftables.WithNetNSFd(int(ns)), nftables.AsLasting())
-	}
-	f := newFirewall(dial, opts.Logger)
+	f := newFirewall(kernel{
+		dial:      func() (conn, uint32, error) { return dialAt(ns) },
+		subscribe: func() (events, error) { return subscribeAt(ns) },
+		conntrack: func() (conntracker, error) { return openConntrack(ns) },
+	}, opts.Logger)
 	f.ownsNS = owned
 	return f, nil
 }
 
-// newFirewall returns a Firewall programming through a connection from dial.
-func newFirewall(dial func() (conn, error), log *slog.Logger) *Firewall {
+// dialAt opens a lasting nftables connection in ns.
+func dialAt(ns netns.NsHandle) (conn, uint32, error) {
+	var port uint32
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)), nftables.AsLasting(),
+		nftables.WithSockOptions(func(nc *netlink.Conn) error {
+			var err error
+			port, err = portID(nc)
+			return errors.Join(err, setBuffer(nc, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, batchBuffer))
+		}))
+	return c, port, err
+}
+
+// newFirewall returns a Firewall programming through k.
+func newFirewall(k kernel, log *slog.Logger) *Firewall {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Firewall{
-		log:     log.With("component", "firewall"),
-		dial:    dial,
-		ownsNS:  netns.None(),
-		bridges: map[string]Bridge{},
+		log:       log.With("component", "firewall"),
+		k:         k,
+		ownsNS:    netns.None(),
+		ownPorts:  map[uint32]bool{},
+		bridges:   map[string]Bridge{},
+		ports:     map[string][]PortBinding{},
+		portOwner: map[portKey]string{},
 	}
 }
 
@@ -119,7 +160,7 @@ func (f *Firewall) Reconcile(ctx context.Context) error {
 		return err
 	}
 	f.synced = false
-	if err := f.batchLocked(func(c conn) error { return writeAll(c, desired(f.bridges)) }); err != nil {
+	if err := f.batchLocked(func(c conn) error { return writeAll(c, desired(f.bridges, f.ports)) }); err != nil {
 		return fmt.Errorf("reconciling firewall: %w", err)
 	}
 	f.synced = true
@@ -150,18 +191,27 @@ func (f *Firewall) Installed(ctx context.Context) (bool, error) {
 func (f *Firewall) State() State {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return stateOf(f.bridges)
+	return stateOf(f.bridges, f.ports)
 }
 
-// Close releases the namespace handle New opened. It leaves the kernel table
-// in place, so traffic keeps flowing while pier restarts. Close is idempotent.
+// Close stops the watcher (if started) and releases the namespace handle
+// New opened. It leaves the kernel table in place, so traffic keeps flowing
+// while pier restarts. Close is idempotent.
 func (f *Firewall) Close() error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if f.closed {
+		f.mu.Unlock()
 		return nil
 	}
 	f.closed = true
+	w := f.watch
+	f.watch = nil
+	f.mu.Unlock()
+	if w != nil {
+		w.stop() // its goroutines take mu
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.dropConnLocked()
 	if f.ownsNS.IsOpen() {
 		return f.ownsNS.Close()
@@ -169,8 +219,8 @@ func (f *Firewall) Close() error {
 	return nil
 }
 
-func stateOf(bridges map[string]Bridge) State {
-	s := State{Bridges: make([]Bridge, 0, len(bridges))}
+func stateOf(bridges map[string]Bridge, ports map[string][]PortBinding) State {
+	s := State{Bridges: make([]Bridge, 0, len(bridges)), Ports: clonePorts(ports)}
 	for _, name := range slices.Sorted(maps.Keys(bridges)) {
 		s.Bridges = append(s.Bridges, bridges[name].clone())
 	}
@@ -236,7 +286,7 @@ func (f *Firewall) programLocked(changes []setChange) error {
 		f.synced = false
 		f.log.Warn("incremental firewall update rejected, rewriting table", "err", err)
 	}
-	if err := f.batchLocked(func(c conn) error { return writeAll(c, desired(f.bridges)) }); err != nil {
+	if err := f.batchLocked(func(c conn) error { return writeAll(c, desired(f.bridges, f.ports)) }); err != nil {
 		return err
 	}
 	f.synced = true
@@ -246,14 +296,22 @@ func (f *Firewall) programLocked(changes []setChange) error {
 // connLocked returns the lasting connection, dialing it if needed.
 func (f *Firewall) connLocked() (conn, error) {
 	if f.conn == nil {
-		c, err := f.dial()
+		c, port, err := f.k.dial()
 		if err != nil {
 			return nil, fmt.Errorf("opening nftables connection: %w", err)
 		}
+		f.addOwnPort(port)
 		f.conn = c
 	}
 	return f.conn, nil
 }
+
+// subscribe opens the notification socket.
+func (f *Firewall) subscribe() (events, error) { return f.k.subscribe() }
+
+// openConntrackLocked opens a conntrack connection; the lock keeps Close
+// from closing the namespace handle meanwhile.
+func (f *Firewall) openConntrackLocked() (conntracker, error) { return f.k.conntrack() }
 
 // dropConnLocked closes the connection; the next batch dials a new one.
 func (f *Firewall) dropConnLocked() {
@@ -287,16 +345,35 @@ func writeChanges(c conn, changes []setChange) error {
 	t := newTable()
 	for _, ch := range changes {
 		s := ch.set.set(t)
-		if len(ch.del) > 0 {
-			if err := c.SetDeleteElements(s, encodeAll(ch.del)); err != nil {
-				return fmt.Errorf("deleting elements of set %s: %w", s.Name, err)
-			}
+		if err := inChunks(encodeAll(ch.del), func(es []nftables.SetElement) error { return c.SetDeleteElements(s, es) }); err != nil {
+			return fmt.Errorf("deleting elements of set %s: %w", s.Name, err)
 		}
-		if len(ch.add) > 0 {
-			if err := c.SetAddElements(s, encodeAll(ch.add)); err != nil {
-				return fmt.Errorf("adding elements to set %s: %w", s.Name, err)
-			}
+		if err := inChunks(encodeAll(ch.add), func(es []nftables.SetElement) error { return c.SetAddElements(s, es) }); err != nil {
+			return fmt.Errorf("adding elements to set %s: %w", s.Name, err)
 		}
+	}
+	return nil
+}
+
+// maxElemsPerMsg bounds the elements of one netlink message. The element
+// list is one attribute, whose length field has 16 bits: past 64 KiB it
+// wraps and the kernel silently takes only the first elements. An element
+// is at most ~260 bytes (a 32-byte key and key end, a 20-byte value, a
+// 128-byte comment, attribute headers).
+const maxElemsPerMsg = 200
+
+// inChunks calls add with consecutive chunks of es, each small enough for
+// one message. All messages still go in one batch.
+func inChunks(es []nftables.SetElement, add func([]nftables.SetElement) error) error {
+	for len(es) > 0 {
+		n := min(len(es), maxElemsPerMsg)
+		if n < len(es) && es[n].IntervalEnd {
+			n++ // keep an interval's start and end together
+		}
+		if err := add(es[:n]); err != nil {
+			return err
+		}
+		es = es[n:]
 	}
 	return nil
 }
@@ -310,8 +387,13 @@ func writeAll(c conn, want contents) error {
 	c.DelTable(t)
 	c.AddTable(t)
 	for _, d := range allSets {
-		if err := c.AddSet(d.set(t), encodeAll(sortedElements(want[d.name]))); err != nil {
+		s := d.set(t)
+		if err := c.AddSet(s, nil); err != nil {
 			return fmt.Errorf("adding set %s: %w", d.name, err)
+		}
+		elems := encodeAll(sortedElements(want[d.name]))
+		if err := inChunks(elems, func(es []nftables.SetElement) error { return c.SetAddElements(s, es) }); err != nil {
+			return fmt.Errorf("adding elements to set %s: %w", d.name, err)
 		}
 	}
 	for _, cd := range chains() {

@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
-var equatePrefix = cmpopts.EquateComparable(netip.Prefix{})
+var equatePrefix = cmpopts.EquateComparable(netip.Prefix{}, netip.Addr{})
 
 func TestRenderGolden(t *testing.T) {
 	checkGolden(t, "render.golden", Render(goldenState()))
@@ -35,7 +35,7 @@ func TestRenderIgnoresInputOrder(t *testing.T) {
 func newFake(t *testing.T) (*Firewall, *fakeKernel) {
 	t.Helper()
 	k := newFakeKernel()
-	return newFirewall(k.dial, nil), k
+	return newFirewall(k.seams(), nil), k
 }
 
 // fakeDumpOf returns the fake kernel dump of a fresh Firewall reconciled to s.
@@ -44,6 +44,13 @@ func fakeDumpOf(t *testing.T, s State) string {
 	fw, k := newFake(t)
 	for _, b := range s.Bridges {
 		fw.bridges[b.Name] = mustNormalize(t, b)
+	}
+	for owner, bs := range s.Ports {
+		nb, err := normalizePorts(owner, bs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fw.replacePortsLocked(owner, nil, nb)
 	}
 	if err := fw.Reconcile(t.Context()); err != nil {
 		t.Fatal(err)
@@ -143,8 +150,14 @@ func testStates() []State {
 		{Name: "br-y", Owner: "y", Subnets4: pfx("10.1.0.0/16", "10.2.0.0/24", "192.168.7.7/32"), Subnets6: pfx("fd00::/48"), Masquerade: true},
 		{Name: "br-z", Owner: "z", Subnets4: pfx("10.1.0.0/16", "10.2.1.0/24"), Subnets6: pfx("fd00::/56", "::/0"), Masquerade: true},
 	}
+	remapped := goldenState().Ports
+	remapped[ownerWeb] = []PortBinding{pb("0.0.0.0", 8080, "tcp", "172.17.0.9", 8080), pb("203.0.113.7", 80, "tcp", "172.17.0.9", 80)}
+	remapped[ownerDNS] = remapped[ownerDNS][:2]
+	moved := map[string][]PortBinding{"new-owner": goldenState().Ports[ownerWeb]}
 	return []State{
 		goldenState(),
+		{Bridges: g, Ports: remapped},
+		{Bridges: g[:1], Ports: moved},
 		{Bridges: g[:1]},
 		{Bridges: flipped},
 		{Bridges: overlap},
@@ -154,12 +167,15 @@ func testStates() []State {
 	}
 }
 
-// applyState moves fw to s with SetBridge/RemoveBridge calls in random order.
+// applyState moves fw to s with SetBridge/RemoveBridge/SetPorts/RemovePorts
+// calls in random order. Port moves between owners can conflict in some
+// orders, so ports are removed before they are set.
 func applyState(t *testing.T, fw *Firewall, s State, rng *rand.Rand) {
 	t.Helper()
 	ctx := t.Context()
-	var ops []func() error
-	for _, b := range fw.State().Bridges {
+	var ops, portOps []func() error
+	cur := fw.State()
+	for _, b := range cur.Bridges {
 		if !slices.ContainsFunc(s.Bridges, func(n Bridge) bool { return n.Name == b.Name }) {
 			ops = append(ops, func() error { return fw.RemoveBridge(ctx, b.Name) })
 		}
@@ -167,8 +183,17 @@ func applyState(t *testing.T, fw *Firewall, s State, rng *rand.Rand) {
 	for _, b := range s.Bridges {
 		ops = append(ops, func() error { return fw.SetBridge(ctx, b) })
 	}
+	for owner := range cur.Ports {
+		if _, ok := s.Ports[owner]; !ok {
+			ops = append(ops, func() error { return fw.RemovePorts(ctx, owner) })
+		}
+	}
+	for owner, bs := range s.Ports {
+		portOps = append(portOps, func() error { return fw.SetPorts(ctx, owner, bs) })
+	}
+	rng.Shuffle(len(portOps), func(i, j int) { portOps[i], portOps[j] = portOps[j], portOps[i] })
 	rng.Shuffle(len(ops), func(i, j int) { ops[i], ops[j] = ops[j], ops[i] })
-	for _, op := range ops {
+	for _, op := range append(ops, portOps...) {
 		if err := op(); err != nil {
 			t.Fatal(err)
 		}
@@ -181,6 +206,16 @@ func normalized(t *testing.T, s State) State {
 	out := State{Bridges: []Bridge{}}
 	for _, b := range s.Bridges {
 		out.Bridges = append(out.Bridges, mustNormalize(t, b))
+	}
+	for owner, bs := range s.Ports {
+		nb, err := normalizePorts(owner, bs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.Ports == nil {
+			out.Ports = map[string][]PortBinding{}
+		}
+		out.Ports[owner] = nb
 	}
 	slices.SortFunc(out.Bridges, func(a, b Bridge) int { return strings.Compare(a.Name, b.Name) })
 	return out

@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"os/exec"
 	"regexp"
@@ -30,6 +31,15 @@ func newKernelFirewall(t *testing.T) (*Firewall, netns.NsHandle) {
 // nft runs the nft binary (installed for tests only) in ns.
 func nft(t *testing.T, ns netns.NsHandle, args ...string) string {
 	t.Helper()
+	out, err := runNft(t, ns, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func runNft(t *testing.T, ns netns.NsHandle, args ...string) (string, error) {
+	t.Helper()
 	path, err := exec.LookPath("nft")
 	if err != nil {
 		t.Skip("nft binary not installed; it is needed only to dump rules for golden files")
@@ -44,15 +54,25 @@ func nft(t *testing.T, ns netns.NsHandle, args ...string) string {
 		runErr = cmd.Run()
 	})
 	if runErr != nil {
-		t.Fatalf("nft %s: %v: %s", strings.Join(args, " "), runErr, stderr.String())
+		return "", fmt.Errorf("nft %s: %v: %s", strings.Join(args, " "), runErr, stderr.String())
 	}
-	return out.String()
+	return out.String(), nil
 }
 
 // dump returns pier's table as nft lists it, normalized to Render's layout.
 func dump(t *testing.T, ns netns.NsHandle) string {
 	t.Helper()
 	return normalizeNft(nft(t, ns, "list", "table", "inet", "pier"))
+}
+
+// dumpNow is dump, or "" if the table does not exist.
+func dumpNow(t *testing.T, ns netns.NsHandle) string {
+	t.Helper()
+	out, err := runNft(t, ns, "list", "table", "inet", "pier")
+	if err != nil {
+		return ""
+	}
+	return normalizeNft(out)
 }
 
 var elementsRE = regexp.MustCompile(`(?s)elements = \{ (.*?) \}`)
@@ -82,11 +102,7 @@ func TestKernelMatchesGoldenAndRender(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	fw, ns := newKernelFirewall(t)
-	for _, b := range goldenState().Bridges {
-		if err := fw.SetBridge(ctx, b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	applyGolden(t, fw)
 	got := dump(t, ns)
 	checkGolden(t, "nft_ruleset.golden", got)
 	checkKernel(t, ns, goldenState())
@@ -123,10 +139,30 @@ func TestKernelMatchesGoldenAndRender(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		for owner := range goldenState().Ports {
+			if err := fw.RemovePorts(ctx, owner); err != nil {
+				t.Fatal(err)
+			}
+		}
 		skeleton := dump(t, ns)
 		checkGolden(t, "nft_skeleton.golden", skeleton)
 		checkKernel(t, ns, State{})
 	})
+}
+
+// applyGolden programs goldenState into fw, bridges first.
+func applyGolden(t *testing.T, fw *Firewall) {
+	t.Helper()
+	for _, b := range goldenState().Bridges {
+		if err := fw.SetBridge(t.Context(), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for owner, bs := range goldenState().Ports {
+		if err := fw.SetPorts(t.Context(), owner, bs); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // deleteTable deletes pier's table behind the firewall's back.

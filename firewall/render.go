@@ -17,7 +17,14 @@ func Render(s State) string {
 		}
 		bridges[b.Name] = b
 	}
-	return render(desired(bridges))
+	ports := map[string][]PortBinding{}
+	for owner, bs := range s.Ports {
+		if nb, err := normalizePorts(owner, bs); err == nil {
+			bs = nb
+		}
+		ports[owner] = bs
+	}
+	return render(desired(bridges, ports))
 }
 
 func render(c contents) string {
@@ -33,7 +40,11 @@ func render(c contents) string {
 
 func renderSet(d setDef, elems map[string]element) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", d.name, d.kind.keyType().Name)
+	if dt, ok := d.kind.dataType(); ok {
+		fmt.Fprintf(&b, "\tmap %s {\n\t\ttype %s : %s\n", d.name, d.kind.keyType().Name, dt.Name)
+	} else {
+		fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", d.name, d.kind.keyType().Name)
+	}
 	if d.kind.interval() {
 		b.WriteString("\t\tflags interval\n")
 	}
@@ -50,7 +61,10 @@ func renderSet(d setDef, elems map[string]element) string {
 
 func renderChain(cd chainDef) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\tchain %s {\n\t\ttype %s hook %s priority %s; policy accept;\n", cd.name, cd.typ, cd.hookText, cd.prioText)
+	fmt.Fprintf(&b, "\tchain %s {\n", cd.name)
+	if cd.typ != "" {
+		fmt.Fprintf(&b, "\t\ttype %s hook %s priority %s; policy accept;\n", cd.typ, cd.hookText, cd.prioText)
+	}
 	for _, r := range cd.rules {
 		fmt.Fprintf(&b, "\t\t%s\n", r.text)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/piernet/pier/cnm"
+	"github.com/piernet/pier/dns"
 	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/driver/builtin"
 	"github.com/piernet/pier/driver/remote"
@@ -52,6 +53,7 @@ type Stack struct {
 	store   *store.Store
 	nsm     *netns.Manager
 	drivers io.Closer
+	dns     *dns.Server
 }
 
 // Open builds every component and restores the recorded state.
@@ -99,8 +101,12 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 	s.nsm = netns.NewManager(filepath.Join(o.ExecRoot, "netns"), s.Host)
 	plugins := plugins{loader: plugin.NewLoader(plugin.Options{Dirs: o.PluginDirs, Timeout: o.PluginTimeout, Logger: o.Logger}),
 		log: o.Logger}
+	s.dns = dns.New(dns.Options{Logger: o.Logger})
+	if err := s.dns.Start(ctx); err != nil {
+		return err
+	}
 	s.Controller, err = cnm.New(ctx, cnm.Config{ExecRoot: o.ExecRoot, Store: s.store, Drivers: reg, IPAM: alloc,
-		Plugins: plugins, OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf})
+		Plugins: plugins, DNS: s.dns, OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf})
 	if err != nil {
 		return err
 	}
@@ -166,6 +172,9 @@ func machineID(dataRoot string) string {
 // Close releases handles; kernel state and records stay for the next Open.
 func (s *Stack) Close() error {
 	var errs []error
+	if s.dns != nil {
+		errs = append(errs, s.dns.Close())
+	}
 	if s.drivers != nil {
 		errs = append(errs, s.drivers.Close())
 	}

@@ -1,0 +1,90 @@
+package stack
+
+import (
+	"context"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/piernet/pier/cnm"
+	"github.com/piernet/pier/etcfiles"
+	"github.com/piernet/pier/netns"
+)
+
+// lookup resolves name with Go's resolver from inside the sandbox, through the
+// nameserver its resolv.conf names.
+func lookup(t *testing.T, e *env, sb cnm.Sandbox, name string) ([]string, error) {
+	t.Helper()
+	_, resolv, _ := etcfiles.Paths(e.s.Controller.Dir(sb))
+	conf, err := os.ReadFile(resolv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := etcfiles.ParseResolvConf(conf)
+	if len(p.Nameservers) == 0 {
+		t.Fatalf("resolv.conf has no nameserver:\n%s", conf)
+	}
+	server := net.JoinHostPort(p.Nameservers[0].String(), "53")
+	ns, err := netns.Open(sb.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var c net.Conn
+		err := ns.Do(func() (err error) { c, err = net.DialTimeout(network, server, time.Second); return })
+		return c, err
+	}}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	return r.LookupHost(ctx, name)
+}
+
+func TestControllerFeedsEmbeddedDNS(t *testing.T) {
+	e := newEnv(t)
+	if err := e.s.Controller.EnsurePredefined(t.Context(), true); err != nil {
+		t.Fatal(err)
+	}
+	e.network(cnm.NetworkSpec{Name: "app"})
+	e.network(cnm.NetworkSpec{Name: "other"})
+	web := e.sandbox("web", "app")
+	client := e.sandbox("client", "app")
+	stranger := e.sandbox("stranger", "other")
+	plain := e.sandbox("plain", "bridge")
+	_, resolv, _ := etcfiles.Paths(e.s.Controller.Dir(client))
+	if b, _ := os.ReadFile(resolv); !strings.Contains(string(b), "nameserver 127.0.0.11") || !strings.Contains(string(b), "ndots:0") {
+		t.Fatalf("user-defined network resolv.conf:\n%s", b)
+	}
+	want := e.addr("web", "app", false).String()
+	for _, name := range []string{"web", "WEB", "web.app", web.ID[:12]} {
+		got, err := lookup(t, e, client, name)
+		if err != nil || len(got) != 1 || got[0] != want {
+			t.Errorf("client resolving %q = %v, %v; want [%s]", name, got, err, want)
+		}
+	}
+	if got, err := lookup(t, e, stranger, "web"); err == nil {
+		t.Errorf("sandbox on another network resolved web: %v", got)
+	}
+	_, plainResolv, _ := etcfiles.Paths(e.s.Controller.Dir(plain))
+	if b, _ := os.ReadFile(plainResolv); strings.Contains(string(b), "127.0.0.11") {
+		t.Errorf("default bridge sandbox must keep the host's resolvers:\n%s", b)
+	}
+	// Leaving removes the name at once.
+	if err := e.s.Controller.Disconnect(t.Context(), "app", "web"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := lookup(t, e, client, "web"); err == nil {
+		t.Errorf("web still resolves after leaving: %v", got)
+	}
+	// A restart brings the listeners and names back.
+	if _, err := e.s.Controller.Connect(t.Context(), "app", "web", cnm.EndpointSpec{Aliases: []string{"www"}}); err != nil {
+		t.Fatal(err)
+	}
+	e.reopen()
+	client, _ = e.s.Controller.Sandbox(t.Context(), "client")
+	if got, err := lookup(t, e, client, "www"); err != nil || len(got) != 1 {
+		t.Errorf("alias after restart: %v, %v", got, err)
+	}
+}
