@@ -12,6 +12,7 @@ import (
 	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/etcfiles"
 	"github.com/piernet/pier/ipam"
+	"github.com/piernet/pier/portmap"
 )
 
 // sandboxPlan is a decoded POST /pier/v1/sandboxes body.
@@ -47,6 +48,13 @@ func decodeSandboxCreate(data []byte) (sandboxPlan, error) {
 			return sandboxPlan{}, err
 		}
 		spec.ExtraHosts = append(spec.ExtraHosts, h)
+	}
+	for _, p := range req.Ports {
+		ps, err := portmap.ParseSpec(p)
+		if err != nil {
+			return sandboxPlan{}, err
+		}
+		spec.Ports = append(spec.Ports, ps...)
 	}
 	plan := sandboxPlan{spec: spec}
 	for _, n := range req.Networks {
@@ -205,6 +213,10 @@ func queryBool(r *http.Request, name string) (bool, error) {
 }
 
 func (s *Server) sandboxInfo(ctx context.Context, sb cnm.Sandbox) (types.SandboxInfo, error) {
+	sb, err := s.c.Sandbox(ctx, sb.ID) // fresh: connects may have published ports since
+	if err != nil {
+		return types.SandboxInfo{}, err
+	}
 	eps, err := s.c.SandboxEndpoints(ctx, sb.ID)
 	if err != nil {
 		return types.SandboxInfo{}, err
@@ -218,5 +230,15 @@ func (s *Server) sandboxInfo(ctx context.Context, sb cnm.Sandbox) (types.Sandbox
 		}
 		info.Endpoints = append(info.Endpoints, sandboxEndpoint(ep, name))
 	}
+	info.Ports = portBindings(sb.Published)
 	return info, nil
+}
+
+func portBindings(bs []portmap.Binding) []types.PortBinding {
+	out := make([]types.PortBinding, 0, len(bs))
+	for _, b := range bs {
+		out = append(out, types.PortBinding{HostIP: b.HostIP.String(), HostPort: b.HostPort,
+			ContainerPort: b.ContainerPort, Proto: string(b.Proto)})
+	}
+	return out
 }

@@ -24,7 +24,7 @@ func TestSandboxCreate(t *testing.T) {
 	want := types.SandboxInfo{Name: "web", Hostname: "webhost", Endpoints: []types.SandboxEndpoint{
 		{Network: "app", IfName: "eth0", IPv4Address: "10.9.0.5/24", Gateway: "10.9.0.1", Aliases: []string{"www"}},
 		{Network: "bridge", IfName: "eth1", IPv4Address: web.Endpoints[1].IPv4Address, Gateway: web.Endpoints[1].Gateway, Aliases: []string{}},
-	}}
+	}, Ports: []types.PortBinding{}}
 	opts := cmp.Options{cmpopts.IgnoreFields(types.SandboxInfo{}, "ID", "Key", "Dir", "Created"),
 		cmpopts.IgnoreFields(types.SandboxEndpoint{}, "NetworkID", "EndpointID", "MacAddress")}
 	if diff := cmp.Diff(want, web, opts); diff != "" {

@@ -42,6 +42,17 @@ func TestEndToEnd(t *testing.T) {
 	ip := e.waitSandboxIP("web")
 	page := e.waitPage(ip)
 	t.Logf("wget http://%s/ from a second sandbox: %q", ip, page)
+	// By name, through the embedded DNS: the README's example.
+	if got := e.mustPier("run", "--rm", "--network", "app", "--", "busybox", "wget", "-qO-", "http://web/"); got != "hello from web" {
+		t.Errorf("wget http://web/ = %q", got)
+	}
+	// The published port: listed by pier port, served on the host's loopback.
+	if got := e.mustPier("port", "web"); !strings.Contains(got, "80/tcp -> 0.0.0.0:8080") {
+		t.Errorf("pier port web = %q", got)
+	}
+	if out, err := exec.Command("nsenter", "--net="+e.hostNS, "busybox", "wget", "-qO-", "http://127.0.0.1:8080/").CombinedOutput(); err != nil || string(out) != "hello from web\n" {
+		t.Errorf("wget of the published port from the host: %q %v", out, err)
+	}
 
 	hostname := e.mustPier("sandbox", "inspect", "web", "-f", "{{.Hostname}}")
 	if got := e.mustPier("exec", "web", "--", "cat", "/etc/hostname"); got != hostname {
@@ -101,6 +112,7 @@ type env struct {
 	pierBin  string
 	sock     string
 	execRoot string
+	hostNS   string // pierd's network namespace
 }
 
 type pierResult struct {
@@ -120,6 +132,10 @@ func startEnv(t *testing.T) *env {
 	e := &env{t: t, dir: dir, pierBin: filepath.Join(dir, "pier"), sock: filepath.Join(dir, "pier.sock"),
 		execRoot: filepath.Join(dir, "exec")}
 	hostNS, _ := nstest.NewPinned(t) // pierd's "host" namespace, never the machine's
+	e.hostNS = hostNS
+	if out, err := exec.Command("nsenter", "--net="+hostNS, "ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("loopback up in the host namespace: %v %s", err, out)
+	}
 	log := e.logFile("pierd.log")
 	cmd := exec.Command("nsenter", "--net="+hostNS, "--", filepath.Join(dir, "pierd"),
 		"--data-root", filepath.Join(dir, "data"), "--exec-root", e.execRoot, "-H", "unix://"+e.sock)
@@ -230,7 +246,7 @@ func (e *env) startWeb() *background {
 		e.t.Fatal(err)
 	}
 	b := &background{out: e.logFile("web.log"), done: make(chan struct{})}
-	b.cmd = exec.Command(e.pierBin, "run", "--rm", "--network", "app", "--name", "web", "--",
+	b.cmd = exec.Command(e.pierBin, "run", "--rm", "--network", "app", "--name", "web", "-p", "8080:80", "--",
 		"busybox", "httpd", "-f", "-p", "80", "-h", www)
 	b.cmd.Env = append(os.Environ(), "PIER_HOST=unix://"+e.sock)
 	b.cmd.Stdout, b.cmd.Stderr = b.out, b.out

@@ -80,7 +80,7 @@ pierd speaks the network part of the Docker Engine API, so "docker -H" works too
 	root.SetErr(opts.Err)
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageErr(cmd, err) })
 	a.addGlobalFlags(root)
-	root.AddCommand(a.networkCommand(), a.sandboxCommand(), a.execCommand(), a.runCommand(), a.enterCommand())
+	root.AddCommand(a.networkCommand(), a.sandboxCommand(), a.execCommand(), a.runCommand(), a.portCommand(), a.enterCommand())
 	disableFlagsInUseLine(root) // usage lines say [OPTIONS], as docker's
 	return root
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/piernet/pier/api/types"
+	"github.com/piernet/pier/portmap"
 	"github.com/piernet/pier/client"
 )
 
@@ -32,6 +33,7 @@ type sandboxFlags struct {
 	ip, ip6                        string
 	aliases                        []string
 	dns, dnsSearch, dnsOpts, hosts []string
+	publish                        []string
 }
 
 func (f *sandboxFlags) register(fl *pflag.FlagSet) {
@@ -46,6 +48,7 @@ func (f *sandboxFlags) register(fl *pflag.FlagSet) {
 	fl.StringArrayVar(&f.dnsSearch, "dns-search", nil, "set custom DNS search domains; repeatable")
 	fl.StringArrayVar(&f.dnsOpts, "dns-option", nil, "set DNS options (resolv.conf options); repeatable")
 	fl.StringArrayVar(&f.hosts, "add-host", nil, "add a custom host-to-IP mapping (host:ip); repeatable")
+	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish ports: [hostIP:][hostPort[-end]:]containerPort[-end][/tcp|udp|sctp]; repeatable")
 	fl.SetNormalizeFunc(func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
 		if name == "net" { // docker's old spelling
 			name = "network"
@@ -57,7 +60,12 @@ func (f *sandboxFlags) register(fl *pflag.FlagSet) {
 // request builds the create request; --ip, --ip6 and --alias go to the first network.
 func (f sandboxFlags) request() (types.SandboxCreateRequest, error) {
 	req := types.SandboxCreateRequest{Name: f.name, Hostname: f.hostname, DNS: f.dns,
-		DNSSearch: f.dnsSearch, DNSOptions: f.dnsOpts, ExtraHosts: f.hosts}
+		DNSSearch: f.dnsSearch, DNSOptions: f.dnsOpts, ExtraHosts: f.hosts, Ports: f.publish}
+	for _, p := range f.publish {
+		if _, err := portmap.ParseSpec(p); err != nil { // fail before anything is sent
+			return req, err
+		}
+	}
 	for _, n := range f.networks {
 		req.Networks = append(req.Networks, types.SandboxNetwork{Network: n})
 	}

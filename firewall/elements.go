@@ -129,15 +129,18 @@ func affected(bridges map[string]Bridge, name string, prev, next Bridge) content
 	return c
 }
 
-func newContents() contents {
-	c := contents{}
-	for _, d := range allSets {
-		c[d.name] = map[string]element{}
-	}
-	return c
-}
+// newContents returns empty contents; a set's map is made on its first
+// element (reading a missing set gives a nil map, which reads as empty).
+func newContents() contents { return contents{} }
 
-func (c contents) add(d setDef, e element) { c[d.name][e.key] = e }
+func (c contents) add(d setDef, e element) {
+	m := c[d.name]
+	if m == nil {
+		m = map[string]element{}
+		c[d.name] = m
+	}
+	m[e.key] = e
+}
 
 // addBridge adds b's elements of the ifname-keyed sets.
 func (c contents) addBridge(b Bridge) {

@@ -61,8 +61,12 @@ func NewAllocator(host Host, log *slog.Logger) *Allocator {
 // a specific IPv4 address, else on 0.0.0.0 and, if the container has IPv6,
 // on :: too. It is all-or-nothing: on error nothing stays reserved. A taken
 // port fails with Docker's words, "Bind for 0.0.0.0:8080 failed: port is
-// already allocated" (a Conflict).
+// already allocated" (a Conflict). Calling it again for an owner adds to
+// the owner's bindings.
 func (a *Allocator) Allocate(ctx context.Context, owner string, specs []Spec, containerIP4, containerIP6, defaultHostIP4 netip.Addr) ([]Binding, error) {
+	if owner == "" {
+		return nil, errdefs.InvalidArgument("allocating host ports: no owner")
+	}
 	reqs, err := requests(specs, targets{containerIP4, containerIP6, defaultHostIP4})
 	if err != nil {
 		return nil, err

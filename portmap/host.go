@@ -68,9 +68,6 @@ func (t threadProber) BindAll(proto Proto, port uint16) error {
 // bind binds a probe socket; v6only false makes an IPv6 socket dual-stack.
 func (threadProber) bind(proto Proto, addr netip.AddrPort, v6only bool) error {
 	fd, err := newSocket(proto, addr.Addr().Is6())
-	if err == nil && addr.Addr().Is6() && !v6only {
-		err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
-	}
 	if err != nil {
 		if proto == SCTP && (errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.ESOCKTNOSUPPORT)) {
 			return nil // no SCTP in this kernel: nothing can hold the port
@@ -78,6 +75,11 @@ func (threadProber) bind(proto Proto, addr netip.AddrPort, v6only bool) error {
 		return err
 	}
 	defer unix.Close(fd)
+	if addr.Addr().Is6() && !v6only {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+			return err
+		}
+	}
 	if proto != UDP {
 		// A TCP socket in TIME_WAIT must not count as a holder.
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {

@@ -12,8 +12,9 @@ import (
 )
 
 // maxFlows bounds the UDP clients one listener serves at a time; datagrams
-// from further clients are dropped until a flow times out.
-const maxFlows = 4096
+// from further clients are dropped until a flow times out. Each flow holds
+// a 64 KiB receive buffer, so a listener uses at most 64 MiB.
+const maxFlows = 1024
 
 // maxDatagram is the largest UDP payload.
 const maxDatagram = 65535

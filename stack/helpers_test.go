@@ -39,6 +39,7 @@ func newEnvB(b *testing.B) *env { return newEnvTB(b) }
 func newEnvTB(t testing.TB) *env {
 	t.Helper()
 	hostPath, _ := nstest.NewPinned(t)
+	upLoopback(t, hostPath) // a real host has loopback up
 	dir := t.TempDir()
 	e := &env{t: t, hostPath: hostPath, opts: Options{DataRoot: filepath.Join(dir, "data"),
 		ExecRoot: filepath.Join(dir, "exec"), HostNetNS: hostPath, HostResolvConf: filepath.Join(dir, "resolv.conf"),
@@ -280,3 +281,19 @@ func (w testWriter) Write(p []byte) (int, error) {
 func (e *env) networkB(spec cnm.NetworkSpec) cnm.Network { return e.network(spec) }
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+func upLoopback(t testing.TB, path string) {
+	t.Helper()
+	ns, err := netns.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	lo, err := ns.NL.LinkByName("lo")
+	if err == nil {
+		err = ns.NL.LinkSetUp(lo)
+	}
+	if err != nil {
+		t.Fatalf("loopback up: %v", err)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/dns"
 	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/driver/bridge"
 	"github.com/piernet/pier/driver/builtin"
 	"github.com/piernet/pier/driver/remote"
 	"github.com/piernet/pier/firewall"
@@ -26,6 +27,7 @@ import (
 	ipamremote "github.com/piernet/pier/ipam/remote"
 	"github.com/piernet/pier/netns"
 	"github.com/piernet/pier/plugin"
+	"github.com/piernet/pier/portmap"
 	"github.com/piernet/pier/store"
 )
 
@@ -54,6 +56,7 @@ type Stack struct {
 	nsm     *netns.Manager
 	drivers io.Closer
 	dns     *dns.Server
+	proxy   *portmap.Proxy
 }
 
 // Open builds every component and restores the recorded state.
@@ -95,7 +98,11 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 		return err
 	}
 	reg := driver.NewRegistry()
-	if s.drivers, err = builtin.Register(reg, builtin.Deps{Host: s.Host, Firewall: s.Firewall, Logger: o.Logger}); err != nil {
+	pub, err := s.startPublishing(ctx, o.Logger)
+	if err != nil {
+		return err
+	}
+	if s.drivers, err = builtin.Register(reg, builtin.Deps{Host: s.Host, Firewall: s.Firewall, Publish: pub, Logger: o.Logger}); err != nil {
 		return err
 	}
 	s.nsm = netns.NewManager(filepath.Join(o.ExecRoot, "netns"), s.Host)
@@ -110,7 +117,19 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	return s.Firewall.Reconcile(ctx)
+	if err := s.Firewall.Reconcile(ctx); err != nil {
+		return err
+	}
+	return s.Firewall.Start(ctx) // self-healing: restores the table if someone removes it
+}
+
+// startPublishing builds the port allocator and starts the loopback proxy.
+func (s *Stack) startPublishing(ctx context.Context, log *slog.Logger) (bridge.Publisher, error) {
+	s.proxy = portmap.NewProxy(s.Host, portmap.ProxyOptions{Logger: log})
+	if err := s.proxy.Start(ctx); err != nil {
+		return bridge.Publisher{}, err
+	}
+	return bridge.Publisher{Ports: portmap.NewAllocator(portmap.NamespaceHost(s.Host), log), Proxy: s.proxy}, nil
 }
 
 // plugins resolves Docker plugins for the controller (cnm.Plugins).
@@ -177,6 +196,9 @@ func (s *Stack) Close() error {
 	}
 	if s.drivers != nil {
 		errs = append(errs, s.drivers.Close())
+	}
+	if s.proxy != nil {
+		errs = append(errs, s.proxy.Close())
 	}
 	if s.nsm != nil {
 		errs = append(errs, s.nsm.Close())

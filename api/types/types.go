@@ -22,6 +22,9 @@ type SandboxCreateRequest struct {
 	DNSSearch  []string
 	DNSOptions []string
 	ExtraHosts []string // "host:ip", as docker's --add-host
+	// Ports are published ports in docker's -p syntax:
+	// [hostIP:][hostPort[-end]:]containerPort[-end][/tcp|udp|sctp].
+	Ports []string `json:",omitempty"`
 }
 
 // SandboxNetwork is one network a new sandbox is connected to.
@@ -42,6 +45,16 @@ type SandboxInfo struct {
 	HostNetwork bool
 	Created     time.Time
 	Endpoints   []SandboxEndpoint
+	Ports       []PortBinding // the actual bindings of the requested ports
+}
+
+// PortBinding is one published port: HostIP:HostPort on the host reaches
+// ContainerPort/Proto in the sandbox.
+type PortBinding struct {
+	HostIP        string
+	HostPort      uint16
+	ContainerPort uint16
+	Proto         string
 }
 
 // SandboxEndpoint is one network connection of a sandbox. Addresses are CIDR strings

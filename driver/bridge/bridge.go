@@ -28,6 +28,7 @@ import (
 	"github.com/piernet/pier/firewall"
 	"github.com/piernet/pier/internal/undo"
 	"github.com/piernet/pier/netns"
+	"github.com/piernet/pier/portmap"
 )
 
 // Name is the driver name.
@@ -43,12 +44,15 @@ const hostVethPrefix = "pv"
 type Firewall interface {
 	SetBridge(ctx context.Context, b firewall.Bridge) error
 	RemoveBridge(ctx context.Context, name string) error
+	SetPorts(ctx context.Context, owner string, bindings []firewall.PortBinding) error
+	RemovePorts(ctx context.Context, owner string) error
 }
 
 // Driver is the bridge driver.
 type Driver struct {
 	host *netns.Namespace
 	fw   Firewall
+	pub  Publisher
 	log  *slog.Logger
 
 	reaper    *reaper
@@ -74,12 +78,16 @@ type endpoint struct {
 
 	// Set while joined (guarded by Driver.mu).
 	sandboxKey, ifName string
+	ports              []portmap.Spec    // the sandbox's -p
+	restored           []portmap.Binding // bindings of a previous run, to keep
+	bindings           []portmap.Binding // published now (this endpoint is the gateway)
 }
 
-// New returns a bridge driver programming the host namespace host and firewall fw.
-func New(host *netns.Namespace, fw Firewall, log *slog.Logger) *Driver {
+// New returns a bridge driver programming the host namespace host and firewall fw,
+// publishing ports through pub.
+func New(host *netns.Namespace, fw Firewall, pub Publisher, log *slog.Logger) *Driver {
 	log = log.With("component", "bridge")
-	return &Driver{host: host, fw: fw, log: log, reaper: &reaper{nl: host.NL, do: host.Do, log: log},
+	return &Driver{host: host, fw: fw, pub: pub, log: log, reaper: &reaper{nl: host.NL, do: host.Do, log: log},
 		networks: map[string]*network{}, endpoints: map[string]*endpoint{}}
 }
 
@@ -349,7 +357,7 @@ func (d *Driver) Join(ctx context.Context, req driver.JoinRequest) (driver.JoinR
 	if err := d.createVeth(n, ep, req); err != nil {
 		return driver.JoinResult{}, err
 	}
-	d.setJoined(ep, req.SandboxKey, req.IfName)
+	d.setJoined(ep, req)
 	res := driver.JoinResult{DisableGateway: n.cfg.Internal}
 	if !n.cfg.Internal {
 		res.Gateway4, res.Gateway6 = n.gateway4.Addr(), n.gateway6.Addr()
@@ -380,7 +388,23 @@ func (d *Driver) createVeth(n *network, ep *endpoint, req driver.JoinRequest) er
 		_ = d.removeHostVeth(ep.id)
 		return fmt.Errorf("creating veth %s for endpoint %s: %w", attrs.Name, ep.id[:12], err)
 	}
-	return d.isolate(n, veth)
+	if err := d.isolate(n, veth); err != nil {
+		return err
+	}
+	return d.hairpin(veth, req)
+}
+
+// hairpin lets a sandbox with published ports reach its own ports through the host's
+// address: with br_netfilter the DNAT'd frame goes back out of the port it came in on.
+func (d *Driver) hairpin(veth netlink.Link, req driver.JoinRequest) error {
+	if len(req.Ports) == 0 {
+		return nil
+	}
+	if err := d.host.NL.LinkSetHairpin(veth, true); err != nil {
+		_ = d.host.NL.LinkDel(veth)
+		return fmt.Errorf("setting hairpin mode on %s: %w", veth.Attrs().Name, err)
+	}
+	return nil
 }
 
 // isolate marks the port isolated on ICC-off bridges: the bridge then forwards nothing
@@ -407,9 +431,9 @@ func (d *Driver) endpoint(eid string) (*endpoint, error) {
 	return ep, nil
 }
 
-func (d *Driver) setJoined(ep *endpoint, key, ifName string) {
+func (d *Driver) setJoined(ep *endpoint, req driver.JoinRequest) {
 	d.mu.Lock()
-	ep.sandboxKey, ep.ifName = key, ifName
+	ep.sandboxKey, ep.ifName, ep.ports, ep.restored = req.SandboxKey, req.IfName, req.Ports, req.Published
 	d.mu.Unlock()
 }
 
@@ -441,16 +465,6 @@ func (d *Driver) removeHostVeth(eid string) error {
 	return nil
 }
 
-// ProgramExternalConnectivity is a no-op until port publishing lands.
-func (d *Driver) ProgramExternalConnectivity(ctx context.Context, nid, eid string) error {
-	return nil
-}
-
-// RevokeExternalConnectivity is a no-op until port publishing lands.
-func (d *Driver) RevokeExternalConnectivity(ctx context.Context, nid, eid string) error {
-	return nil
-}
-
 // RestoreEndpoint implements driver.Restorer.
 func (d *Driver) RestoreEndpoint(ctx context.Context, ec driver.EndpointConfig, join *driver.JoinRequest) (bool, error) {
 	if _, err := d.CreateEndpoint(ctx, ec); err != nil {
@@ -463,7 +477,7 @@ func (d *Driver) RestoreEndpoint(ctx context.Context, ec driver.EndpointConfig, 
 	if err != nil {
 		return false, err
 	}
-	d.setJoined(ep, join.SandboxKey, join.IfName)
+	d.setJoined(ep, *join)
 	return d.vethIntact(ec.NetworkID, ec.EndpointID), nil
 }
 

@@ -19,13 +19,14 @@ import (
 type Deps struct {
 	Host     *netns.Namespace
 	Firewall bridge.Firewall
+	Publish  bridge.Publisher // port publishing for the bridge driver
 	Logger   *slog.Logger
 }
 
 // Register adds the built-in drivers to r and starts their background work; the
 // returned Closer stops it (call it after the controller is done).
 func Register(r *driver.Registry, deps Deps) (io.Closer, error) {
-	br := bridge.New(deps.Host, deps.Firewall, deps.Logger)
+	br := bridge.New(deps.Host, deps.Firewall, deps.Publish, deps.Logger)
 	k := subif.HostKernel{Host: deps.Host}
 	for _, d := range []driver.Driver{
 		null.Driver{},
