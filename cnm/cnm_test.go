@@ -163,3 +163,21 @@ func TestRestartRebuildsIPAMFromRecords(t *testing.T) {
 		t.Fatalf("pool should be full after restore: %v", err)
 	}
 }
+
+func TestPluginDstPrefixNamesTheInterface(t *testing.T) {
+	r := newRig(t)
+	ctx := t.Context()
+	r.drv.dstPrefix = "ens"
+	_, err := r.c.CreateNetwork(ctx, NetworkSpec{Name: "plug"})
+	r.must(t, err)
+	sb, err := r.c.CreateSandbox(ctx, SandboxSpec{Name: "s"})
+	r.must(t, err)
+	ep, err := r.c.Connect(ctx, "plug", "s", EndpointSpec{})
+	r.must(t, err)
+	if ep.IfName != "ens0" || !ep.Moved {
+		t.Fatalf("endpoint ifname %q moved=%v, want ens0 moved in", ep.IfName, ep.Moved)
+	}
+	if _, ok := r.os.ns[sb.Key]["ens0"]; !ok {
+		t.Fatalf("sandbox interfaces:\n%s", r.os.dump())
+	}
+}

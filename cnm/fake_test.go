@@ -119,8 +119,9 @@ type fakeDriver struct {
 	name     string
 	mu       sync.Mutex
 	calls    []string
-	failJoin bool
-	gateways map[string]driver.NetworkConfig
+	failJoin  bool
+	dstPrefix string // when set, Join answers like a plugin: SrcName + DstPrefix
+	gateways  map[string]driver.NetworkConfig
 }
 
 func (d *fakeDriver) record(s string) {
@@ -161,6 +162,9 @@ func (d *fakeDriver) Join(ctx context.Context, req driver.JoinRequest) (driver.J
 	nc := d.gateways[req.NetworkID]
 	d.mu.Unlock()
 	res := driver.JoinResult{DisableGateway: nc.Internal}
+	if d.dstPrefix != "" {
+		res.SrcName, res.DstPrefix = "tmp-"+req.EndpointID[:4], d.dstPrefix
+	}
 	if len(nc.IPv4) > 0 {
 		res.Gateway4 = nc.IPv4[0].Gateway.Addr()
 	}

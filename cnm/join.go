@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 
 	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/errdefs"
@@ -207,6 +208,9 @@ func (c *Controller) attach(ctx context.Context, sb *Sandbox, n *Network, ep *En
 		ep.IfName = ""
 		return nil
 	}
+	if ep.Moved && res.DstPrefix != "" && !strings.HasPrefix(ep.IfName, res.DstPrefix) {
+		ep.IfName = c.nextIfNameWithPrefix(sb.ID, res.DstPrefix)
+	}
 	if ep.Moved {
 		u.Push(func() error { return c.os.RemoveInterface(context.WithoutCancel(ctx), sb.Key, ep.IfName) })
 	}
@@ -312,6 +316,11 @@ func (c *Controller) nextIfName(sid string, n *Network) string {
 	if prefix == "" {
 		prefix = "eth"
 	}
+	return c.nextIfNameWithPrefix(sid, prefix)
+}
+
+// nextIfNameWithPrefix returns <prefix><N> with the lowest N unused in the sandbox.
+func (c *Controller) nextIfNameWithPrefix(sid, prefix string) string {
 	used := map[int]bool{}
 	for _, ep := range c.sandboxEndpoints(sid) {
 		used[ifIndex(ep.IfName)] = ep.IfName != ""

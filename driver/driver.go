@@ -97,6 +97,9 @@ type JoinResult struct {
 	// sandbox and rename to IfName. Empty when the driver created the interface directly
 	// inside the sandbox (the bridge driver does: it is ~30x cheaper than moving).
 	SrcName string
+	// DstPrefix, with SrcName, asks for the interface to be named <DstPrefix><N> inside
+	// the sandbox instead of JoinRequest.IfName (Docker's plugin protocol).
+	DstPrefix string
 	// Gateway4/6 are the default gateways this endpoint offers; zero when none.
 	Gateway4       netip.Addr
 	Gateway6       netip.Addr

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"net"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/netns"
+	"github.com/piernet/pier/portmap"
 )
 
 // BenchmarkConnectDisconnect measures endpoint create+join (connect) and leave+delete
@@ -135,4 +137,45 @@ func BenchmarkConnect(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkSandboxWithPorts measures sandbox create + connect to a bridge network with
+// 0 and with 200 published TCP ports (issue 4: goal +≤ 20 ms, no extra processes), and
+// reports the Go heap growth while the 200 ports stay published.
+func BenchmarkSandboxWithPorts(b *testing.B) {
+	for _, n := range []int{0, 200} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			e := newEnvB(b)
+			e.networkB(cnm.NetworkSpec{Name: "bench"})
+			var ports []portmap.Spec
+			if n > 0 {
+				ports, _ = portmap.ParseSpec("20000-" + strconv.Itoa(20000+n-1) + ":20000-" + strconv.Itoa(20000+n-1))
+			}
+			c, ctx := e.s.Controller, b.Context()
+			var heap uint64
+			for i := 0; b.Loop(); i++ {
+				name := "sb" + strconv.Itoa(i)
+				before := heapInUse()
+				if _, err := c.CreateSandbox(ctx, cnm.SandboxSpec{Name: name, Ports: ports}); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := c.Connect(ctx, "bench", name, cnm.EndpointSpec{}); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				heap += heapInUse() - min(before, heapInUse())
+				if err := c.DeleteSandbox(ctx, name, true); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(heap)/float64(b.N)/1024, "KiB-heap/op")
+		})
+	}
+}
+
+func heapInUse() uint64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
 }

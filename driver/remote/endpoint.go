@@ -151,10 +151,7 @@ func (d *Driver) Join(ctx context.Context, req driver.JoinRequest) (driver.JoinR
 	err = d.undoOnDoubt(ctx, err, "Leave", func(ctx context.Context) error {
 		return d.Leave(ctx, req.NetworkID, req.EndpointID)
 	})
-	if err == nil && jr.DstPrefix != "" && !strings.HasPrefix(req.IfName, jr.DstPrefix) {
-		d.log.InfoContext(ctx, "plugin asked for an interface prefix the controller does not apply yet",
-			"dst_prefix", jr.DstPrefix, "ifname", req.IfName)
-	}
+	jr.Result.DstPrefix = jr.DstPrefix
 	return jr.Result, err
 }
 
