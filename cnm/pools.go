@@ -130,10 +130,29 @@ func (c *Controller) releasePools(ctx context.Context, n *Network) {
 		return
 	}
 	for _, p := range append(append([]Pool{}, n.IPv4...), n.IPv6...) {
+		// As Docker: gateway and auxiliary addresses first, then the pool (plugins
+		// may refuse to release a pool that still has addresses).
+		for _, a := range p.reserved() {
+			if err := alloc.ReleaseAddress(ctx, p.PoolID, a); err != nil {
+				c.log.WarnContext(ctx, "releasing address", "network", n.Name, "addr", a, "err", err)
+			}
+		}
 		if err := alloc.ReleasePool(ctx, p.PoolID); err != nil {
 			c.log.WarnContext(ctx, "releasing pool", "network", n.Name, "pool", p.PoolID, "err", err)
 		}
 	}
+}
+
+// reserved lists the pool's gateway and auxiliary addresses.
+func (p Pool) reserved() []netip.Addr {
+	var out []netip.Addr
+	if p.Gateway.IsValid() {
+		out = append(out, p.Gateway.Addr())
+	}
+	for _, a := range p.Aux {
+		out = append(out, a)
+	}
+	return out
 }
 
 // restorePools re-requests a recorded network's pools exactly as recorded.
