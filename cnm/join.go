@@ -218,7 +218,8 @@ func (c *Controller) attach(ctx context.Context, sb *Sandbox, n *Network, ep *En
 }
 
 func (ep *Endpoint) iface(src string) netns.Interface {
-	ifc := netns.Interface{Name: ep.IfName, SrcName: src, Addr4: ep.Addr4, Addr6: ep.Addr6}
+	ifc := netns.Interface{Name: ep.IfName, SrcName: src, Addr4: ep.Addr4, Addr6: ep.Addr6,
+		NoLinkLocal6: !ep.Addr6.IsValid()}
 	for _, r := range ep.Routes {
 		ifc.Routes = append(ifc.Routes, netns.Route{Dst: r.Destination, Via: r.NextHop})
 	}

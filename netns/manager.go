@@ -21,6 +21,9 @@ type Interface struct {
 	Addr4   netip.Prefix
 	Addr6   netip.Prefix
 	Routes  []Route
+	// NoLinkLocal6 skips the IPv6 link-local address (for interfaces without IPv6): no
+	// DAD, MLD or router solicitations flooded over the bridge at every join.
+	NoLinkLocal6 bool
 }
 
 // Route is a static route inside a sandbox; a zero Via is a connected route.
@@ -152,6 +155,11 @@ func (m *Manager) ConfigureInterface(ctx context.Context, key string, ifc Interf
 	}
 	if err := ns.addAddrs(link, ifc); err != nil {
 		return err
+	}
+	if ifc.NoLinkLocal6 {
+		if err := ns.NL.LinkSetIP6AddrGenMode(link, 1); err != nil { // IN6_ADDR_GEN_MODE_NONE
+			return fmt.Errorf("turning off IPv6 link-local on %s: %w", ifc.Name, err)
+		}
 	}
 	if err := ns.NL.LinkSetUp(link); err != nil {
 		return fmt.Errorf("setting %s up: %w", ifc.Name, err)

@@ -376,7 +376,7 @@ func (d *Driver) createVeth(n *network, ep *endpoint, req driver.JoinRequest) er
 		return fmt.Errorf("finding bridge %s: %w", n.cfg.BridgeName, err)
 	}
 	attrs := netlink.NewLinkAttrs()
-	attrs.Name, attrs.MTU, attrs.Flags = HostVethName(ep.id), n.cfg.MTU, net.FlagUp
+	attrs.Name, attrs.MTU = HostVethName(ep.id), n.cfg.MTU
 	attrs.MasterIndex = br.Attrs().Index
 	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: req.IfName, PeerHardwareAddr: ep.mac,
 		PeerNamespace: netlink.NsFd(int(sb))}
@@ -391,7 +391,25 @@ func (d *Driver) createVeth(n *network, ep *endpoint, req driver.JoinRequest) er
 	if err := d.isolate(n, veth); err != nil {
 		return err
 	}
-	return d.hairpin(veth, req)
+	if err := d.hairpin(veth, req); err != nil {
+		return err
+	}
+	return d.upQuietly(veth)
+}
+
+// upQuietly sets the host side up without an IPv6 link-local address: a bridge port
+// needs none, and each one's DAD and MLD packets are flooded to every other port of
+// the bridge (quadratic work for the kernel with hundreds of endpoints).
+func (d *Driver) upQuietly(veth netlink.Link) error {
+	err := d.host.NL.LinkSetIP6AddrGenMode(veth, 1) // IN6_ADDR_GEN_MODE_NONE
+	if err == nil {
+		err = d.host.NL.LinkSetUp(veth)
+	}
+	if err != nil {
+		_ = d.host.NL.LinkDel(veth)
+		return fmt.Errorf("setting %s up: %w", veth.Attrs().Name, err)
+	}
+	return nil
 }
 
 // hairpin lets a sandbox with published ports reach its own ports through the host's
