@@ -15,8 +15,8 @@ import (
 
 	"github.com/piernet/pier/api/types"
 	"github.com/piernet/pier/internal/nstest"
+	"github.com/piernet/pier/internal/stacktest"
 	"github.com/piernet/pier/ipam"
-	"github.com/piernet/pier/netns"
 	"github.com/piernet/pier/stack"
 )
 
@@ -57,25 +57,9 @@ func newEnv(t testing.TB) *env {
 
 // teardown removes every sandbox and network so pinned namespaces are unmounted.
 func (e *env) teardown() {
-	ctx := context.Background() // t.Context is already cancelled in Cleanup
-	c := e.st.Controller
-	for _, sb := range c.Sandboxes(ctx) {
-		if err := c.DeleteSandbox(ctx, sb.ID, true); err != nil {
-			e.t.Errorf("cleanup: deleting sandbox %s: %v", sb.Name, err)
-		}
-	}
-	for _, n := range c.Networks(ctx) {
-		if !n.Predefined {
-			if err := c.DeleteNetwork(ctx, n.ID); err != nil {
-				e.t.Errorf("cleanup: deleting network %s: %v", n.Name, err)
-			}
-		}
-	}
+	stacktest.DeleteAll(e.t, e.st.Controller)
 	e.st.Close()
-	pins, _ := filepath.Glob(filepath.Join(e.execRoot, "netns", "*"))
-	for _, p := range pins {
-		_ = netns.Remove(p)
-	}
+	stacktest.Unpin(e.execRoot)
 }
 
 // reply is a recorded response.

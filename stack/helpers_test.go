@@ -2,7 +2,6 @@ package stack
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/internal/nstest"
+	"github.com/piernet/pier/internal/stacktest"
 	"github.com/piernet/pier/netns"
 )
 
@@ -81,31 +81,11 @@ func (e *env) teardown() {
 }
 
 // deleteAll removes every sandbox and network through the controller.
-func (e *env) deleteAll() {
-	ctx := context.Background() // t.Context is already cancelled in Cleanup
-	c := e.s.Controller
-	for _, sb := range c.Sandboxes(ctx) {
-		if err := c.DeleteSandbox(ctx, sb.ID, true); err != nil {
-			e.t.Errorf("cleanup: deleting sandbox %s: %v", sb.Name, err)
-		}
-	}
-	for _, n := range c.Networks(ctx) {
-		if !n.Predefined {
-			if err := c.DeleteNetwork(ctx, n.ID); err != nil {
-				e.t.Errorf("cleanup: deleting network %s: %v", n.Name, err)
-			}
-		}
-	}
-}
+func (e *env) deleteAll() { stacktest.DeleteAll(e.t, e.s.Controller) }
 
 // unpinAll removes whatever namespace the controller failed to remove: nothing may
 // outlive the test.
-func (e *env) unpinAll() {
-	pins, _ := filepath.Glob(filepath.Join(e.opts.ExecRoot, "netns", "*"))
-	for _, p := range pins {
-		_ = netns.Remove(p)
-	}
-}
+func (e *env) unpinAll() { stacktest.Unpin(e.opts.ExecRoot) }
 
 func (e *env) network(spec cnm.NetworkSpec) cnm.Network {
 	e.t.Helper()

@@ -1,0 +1,40 @@
+// Package stacktest holds teardown helpers shared by tests that run a real controller:
+// whatever a test made must be gone when it ends, also when it fails.
+package stacktest
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/piernet/pier/cnm"
+	"github.com/piernet/pier/netns"
+)
+
+// DeleteAll removes every sandbox and every user-defined network through c, reporting
+// failures as test errors.
+func DeleteAll(t testing.TB, c *cnm.Controller) {
+	t.Helper()
+	ctx := context.Background() // t.Context is already cancelled in Cleanup
+	for _, sb := range c.Sandboxes(ctx) {
+		if err := c.DeleteSandbox(ctx, sb.ID, true); err != nil {
+			t.Errorf("cleanup: deleting sandbox %s: %v", sb.Name, err)
+		}
+	}
+	for _, n := range c.Networks(ctx) {
+		if !n.Predefined {
+			if err := c.DeleteNetwork(ctx, n.ID); err != nil {
+				t.Errorf("cleanup: deleting network %s: %v", n.Name, err)
+			}
+		}
+	}
+}
+
+// Unpin removes namespaces still pinned under execRoot/netns (what the controller
+// failed to remove must not outlive the test).
+func Unpin(execRoot string) {
+	pins, _ := filepath.Glob(filepath.Join(execRoot, "netns", "*"))
+	for _, p := range pins {
+		_ = netns.Remove(p)
+	}
+}
