@@ -1,7 +1,7 @@
 GO ?= go
 BIN := bin
 
-.PHONY: all build test test-short fuzz bench vet clean
+.PHONY: all build test test-short fuzz bench bench-docker vet clean
 
 all: build
 
@@ -29,6 +29,13 @@ fuzz:
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+# pier side by side with the Docker engine (docs/benchmarks.md). Needs root; installs
+# docker.io, dnsperf, iperf3, busybox-static (apt) if missing; ~10-15 min; report on
+# stdout and in bench/results/<date>.md. Not part of `make test`. Flags for pierbench
+# go in BENCHFLAGS, e.g. make bench-docker BENCHFLAGS='-only dns,throughput'.
+bench-docker:
+	bash bench/run.sh $(BENCHFLAGS)
 
 clean:
 	rm -rf $(BIN)
