@@ -11,8 +11,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/piernet/pier/api/types"
-	"github.com/piernet/pier/portmap"
 	"github.com/piernet/pier/client"
+	"github.com/piernet/pier/portmap"
 )
 
 func (a *app) sandboxCommand() *cobra.Command {

@@ -116,9 +116,9 @@ func (f *fakeOS) dump() string {
 
 // fakeDriver records calls and joins by creating the interface "directly" (no SrcName).
 type fakeDriver struct {
-	name     string
-	mu       sync.Mutex
-	calls    []string
+	name      string
+	mu        sync.Mutex
+	calls     []string
 	failJoin  bool
 	dstPrefix string // when set, Join answers like a plugin: SrcName + DstPrefix
 	gateways  map[string]driver.NetworkConfig
