@@ -66,7 +66,7 @@ func (r *runner) pierVersion(ctx context.Context) string {
 	if err != nil {
 		return "unknown: " + err.Error()
 	}
-	return fmt.Sprintf("pierd %s (API %s), built from this tree (%s)", v.Version, v.APIVersion, r.cfg.Pierd)
+	return fmt.Sprintf("pierd %s (API %s), built from this tree", v.Version, v.APIVersion)
 }
 
 // niceness returns the benchmark's nice value (field 19 of /proc/self/stat).

@@ -195,7 +195,9 @@ func ratioCell(rw row) string {
 	switch {
 	case pm == 0 && dm == 0:
 		return "= (both 0)"
-	case rw.Kind == lowerAmount && rw.Floor > 0 && pm < rw.Floor && dm > rw.Floor:
+	case rw.Kind == lowerAmount && rw.Floor > 0 && pm < rw.Floor && dm < rw.Floor:
+		return fmt.Sprintf("both < %s", num(rw.Floor))
+	case rw.Kind == lowerAmount && rw.Floor > 0 && pm < rw.Floor:
 		return fmt.Sprintf("pier < %s: > %s× less", num(rw.Floor), ratio(dm/rw.Floor))
 	case rw.Kind == lowerAmount && pm <= 0 && dm > 0:
 		return "≤ 0 (pier: none measurable)"

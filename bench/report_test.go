@@ -26,6 +26,7 @@ func TestRatioCell(t *testing.T) {
 		{"faster", row{Kind: lowerTime, Pier: s(2), Docker: s(40)}, "0.05 (20.0× faster)"},
 		{"just over ten", row{Kind: lowerTime, Pier: s(3.25), Docker: s(32.7)}, "0.099 (10.1× faster)"},
 		{"much faster", row{Kind: lowerTime, Pier: s(1), Docker: s(355)}, "0.0028 (355× faster)"},
+		{"both below the floor", row{Kind: lowerAmount, Floor: 1, Pier: s(0.05), Docker: s(0.5)}, "both < 1.00"},
 		{"below the floor", row{Kind: lowerAmount, Floor: 1, Pier: s(0.012), Docker: s(1297)}, "pier < 1.00: > 1297× less"},
 		{"slower", row{Kind: lowerTime, Pier: s(3), Docker: s(2)}, "1.5 (1.5× slower)"},
 		{"less memory", row{Kind: lowerAmount, Pier: s(1), Docker: s(250)}, "0.004 (250× less)"},

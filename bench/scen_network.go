@@ -280,7 +280,9 @@ func (r *runner) scenScale(ctx context.Context) *section {
 		}
 		start := time.Now()
 		r.teardown(ctx, s, append(st[k].members, st[k].probe), st[k].net)
-		r.logf("scale: %s removed %d boxes in %s", s.Name(), n+1, time.Since(start).Round(time.Millisecond))
+		took := time.Since(start).Round(time.Millisecond)
+		r.logf("scale: %s removed %d boxes in %s", s.Name(), n+1, took)
+		sec.Notes = append(sec.Notes, fmt.Sprintf("%s removed its %d boxes in %s (4 at a time).", s.Name(), n+1, took))
 	}
 	return sec
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -50,6 +51,9 @@ func (s *settler) wait(ctx context.Context) (time.Duration, error) {
 	deadline := start.Add(10 * time.Second)
 	for {
 		n, err := s.reaping()
+		if errors.Is(err, netlink.ErrDumpInterrupted) {
+			n, err = 1, nil // links changed during the dump (the reaper at work): ask again
+		}
 		if err != nil {
 			return 0, err
 		}
