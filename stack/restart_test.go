@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
 
 	"github.com/piernet/pier/cnm"
+	"github.com/piernet/pier/driver/bridge"
 	"github.com/piernet/pier/netns"
 )
 
@@ -109,4 +111,43 @@ func hostVeth(t *testing.T, e *env, sb, net string) string {
 		t.Fatal(err)
 	}
 	return "pv" + ep.ID[:12]
+}
+
+// TestRestartRemovesHalfCreatedBridges: a pierd killed between creating a bridge and
+// marking it with its network leaves an unmarked bridge; restore must remove it, and
+// must leave alone bridges pier did not create, even with names like its own.
+func TestRestartRemovesHalfCreatedBridges(t *testing.T) {
+	e := newEnv(t)
+	e.network(cnm.NetworkSpec{Name: "app"})
+	want := e.hostLinks()
+	host, err := netns.Open(e.hostPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	add := func(name string, group uint32, alias string) {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name, attrs.Group = name, group
+		br := &netlink.Bridge{LinkAttrs: attrs}
+		if err := host.NL.LinkAdd(br); err != nil {
+			t.Fatal(err)
+		}
+		if alias != "" {
+			if err := host.NL.LinkSetAlias(br, alias); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	add("br-0123456789ab", bridge.OwnerGroup, "")                              // died before the alias
+	add("br-aaaaaaaaaaaa", bridge.OwnerGroup, "pier:"+strings.Repeat("a", 64)) // network never recorded
+	add("br-bbbbbbbbbbbb", 0, "")                                              // Docker's naming, not pier's
+	add("userbr", 0, "")
+	e.reopen()
+	want = append(want, "br-bbbbbbbbbbbb", "userbr")
+	sort.Strings(want)
+	got := e.hostLinks()
+	sort.Strings(got)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("host links after restart (-want +got):\n%s", diff)
+	}
 }

@@ -37,6 +37,11 @@ const Name = "bridge"
 // ownerAlias marks kernel objects pier owns (bridges carry "pier:<network id>").
 const ownerAlias = "pier:"
 
+// OwnerGroup is the interface group ("pibr" in ASCII) bridges pier creates are born
+// in. Unlike the alias, the kernel applies a group in the creating request itself, so
+// a bridge whose creator died before its alias was set is still known to be pier's.
+const OwnerGroup = 0x70696272
+
 // hostVethPrefix names host-side veths: "pv" + 12 hex of the endpoint ID.
 const hostVethPrefix = "pv"
 
@@ -203,7 +208,7 @@ func (d *Driver) ensureBridge(n *network) (netlink.Link, bool, error) {
 		return l, false, nil
 	}
 	attrs := netlink.NewLinkAttrs()
-	attrs.Name, attrs.MTU = name, n.cfg.MTU
+	attrs.Name, attrs.MTU, attrs.Group = name, n.cfg.MTU, OwnerGroup
 	br := &netlink.Bridge{LinkAttrs: attrs}
 	if err := d.host.NL.LinkAdd(br); err != nil {
 		return nil, false, fmt.Errorf("creating bridge %s: %w", name, err)
@@ -542,6 +547,8 @@ func (d *Driver) isStale(l netlink.Link, live driver.Live, liveVeths map[string]
 	switch {
 	case l.Type() == "bridge" && strings.HasPrefix(a.Alias, ownerAlias):
 		return !live.Networks[strings.TrimPrefix(a.Alias, ownerAlias)]
+	case l.Type() == "bridge" && a.Group == OwnerGroup:
+		return true // created by pier, which died before marking it with its network
 	case l.Type() == "veth" && strings.HasPrefix(a.Name, hostVethPrefix) && len(a.Name) == len(hostVethPrefix)+12:
 		return !liveVeths[a.Name]
 	}
