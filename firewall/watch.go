@@ -59,29 +59,37 @@ type watcher struct {
 }
 
 // Start launches the watcher that restores pier's table within
-// milliseconds when another process deletes or changes it. Its first act,
-// right after Start returns, is to write the table if it is missing or was
-// never written (so Reconcile before Start is optional). The goroutines run
-// until Close; ctx is used only for setting up.
+// milliseconds when another process deletes or changes it. Before it
+// returns, it writes the table if it is missing or was never written (so
+// Reconcile before Start is optional); if that fails, the watcher retries
+// every second. The goroutines run until Close; ctx is used only for setting
+// up.
 func (f *Firewall) Start(ctx context.Context) error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if err := f.checkLocked(ctx); err != nil {
+		f.mu.Unlock()
 		return err
 	}
 	if f.watch != nil {
+		f.mu.Unlock()
 		return errors.New("firewall watcher already started")
 	}
 	ev, err := f.subscribe()
 	if err != nil {
+		f.mu.Unlock()
 		return fmt.Errorf("watching nftables: %w", err)
 	}
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w := &watcher{ev: ev, kick: make(chan struct{}, 1), cancel: cancel}
 	f.watch = w
+	f.mu.Unlock()
+	// Subscribed first: a change made while this runs is seen by the reader.
+	repaired := f.repair(ctx, true) == nil
 	w.wg.Go(func() { f.readEvents(wctx, w) })
-	w.wg.Go(func() { f.heal(wctx, w) })
-	w.kickNow() // the first heal only writes if the table is missing
+	w.wg.Go(func() { f.heal(wctx, w, repaired) })
+	if !repaired {
+		w.kickNow()
+	}
 	return nil
 }
 
@@ -131,11 +139,11 @@ func (f *Firewall) readEvents(ctx context.Context, w *watcher) {
 	}
 }
 
-// heal rewrites the table after each kick until ctx ends. Until the first
-// repair succeeds (Start kicks it), it only writes a missing table.
-func (f *Firewall) heal(ctx context.Context, w *watcher) {
+// heal rewrites the table after each kick until ctx ends. Until a first
+// repair succeeds (Start's own, or a retry), it only writes a missing table.
+func (f *Firewall) heal(ctx context.Context, w *watcher, repaired bool) {
 	var limit burst
-	first := true
+	first := !repaired
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	for {
