@@ -35,6 +35,7 @@ type SandboxOS interface {
 	Pinned() ([]string, error)
 	ConfigureInterface(ctx context.Context, key string, ifc netns.Interface) error
 	RemoveInterface(ctx context.Context, key, name string) error
+	ReleaseInterface(ctx context.Context, key, name, srcName string) error
 	SetDefaultRoute(ctx context.Context, key string, r netns.DefaultRoute) error
 }
 

@@ -2,6 +2,7 @@ package cnm
 
 import (
 	"context"
+	"crypto/rand"
 	"net"
 	"net/netip"
 	"sort"
@@ -31,9 +32,13 @@ type Endpoint struct {
 	Created   time.Time
 	Addr4     netip.Prefix `json:",omitempty"`
 	Addr6     netip.Prefix `json:",omitempty"`
-	MAC       string       `json:",omitempty"`
-	Aliases   []string     `json:",omitempty"`
-	Priority  int          `json:",omitempty"`
+	// DriverAddr4/6: the address was assigned by the driver (CreateEndpoint filled a
+	// family the IPAM gave none of), so it is never released to or replayed on the IPAM.
+	DriverAddr4 bool     `json:",omitempty"`
+	DriverAddr6 bool     `json:",omitempty"`
+	MAC         string   `json:",omitempty"`
+	Aliases     []string `json:",omitempty"`
+	Priority    int      `json:",omitempty"`
 	// Transient endpoints live only while joined: Connect creates them, Disconnect
 	// deletes them. A restart finding one unjoined finishes the interrupted operation
 	// by deleting it.
@@ -45,6 +50,7 @@ type Endpoint struct {
 	Gateway6       netip.Addr    `json:",omitempty"`
 	DisableGateway bool          `json:",omitempty"`
 	Moved          bool          `json:",omitempty"` // the interface was moved in by the controller
+	SrcName        string        `json:",omitempty"` // its host-side name before the move
 	Routes         []StaticRoute `json:",omitempty"`
 }
 
@@ -100,8 +106,8 @@ func (c *Controller) createEndpoint(ctx context.Context, n *Network, spec Endpoi
 		return nil, u.Rollback(err)
 	}
 	u.Push(func() error { return drv.DeleteEndpoint(context.WithoutCancel(ctx), n.ID, ep.ID) })
-	if info.MAC != nil {
-		ep.MAC = info.MAC.String()
+	if err := ep.applyDriverInfo(info); err != nil {
+		return nil, u.Rollback(err)
 	}
 	// A transient endpoint is persisted with its join, in the same transaction: a
 	// crash before that leaves no record, and restore's cleanup removes kernel leftovers.
@@ -114,6 +120,50 @@ func (c *Controller) createEndpoint(ctx context.Context, n *Network, spec Endpoi
 	c.endpoints[ep.ID] = ep
 	c.mu.Unlock()
 	return ep, nil
+}
+
+// applyDriverInfo records what the driver filled in at CreateEndpoint. A driver may
+// only fill what was empty (Docker's rule); a built-in driver breaking it is a bug.
+func (ep *Endpoint) applyDriverInfo(info driver.EndpointInfo) error {
+	if info.MAC != nil {
+		ep.MAC = info.MAC.String()
+	}
+	for _, a := range []struct {
+		got    netip.Prefix
+		v6     bool
+		addr   *netip.Prefix
+		driver *bool
+	}{{info.Addr4, false, &ep.Addr4, &ep.DriverAddr4}, {info.Addr6, true, &ep.Addr6, &ep.DriverAddr6}} {
+		if !a.got.IsValid() {
+			continue
+		}
+		if a.got.Addr().Is6() != a.v6 {
+			return errdefs.Internal("driver returned %s as the endpoint's address of the other family", a.got)
+		}
+		if a.addr.IsValid() {
+			return errdefs.Internal("driver assigned address %s to endpoint %s, which already has %s", a.got, ep.Name, *a.addr)
+		}
+		*a.addr, *a.driver = a.got, true
+	}
+	return nil
+}
+
+// ipamAddrs are the endpoint's addresses that came from the network's IPAM, with the
+// pools of their family.
+func (ep *Endpoint) ipamAddrs(n *Network) []pooledAddr {
+	var out []pooledAddr
+	if ep.Addr4.IsValid() && !ep.DriverAddr4 {
+		out = append(out, pooledAddr{n.IPv4, ep.Addr4})
+	}
+	if ep.Addr6.IsValid() && !ep.DriverAddr6 {
+		out = append(out, pooledAddr{n.IPv6, ep.Addr6})
+	}
+	return out
+}
+
+type pooledAddr struct {
+	pools []Pool
+	addr  netip.Prefix
 }
 
 func (c *Controller) checkEndpointName(n *Network, name string) error {
@@ -129,15 +179,43 @@ func (c *Controller) checkEndpointName(n *Network, name string) error {
 }
 
 func (c *Controller) allocateAddrs(ctx context.Context, n *Network, ep *Endpoint, spec EndpointSpec, u *undo.Stack) error {
-	var err error
-	if ep.Addr4, err = c.allocateAddr(ctx, n, n.IPv4, spec.Addr4, u); err != nil {
+	if err := c.ensureMACForIPAM(ctx, n, ep); err != nil {
 		return err
 	}
-	ep.Addr6, err = c.allocateAddr(ctx, n, n.IPv6, spec.Addr6, u)
+	mac, _ := net.ParseMAC(ep.MAC)
+	var err error
+	if ep.Addr4, err = c.allocateAddr(ctx, n, n.IPv4, spec.Addr4, mac, u); err != nil {
+		return err
+	}
+	ep.Addr6, err = c.allocateAddr(ctx, n, n.IPv6, spec.Addr6, mac, u)
 	return err
 }
 
-func (c *Controller) allocateAddr(ctx context.Context, n *Network, pools []Pool, want netip.Addr, u *undo.Stack) (netip.Prefix, error) {
+// ensureMACForIPAM gives the endpoint a random MAC when its network's IPAM driver
+// needs one with address requests and the user chose none (Docker does the same).
+func (c *Controller) ensureMACForIPAM(ctx context.Context, n *Network, ep *Endpoint) error {
+	if ep.MAC != "" || len(n.IPv4)+len(n.IPv6) == 0 {
+		return nil
+	}
+	alloc, err := c.allocator(ctx, n.IPAMDriver)
+	if err != nil {
+		return err
+	}
+	if r, ok := alloc.(ipam.MACRequirer); ok && r.RequiresMACAddress() {
+		ep.MAC = randomMAC().String()
+	}
+	return nil
+}
+
+// randomMAC returns a random locally administered unicast MAC.
+func randomMAC() net.HardwareAddr {
+	m := make(net.HardwareAddr, 6)
+	_, _ = rand.Read(m)
+	m[0] = m[0]&^0x01 | 0x02
+	return m
+}
+
+func (c *Controller) allocateAddr(ctx context.Context, n *Network, pools []Pool, want netip.Addr, mac net.HardwareAddr, u *undo.Stack) (netip.Prefix, error) {
 	if len(pools) == 0 {
 		if want.IsValid() {
 			return netip.Prefix{}, errdefs.InvalidArgument("network %s has no subnet for address %s", n.Name, want)
@@ -152,7 +230,7 @@ func (c *Controller) allocateAddr(ctx context.Context, n *Network, pools []Pool,
 	if err != nil {
 		return netip.Prefix{}, err
 	}
-	addr, err := alloc.RequestAddress(ctx, ipam.AddressRequest{PoolID: p.PoolID, Addr: want})
+	addr, err := alloc.RequestAddress(ctx, ipam.AddressRequest{PoolID: p.PoolID, Addr: want, MAC: mac})
 	if err != nil {
 		return netip.Prefix{}, err
 	}
@@ -263,13 +341,7 @@ func (c *Controller) releaseAddrs(ctx context.Context, n *Network, ep *Endpoint)
 		c.log.WarnContext(ctx, "releasing addresses", "endpoint", ep.Name, "err", err)
 		return
 	}
-	for _, a := range []struct {
-		pools []Pool
-		addr  netip.Prefix
-	}{{n.IPv4, ep.Addr4}, {n.IPv6, ep.Addr6}} {
-		if !a.addr.IsValid() {
-			continue
-		}
+	for _, a := range ep.ipamAddrs(n) {
 		if p, ok := poolFor(a.pools, a.addr.Addr()); ok {
 			if err := alloc.ReleaseAddress(ctx, p.PoolID, a.addr.Addr()); err != nil {
 				c.log.WarnContext(ctx, "releasing address", "addr", a.addr, "err", err)

@@ -87,6 +87,13 @@ func (f *fakeOS) RemoveInterface(ctx context.Context, key, name string) error {
 	return nil
 }
 
+func (f *fakeOS) ReleaseInterface(ctx context.Context, key, name, srcName string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.ns[key], name)
+	return nil
+}
+
 func (f *fakeOS) SetDefaultRoute(ctx context.Context, key string, r netns.DefaultRoute) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

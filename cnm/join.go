@@ -3,6 +3,7 @@ package cnm
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -200,7 +201,7 @@ func (c *Controller) attach(ctx context.Context, sb *Sandbox, n *Network, ep *En
 	}
 	u.Push(func() error { return drv.Leave(context.WithoutCancel(ctx), n.ID, ep.ID) })
 	ep.Gateway4, ep.Gateway6, ep.DisableGateway = res.Gateway4, res.Gateway6, res.DisableGateway || n.Internal
-	ep.Moved, ep.Routes = res.SrcName != "", nil
+	ep.Moved, ep.SrcName, ep.Routes = res.SrcName != "", res.SrcName, nil
 	for _, r := range res.StaticRoutes {
 		ep.Routes = append(ep.Routes, StaticRoute{Destination: r.Destination, NextHop: r.NextHop})
 	}
@@ -212,13 +213,14 @@ func (c *Controller) attach(ctx context.Context, sb *Sandbox, n *Network, ep *En
 		ep.IfName = c.nextIfNameWithPrefix(sb.ID, res.DstPrefix)
 	}
 	if ep.Moved {
-		u.Push(func() error { return c.os.RemoveInterface(context.WithoutCancel(ctx), sb.Key, ep.IfName) })
+		u.Push(func() error { return c.releaseInterface(context.WithoutCancel(ctx), sb, ep) })
 	}
 	return c.os.ConfigureInterface(ctx, sb.Key, ep.iface(res.SrcName))
 }
 
 func (ep *Endpoint) iface(src string) netns.Interface {
-	ifc := netns.Interface{Name: ep.IfName, SrcName: src, Addr4: ep.Addr4, Addr6: ep.Addr6,
+	mac, _ := net.ParseMAC(ep.MAC)
+	ifc := netns.Interface{Name: ep.IfName, SrcName: src, MAC: mac, Addr4: ep.Addr4, Addr6: ep.Addr6,
 		NoLinkLocal6: !ep.Addr6.IsValid()}
 	for _, r := range ep.Routes {
 		ifc.Routes = append(ifc.Routes, netns.Route{Dst: r.Destination, Via: r.NextHop})
@@ -286,7 +288,7 @@ func (c *Controller) leave(ctx context.Context, sb *Sandbox, n *Network, ep *End
 // unjoined returns a copy of ep with the join state cleared.
 func (ep *Endpoint) unjoined() Endpoint {
 	e := *ep
-	e.SandboxID, e.IfName, e.Moved, e.Routes = "", "", false, nil
+	e.SandboxID, e.IfName, e.Moved, e.SrcName, e.Routes = "", "", false, "", nil
 	e.Gateway4, e.Gateway6, e.DisableGateway = netip.Addr{}, netip.Addr{}, false
 	return e
 }
@@ -300,7 +302,22 @@ func (c *Controller) detach(ctx context.Context, sb *Sandbox, n *Network, ep *En
 		return err
 	}
 	if ep.Moved {
+		return c.releaseInterface(ctx, sb, ep)
+	}
+	return nil
+}
+
+// releaseInterface gives a moved-in interface back to the host under its original
+// name, after the driver's Leave (Docker's order). Records from before SrcName was
+// kept only know it was moved: that interface is deleted. A failure is logged, not
+// returned: the endpoint has left either way and the interface is gone from the
+// sandbox (deleted when it could not be handed back).
+func (c *Controller) releaseInterface(ctx context.Context, sb *Sandbox, ep *Endpoint) error {
+	if ep.SrcName == "" {
 		return c.os.RemoveInterface(ctx, sb.Key, ep.IfName)
+	}
+	if err := c.os.ReleaseInterface(ctx, sb.Key, ep.IfName, ep.SrcName); err != nil {
+		c.log.WarnContext(ctx, "returning interface to the host", "sandbox", sb.Name, "endpoint", ep.Name, "err", err)
 	}
 	return nil
 }

@@ -43,11 +43,14 @@ type NetworkSpec struct {
 
 // Pool is a pool granted to a network.
 type Pool struct {
-	PoolID  string
-	Subnet  netip.Prefix
-	IPRange netip.Prefix          `json:",omitempty"`
-	Gateway netip.Prefix          `json:",omitempty"` // gateway address with the pool's length
-	Aux     map[string]netip.Addr `json:",omitempty"`
+	PoolID string
+	// AddressSpace is the IPAM's name of the pool's space ("" in records from before
+	// it was kept: the local default).
+	AddressSpace string `json:",omitempty"`
+	Subnet       netip.Prefix
+	IPRange      netip.Prefix          `json:",omitempty"`
+	Gateway      netip.Prefix          `json:",omitempty"` // gateway address with the pool's length
+	Aux          map[string]netip.Addr `json:",omitempty"`
 }
 
 // Network is a network record. Values returned by the controller are copies; their maps
@@ -163,7 +166,11 @@ func (n *Network) driverConfig() driver.NetworkConfig {
 }
 
 func (p Pool) ipamData() driver.IPAMData {
-	return driver.IPAMData{AddressSpace: ipam.SpaceLocal, Pool: p.Subnet, Gateway: p.Gateway, Aux: p.Aux}
+	space := p.AddressSpace
+	if space == "" {
+		space = ipam.SpaceLocal
+	}
+	return driver.IPAMData{AddressSpace: space, Pool: p.Subnet, Gateway: p.Gateway, Aux: p.Aux}
 }
 
 // Network returns the network with the given ID, name or unique ID prefix.

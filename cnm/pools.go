@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 
+	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/internal/undo"
 	"github.com/piernet/pier/ipam"
@@ -89,13 +90,13 @@ func (c *Controller) allocatePool(ctx context.Context, n *Network, s PoolSpec, v
 	if gw.IsUnspecified() {
 		gw = netip.Addr{}
 	}
-	granted, err := alloc.RequestPool(ctx, ipam.PoolRequest{Subnet: s.Subnet, IPRange: s.IPRange, V6: v6,
-		Network: n.Name, Options: n.IPAMOptions})
+	granted, err := alloc.RequestPool(ctx, ipam.PoolRequest{AddressSpace: n.addressSpace(), Subnet: s.Subnet,
+		IPRange: s.IPRange, V6: v6, Network: n.Name, Options: n.IPAMOptions})
 	if err != nil {
 		return Pool{}, err
 	}
 	u.Push(func() error { return alloc.ReleasePool(context.WithoutCancel(ctx), granted.ID) })
-	p := Pool{PoolID: granted.ID, Subnet: granted.Subnet, IPRange: granted.IPRange}
+	p := Pool{PoolID: granted.ID, AddressSpace: granted.AddressSpace, Subnet: granted.Subnet, IPRange: granted.IPRange}
 	if p.Gateway, err = alloc.RequestAddress(ctx, ipam.AddressRequest{PoolID: granted.ID, Addr: gw, Gateway: true}); err != nil {
 		return Pool{}, errdefs.Wrap(errdefs.KindOf(err), prefixErr("gateway", err))
 	}
@@ -109,6 +110,15 @@ func (c *Controller) allocatePool(ctx context.Context, n *Network, s PoolSpec, v
 		p.Aux[name] = a
 	}
 	return p, nil
+}
+
+// addressSpace is the default address space of the network's scope, as Docker picks
+// it: global-scope drivers get their pools from the global default space.
+func (n *Network) addressSpace() string {
+	if n.Scope == driver.ScopeGlobal {
+		return ipam.SpaceGlobal
+	}
+	return ipam.SpaceLocal
 }
 
 type labelled struct {

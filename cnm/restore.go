@@ -3,7 +3,7 @@ package cnm
 import (
 	"context"
 	"errors"
-	"net/netip"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -182,14 +182,10 @@ func (c *Controller) reserveAddrs(ctx context.Context, n *Network, ep *Endpoint)
 	}
 	var u undo.Stack
 	var errs []error
-	for _, a := range []struct {
-		pools []Pool
-		addr  netip.Prefix
-	}{{n.IPv4, ep.Addr4}, {n.IPv6, ep.Addr6}} {
-		if a.addr.IsValid() {
-			_, err := c.allocateAddr(ctx, n, a.pools, a.addr.Addr(), &u)
-			errs = append(errs, err)
-		}
+	mac, _ := net.ParseMAC(ep.MAC)
+	for _, a := range ep.ipamAddrs(n) {
+		_, err := c.allocateAddr(ctx, n, a.pools, a.addr.Addr(), mac, &u)
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -219,7 +215,9 @@ func (c *Controller) rejoin(ctx context.Context, sb *Sandbox, ep *Endpoint) {
 	if drv, err := c.driver(ctx, n.Driver); err == nil {
 		_ = drv.Leave(ctx, n.ID, ep.ID) // clear half-made interfaces
 	}
-	if ep.IfName != "" {
+	if ep.Moved {
+		_ = c.releaseInterface(ctx, sb, ep)
+	} else if ep.IfName != "" {
 		_ = c.os.RemoveInterface(ctx, sb.Key, ep.IfName)
 	}
 	c.log.InfoContext(ctx, "re-creating endpoint interface", "sandbox", sb.Name, "endpoint", ep.Name)

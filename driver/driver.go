@@ -66,6 +66,11 @@ type EndpointConfig struct {
 // EndpointInfo is what a driver reports back from CreateEndpoint.
 type EndpointInfo struct {
 	MAC net.HardwareAddr // the MAC the endpoint will have (may be nil)
+	// Addr4/Addr6 are addresses the driver assigned itself, only for a family the
+	// request had none of (Docker's fill-only-empty rule; e.g. networks with the null
+	// IPAM driver). The controller records them; they are not the IPAM's to release.
+	Addr4 netip.Prefix
+	Addr6 netip.Prefix
 }
 
 // JoinRequest asks the driver to connect an endpoint to a sandbox.

@@ -35,8 +35,8 @@ func TestDefaultGlobalPools(t *testing.T) {
 		got = append(got, mustPool(t, a, ipam.PoolRequest{AddressSpace: ipam.SpaceGlobal, Network: "g"}))
 	}
 	want := []ipam.Pool{
-		{ID: "GlobalDefault/10.0.0.0/24", Subnet: pfx("10.0.0.0/24")},
-		{ID: "GlobalDefault/10.0.1.0/24", Subnet: pfx("10.0.1.0/24")},
+		{AddressSpace: ipam.SpaceGlobal, ID: "GlobalDefault/10.0.0.0/24", Subnet: pfx("10.0.0.0/24")},
+		{AddressSpace: ipam.SpaceGlobal, ID: "GlobalDefault/10.0.1.0/24", Subnet: pfx("10.0.1.0/24")},
 	}
 	if diff := cmp.Diff(want, got, netipOpts); diff != "" {
 		t.Errorf("global pools may overlap local ones (-want +got):\n%s", diff)
@@ -251,27 +251,27 @@ func TestRequestPoolCanonical(t *testing.T) {
 		{
 			name: "host bits masked",
 			req:  ipam.PoolRequest{Subnet: pfx("10.1.2.3/16")},
-			want: ipam.Pool{ID: "LocalDefault/10.1.0.0/16", Subnet: pfx("10.1.0.0/16")},
+			want: ipam.Pool{AddressSpace: ipam.SpaceLocal, ID: "LocalDefault/10.1.0.0/16", Subnet: pfx("10.1.0.0/16")},
 		},
 		{
 			name: "with range",
 			req:  ipam.PoolRequest{Subnet: pfx("10.1.0.0/16"), IPRange: pfx("10.1.2.200/25")},
-			want: ipam.Pool{ID: "LocalDefault/10.1.0.0/16/10.1.2.128/25", Subnet: pfx("10.1.0.0/16"), IPRange: pfx("10.1.2.128/25")},
+			want: ipam.Pool{AddressSpace: ipam.SpaceLocal, ID: "LocalDefault/10.1.0.0/16/10.1.2.128/25", Subnet: pfx("10.1.0.0/16"), IPRange: pfx("10.1.2.128/25")},
 		},
 		{
 			name: "global space",
 			req:  ipam.PoolRequest{AddressSpace: ipam.SpaceGlobal, Subnet: pfx("10.1.0.0/16")},
-			want: ipam.Pool{ID: "GlobalDefault/10.1.0.0/16", Subnet: pfx("10.1.0.0/16")},
+			want: ipam.Pool{AddressSpace: ipam.SpaceGlobal, ID: "GlobalDefault/10.1.0.0/16", Subnet: pfx("10.1.0.0/16")},
 		},
 		{
 			name: "IPv6",
 			req:  ipam.PoolRequest{Subnet: pfx("fd00:1::5/64"), V6: true},
-			want: ipam.Pool{ID: "LocalDefault/fd00:1::/64", Subnet: pfx("fd00:1::/64")},
+			want: ipam.Pool{AddressSpace: ipam.SpaceLocal, ID: "LocalDefault/fd00:1::/64", Subnet: pfx("fd00:1::/64")},
 		},
 		{
 			name: "IPv4-mapped unmapped",
 			req:  ipam.PoolRequest{Subnet: pfx("::ffff:10.1.2.3/112")},
-			want: ipam.Pool{ID: "LocalDefault/10.1.0.0/16", Subnet: pfx("10.1.0.0/16")},
+			want: ipam.Pool{AddressSpace: ipam.SpaceLocal, ID: "LocalDefault/10.1.0.0/16", Subnet: pfx("10.1.0.0/16")},
 		},
 	}
 	for _, tt := range tests {

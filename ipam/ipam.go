@@ -8,6 +8,7 @@ package ipam
 
 import (
 	"context"
+	"net"
 	"net/netip"
 )
 
@@ -34,6 +35,9 @@ type Pool struct {
 	ID      string // opaque, stable for the same request
 	Subnet  netip.Prefix
 	IPRange netip.Prefix
+	// AddressSpace is the allocator's name of the space the pool is in (a plugin's
+	// own names for its local and global defaults).
+	AddressSpace string
 }
 
 // AddressRequest asks for one address in a pool. A zero Addr asks for any free one.
@@ -43,7 +47,14 @@ type AddressRequest struct {
 	// Gateway marks the request as the pool's gateway: with a zero Addr the first
 	// usable address of the subnet is used (even outside IPRange).
 	Gateway bool
+	// MAC is the endpoint's MAC, sent to allocators that declare they need it
+	// (MACRequirer); nil otherwise.
+	MAC net.HardwareAddr
 }
+
+// MACRequirer is implemented by allocators that need the endpoint's MAC with every
+// address request (Docker's RequiresMACAddress IPAM capability).
+type MACRequirer interface{ RequiresMACAddress() bool }
 
 // Allocator is the IPAM contract the controller drives. Implementations: the default
 // allocator in this package and the remote IPAM driver.

@@ -41,7 +41,7 @@ func poolID(space string, subnet, ipRange netip.Prefix) string {
 }
 
 func (p *pool) info() Pool {
-	return Pool{ID: p.id, Subnet: p.subnet, IPRange: p.ipRange}
+	return Pool{ID: p.id, Subnet: p.subnet, IPRange: p.ipRange, AddressSpace: p.space}
 }
 
 // request serves an AddressRequest for this pool.

@@ -1,9 +1,11 @@
 package netns
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -18,9 +20,12 @@ import (
 type Interface struct {
 	Name    string // name inside the sandbox
 	SrcName string // host-side interface to move in and rename; "" = already inside
-	Addr4   netip.Prefix
-	Addr6   netip.Prefix
-	Routes  []Route
+	// MAC, when set, is given to the interface if it has another one (a moved-in
+	// interface gets the endpoint's MAC, as Docker does).
+	MAC    net.HardwareAddr
+	Addr4  netip.Prefix
+	Addr6  netip.Prefix
+	Routes []Route
 	// NoLinkLocal6 skips the IPv6 link-local address (for interfaces without IPv6): no
 	// DAD, MLD or router solicitations flooded over the bridge at every join.
 	NoLinkLocal6 bool
@@ -153,6 +158,11 @@ func (m *Manager) ConfigureInterface(ctx context.Context, key string, ifc Interf
 	if err != nil {
 		return fmt.Errorf("finding %s in sandbox: %w", ifc.Name, err)
 	}
+	if ifc.MAC != nil && !bytes.Equal(link.Attrs().HardwareAddr, ifc.MAC) {
+		if err := ns.NL.LinkSetHardwareAddr(link, ifc.MAC); err != nil {
+			return fmt.Errorf("setting MAC %s on %s: %w", ifc.MAC, ifc.Name, err)
+		}
+	}
 	if err := ns.addAddrs(link, ifc); err != nil {
 		return err
 	}
@@ -206,24 +216,65 @@ func (n *Namespace) addAddrs(link netlink.Link, ifc Interface) error {
 	return nil
 }
 
-// RemoveInterface deletes the interface name from the sandbox; a missing one is fine.
-func (m *Manager) RemoveInterface(ctx context.Context, key, name string) error {
+// findLink returns the sandbox at key and its interface name; a nil link (and nil
+// error) when there is no such interface.
+func (m *Manager) findLink(key, name string) (*Namespace, netlink.Link, error) {
 	ns, err := m.Get(key)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	l, err := ns.NL.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
-			return nil
+			return ns, nil, nil
 		}
-		return fmt.Errorf("finding %s: %w", name, err)
+		return nil, nil, fmt.Errorf("finding %s: %w", name, err)
+	}
+	return ns, l, nil
+}
+
+// RemoveInterface deletes the interface name from the sandbox; a missing one is fine.
+func (m *Manager) RemoveInterface(ctx context.Context, key, name string) error {
+	ns, l, err := m.findLink(key, name)
+	if err != nil || l == nil {
+		return err
 	}
 	if err := ns.NL.LinkDel(l); err != nil {
 		return fmt.Errorf("deleting %s: %w", name, err)
 	}
 	return nil
+}
+
+// ReleaseInterface hands a moved-in interface back to the host namespace under its
+// original name srcName, taken down (the kernel drops its addresses on the move), as
+// Docker does at leave: the driver finds it where it made it, and can reuse it or
+// delete it at DeleteEndpoint. When that is impossible (srcName is taken on the host
+// meanwhile) the interface is deleted instead and the error says so. A missing
+// interface is fine.
+func (m *Manager) ReleaseInterface(ctx context.Context, key, name, srcName string) error {
+	ns, l, err := m.findLink(key, name)
+	if err != nil || l == nil {
+		return err
+	}
+	if ns.Path == m.host.Path {
+		return nil // a host-network sandbox: it is in the host namespace already
+	}
+	err = ns.NL.LinkSetDown(l)
+	if err == nil && name != srcName {
+		// Renamed inside the sandbox: on the host, the sandbox name (eth0) may be taken.
+		err = ns.NL.LinkSetName(l, srcName)
+	}
+	if err == nil {
+		err = ns.NL.LinkSetNsFd(l, int(m.host.Handle))
+	}
+	if err == nil {
+		return nil
+	}
+	if derr := ns.NL.LinkDel(l); derr != nil {
+		return fmt.Errorf("handing %s back to the host as %s: %w; deleting it: %w", name, srcName, err, derr)
+	}
+	return fmt.Errorf("handing %s back to the host as %s: %w (deleted it instead)", name, srcName, err)
 }
 
 // SetDefaultRoute replaces the sandbox's default routes according to r.

@@ -125,7 +125,8 @@ func TestRemoteDriverAndIPAM(t *testing.T) {
 	if err := c.DeleteNetwork(t.Context(), "remote"); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string][]string{"networks": {}, "endpoints": {}}
+	want := map[string][]string{"networks": {}, "endpoints": {}, "returned": {},
+		"spaces": {"piertest-local 198.51.100.0/24"}} // the IPAM's own name of its local space
 	if d := cmp.Diff(want, p.state("vethnet")); d != "" {
 		t.Errorf("network plugin state after deleting everything (-want +got):\n%s", d)
 	}
@@ -135,6 +136,161 @@ func TestRemoteDriverAndIPAM(t *testing.T) {
 	if got := links(t, p.hostPath); len(got) != 1 {
 		t.Errorf("host links = %v, want only lo", got)
 	}
+}
+
+// TestRemoteDriverAssignsAddresses: with the null IPAM driver the daemon sends no
+// address, and a plugin may fill it in at CreateEndpoint (Docker's fill-only-empty
+// rule). pier records and configures it, keeps it across a restart and never hands it
+// to an IPAM.
+func TestRemoteDriverAssignsAddresses(t *testing.T) {
+	p := newPluginEnv(t, 5*time.Second)
+	p.start("vethnet", "vethnet", "-assign", "192.0.2.0/24")
+	c := p.s.Controller
+	n := p.network(cnm.NetworkSpec{Name: "remote", Driver: "vethnet", IPAMDriver: "null"})
+	if len(n.IPv4) != 0 {
+		t.Fatalf("null IPAM network has pools: %+v", n.IPv4)
+	}
+	a, b := p.sandbox("a", "remote"), p.sandbox("b", "remote")
+	for _, sb := range []string{"a", "b"} {
+		ep, err := c.Endpoint(t.Context(), "remote", sb)
+		if err != nil || !ep.DriverAddr4 || !netip.MustParsePrefix("192.0.2.0/24").Contains(ep.Addr4.Addr()) || ep.Addr4.Bits() != 24 {
+			t.Fatalf("endpoint of %s = %+v, %v; want the plugin's 192.0.2.x/24", sb, ep, err)
+		}
+	}
+	addrB := p.addr("b", "remote", false)
+	if got := addrsOf(t, b.Key, "eth0"); len(got) != 1 || got[0] != addrB.String()+"/24" {
+		t.Errorf("eth0 of b has %v, want %s/24", got, addrB)
+	}
+	listen(t, b.Key)
+	if err := dialEcho(a.Key, addrB, 2*time.Second); err != nil {
+		t.Fatalf("TCP a → b over plugin-assigned addresses: %v", err)
+	}
+	p.reopen()
+	if got := p.addr("b", "remote", false); got != addrB {
+		t.Errorf("after a restart b has %s, want %s", got, addrB)
+	}
+	if err := dialEcho(a.Key, addrB, 2*time.Second); err != nil {
+		t.Fatalf("TCP a → b after a restart: %v", err)
+	}
+	p.deleteAll()
+}
+
+// TestRemoteInterfaceHandedBack: at leave, a moved-in interface goes back to the host
+// namespace under the name the plugin gave it (Docker's behaviour), so a plugin that
+// keeps its interfaces until DeleteEndpoint finds them there. Both a disconnect and a
+// forced sandbox delete hand them back.
+func TestRemoteInterfaceHandedBack(t *testing.T) {
+	p := newPluginEnv(t, 5*time.Second)
+	p.start("vethnet", "vethnet", "-keep-on-leave")
+	p.start("poolipam", "poolipam")
+	c := p.s.Controller
+	p.network(cnm.NetworkSpec{Name: "remote", Driver: "vethnet", IPAMDriver: "poolipam"})
+	a, _ := p.sandbox("a", "remote"), p.sandbox("b", "remote")
+	epA, err := c.Endpoint(t.Context(), "remote", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	epB, err := c.Endpoint(t.Context(), "remote", "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Disconnect(t.Context(), "remote", "a"); err != nil {
+		t.Fatal(err)
+	}
+	if got := links(t, a.Key); len(got) != 1 {
+		t.Errorf("sandbox a after disconnect has %v, want only lo", got)
+	}
+	if err := c.DeleteSandbox(t.Context(), "b", true); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{epA.ID, epB.ID}
+	if got := p.state("vethnet")["returned"]; !cmp.Equal(got, want) {
+		t.Errorf("endpoints whose interface the plugin found back on the host = %v, want %v", got, want)
+	}
+	if err := c.DeleteNetwork(t.Context(), "remote"); err != nil {
+		t.Fatal(err)
+	}
+	if got := links(t, p.hostPath); len(got) != 1 {
+		t.Errorf("host links = %v, want only lo", got)
+	}
+}
+
+// TestRemoteIPAMRequiresMAC: an IPAM plugin declaring RequiresMACAddress gets the
+// endpoint's MAC with every address request; pier picks a random one when the user
+// gave none (as Docker), and the sandbox's interface carries that MAC even though the
+// network plugin made the interface with another.
+func TestRemoteIPAMRequiresMAC(t *testing.T) {
+	p := newPluginEnv(t, 5*time.Second)
+	p.start("vethnet", "vethnet")
+	p.start("poolipam", "poolipam", "-requires-mac")
+	c := p.s.Controller
+	p.network(cnm.NetworkSpec{Name: "remote", Driver: "vethnet", IPAMDriver: "poolipam"})
+	a := p.sandbox("a", "remote")
+	ep, err := c.Endpoint(t.Context(), "remote", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac, err := net.ParseMAC(ep.MAC)
+	if err != nil || mac[0]&0x03 != 0x02 {
+		t.Fatalf("endpoint MAC %q, %v: want a locally administered unicast MAC", ep.MAC, err)
+	}
+	want := []string{ep.Addr4.Addr().String() + " " + ep.MAC}
+	if got := p.state("poolipam")["macs"]; !cmp.Equal(got, want) {
+		t.Errorf("MACs the IPAM plugin received = %v, want %v", got, want)
+	}
+	ns, err := netns.Open(a.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	l, err := ns.NL.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := l.Attrs().HardwareAddr.String(); got != ep.MAC {
+		t.Errorf("eth0 MAC = %s, want the endpoint's %s", got, ep.MAC)
+	}
+	p.deleteAll()
+}
+
+// TestRemoteGlobalScopeUsesGlobalSpace: a driver declaring global data scope gets its
+// pools from the default IPAM's global address space (10.0.0.0/8 in /24s), as Docker.
+func TestRemoteGlobalScopeUsesGlobalSpace(t *testing.T) {
+	p := newPluginEnv(t, 5*time.Second)
+	p.start("vethnet", "vethnet", "-scope", "global")
+	n := p.network(cnm.NetworkSpec{Name: "remote", Driver: "vethnet"})
+	if len(n.IPv4) != 1 || n.IPv4[0].Subnet.String() != "10.0.0.0/24" || n.Scope != "global" {
+		t.Fatalf("network = scope %s, pools %+v; want global scope and 10.0.0.0/24", n.Scope, n.IPv4)
+	}
+	if got := p.state("vethnet")["spaces"]; !cmp.Equal(got, []string{"GlobalDefault 10.0.0.0/24"}) {
+		t.Errorf("address spaces the driver was told = %v", got)
+	}
+	p.deleteAll()
+}
+
+// addrsOf lists the global addresses of interface name in the namespace at key.
+func addrsOf(t *testing.T, key, name string) []string {
+	t.Helper()
+	ns, err := netns.Open(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	l, err := ns.NL.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	as, err := ns.NL.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, a := range as {
+		if a.Scope == int(netlink.SCOPE_UNIVERSE) {
+			out = append(out, a.IPNet.String())
+		}
+	}
+	return out
 }
 
 // checkJoinedInterface checks what the plugin's Join reply asked for: its veth end
@@ -282,9 +438,8 @@ func (p *pluginEnv) checkNothingLeft(networkMade bool) {
 }
 
 // TestRemoteNetworkAfterRestart: after pier restarts, the plugins (which keep their own
-// state) still serve the network: old and new sandboxes talk. (Until the controller
-// honours RequiresRequestReplay, restore re-requests the pool and addresses and logs
-// the plugin's refusals; see docs/plugins.md.)
+// state and do not ask for RequiresRequestReplay, so they are not asked again) still
+// serve the network: old and new sandboxes talk.
 func TestRemoteNetworkAfterRestart(t *testing.T) {
 	p := newPluginEnv(t, 5*time.Second)
 	p.start("vethnet", "vethnet")

@@ -113,23 +113,7 @@ func endpointInfo(sent endpointInterface, got *endpointInterface) (driver.Endpoi
 	if err != nil {
 		return driver.EndpointInfo{}, err
 	}
-	// The contract has no way to hand driver-chosen addresses to the controller yet
-	// (see docs/plugins.md): refuse rather than leave the endpoint without them.
-	if f.Addr4.IsValid() || f.Addr6.IsValid() {
-		return driver.EndpointInfo{}, errdefs.NotImplemented("the plugin assigned the endpoint's address (%s); pier does not support driver-assigned addresses yet: use an IPAM driver",
-			joinValid(f.Addr4, f.Addr6))
-	}
-	return driver.EndpointInfo{MAC: f.MAC}, nil
-}
-
-func joinValid(ps ...netip.Prefix) string {
-	var s []string
-	for _, p := range ps {
-		if p.IsValid() {
-			s = append(s, p.String())
-		}
-	}
-	return strings.Join(s, ", ")
+	return driver.EndpointInfo{MAC: f.MAC, Addr4: f.Addr4, Addr6: f.Addr6}, nil
 }
 
 // withBits formats a with the prefix length bits (Docker's "ip/poollen").

@@ -144,10 +144,11 @@ func TestFillOnlyEmpty(t *testing.T) {
 	full := driver.EndpointConfig{NetworkID: nid, EndpointID: eid, Addr4: netip.MustParsePrefix("192.0.2.2/24"), MAC: mac}
 	empty := driver.EndpointConfig{NetworkID: nid, EndpointID: eid}
 	for name, tc := range map[string]struct {
-		ec      driver.EndpointConfig
-		reply   string
-		wantMAC string
-		err     string
+		ec       driver.EndpointConfig
+		reply    string
+		wantMAC  string
+		wantAddr string // Addr4 and Addr6 the driver assigned, space-separated
+		err      string
 	}{
 		"nothing":        {ec: full, reply: `{}`, wantMAC: ""},
 		"null interface": {ec: full, reply: `{"Interface":null}`},
@@ -156,8 +157,10 @@ func TestFillOnlyEmpty(t *testing.T) {
 			err: "driver modified the endpoint's interface: MacAddress was already set to 02:42:c0:00:02:02 and cannot be modified (reply: 02:42:c0:00:02:02); rolled back with DeleteEndpoint"},
 		"echoes address": {ec: full, reply: `{"Interface":{"Address":"192.0.2.9/24"}}`,
 			err: "Address was already set to 192.0.2.2/24 and cannot be modified (reply: 192.0.2.9/24); rolled back"},
-		"fills address": {ec: empty, reply: `{"Interface":{"Address":"192.0.2.9/24"}}`,
-			err: "the plugin assigned the endpoint's address (192.0.2.9/24)"},
+		"fills addresses": {ec: empty, reply: `{"Interface":{"Address":"192.0.2.9/24","AddressIPv6":"2001:db8::9/64"}}`,
+			wantAddr: "192.0.2.9/24 2001:db8::9/64"},
+		"fills IPv6 only": {ec: full, reply: `{"Interface":{"AddressIPv6":"2001:db8::9/64"}}`,
+			wantAddr: "invalid Prefix 2001:db8::9/64"},
 		"bad MAC":     {ec: empty, reply: `{"Interface":{"MacAddress":"zz"}}`, err: `invalid MacAddress "zz"`},
 		"bad address": {ec: empty, reply: `{"Interface":{"AddressIPv6":"192.0.2.9/24"}}`, err: `invalid IPv6 address "192.0.2.9/24"`},
 	} {
@@ -175,8 +178,11 @@ func TestFillOnlyEmpty(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || info.MAC.String() != tc.wantMAC {
-			t.Errorf("%s: info = %+v, %v; want MAC %q", name, info, err, tc.wantMAC)
+		if tc.wantAddr == "" {
+			tc.wantAddr = "invalid Prefix invalid Prefix"
+		}
+		if err != nil || info.MAC.String() != tc.wantMAC || info.Addr4.String()+" "+info.Addr6.String() != tc.wantAddr {
+			t.Errorf("%s: info = %+v, %v; want MAC %q, addresses %q", name, info, err, tc.wantMAC, tc.wantAddr)
 		}
 	}
 }

@@ -6,7 +6,11 @@ package remote
 // Keys of request options and reply data.
 const (
 	OptRequestAddressType = "RequestAddressType"
-	GatewayType           = "com.docker.network.gateway" // also the Data key of a pool's gateway
+	// OptMACAddress carries the endpoint's MAC in RequestAddress options for plugins
+	// with the RequiresMACAddress capability (a plain string here, unlike the network
+	// driver's CreateEndpoint option).
+	OptMACAddress = "com.docker.network.endpoint.macaddress"
+	GatewayType   = "com.docker.network.gateway" // also the Data key of a pool's gateway
 )
 
 type response struct {

@@ -89,6 +89,10 @@ func (a *Allocator) Capabilities() Capabilities { return a.caps }
 // and address requests at start-up (see Capabilities).
 func (a *Allocator) RequiresRequestReplay() bool { return a.caps.RequiresRequestReplay }
 
+// RequiresMACAddress implements ipam.MACRequirer: the plugin wants the endpoint's MAC
+// with every address request.
+func (a *Allocator) RequiresMACAddress() bool { return a.caps.RequiresMACAddress }
+
 // call makes one call; a reply with Error set is the plugin's refusal.
 func (a *Allocator) call(ctx context.Context, method string, req any, resp plugin.Reply) error {
 	return a.c.Do(ctx, subsystem+method, req, resp)
@@ -107,7 +111,7 @@ func (a *Allocator) RequestPool(ctx context.Context, req ipam.PoolRequest) (ipam
 	a.mu.Lock()
 	a.pools[res.PoolID] = info
 	a.mu.Unlock()
-	return ipam.Pool{ID: res.PoolID, Subnet: info.subnet, IPRange: req.IPRange}, nil
+	return ipam.Pool{ID: res.PoolID, Subnet: info.subnet, IPRange: req.IPRange, AddressSpace: a.space(req.AddressSpace)}, nil
 }
 
 func (a *Allocator) poolMessage(req ipam.PoolRequest) requestPoolRequest {
@@ -195,6 +199,12 @@ func (a *Allocator) RequestAddress(ctx context.Context, req ipam.AddressRequest)
 	}
 	if req.Gateway {
 		m.Options = map[string]string{OptRequestAddressType: GatewayType}
+	}
+	if req.MAC != nil && a.caps.RequiresMACAddress {
+		if m.Options == nil {
+			m.Options = map[string]string{}
+		}
+		m.Options[OptMACAddress] = req.MAC.String()
 	}
 	var res requestAddressResponse
 	if err := a.call(ctx, "RequestAddress", m, &res); err != nil {

@@ -42,7 +42,7 @@ func TestRequestShapes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := ipam.Pool{ID: "p1", Subnet: netip.MustParsePrefix("192.0.2.0/24"), IPRange: netip.MustParsePrefix("192.0.2.128/25")}
+	want := ipam.Pool{ID: "p1", Subnet: netip.MustParsePrefix("192.0.2.0/24"), IPRange: netip.MustParsePrefix("192.0.2.128/25"), AddressSpace: "myLocal"}
 	if pool != want {
 		t.Errorf("pool = %+v, want %+v", pool, want)
 	}

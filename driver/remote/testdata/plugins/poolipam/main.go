@@ -1,10 +1,13 @@
 // Command poolipam is a test IPAM plugin written with Docker's plugin SDK: it hands out
 // addresses from its own pool (-pool when the request names none), the gateway
 // (requests with RequestAddressType=com.docker.network.gateway) first in the pool,
-// others from the tenth address on.
+// others from the tenth address on. With -requires-mac it declares the
+// RequiresMACAddress capability, refuses endpoint address requests without a MAC and
+// reports the MACs it got ("macs": "address mac").
 package main
 
 import (
+	"flag"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -21,15 +24,17 @@ type pool struct {
 }
 
 type allocator struct {
-	f     *serve.Flags
-	def4  netip.Prefix
-	def6  netip.Prefix
-	mu    sync.Mutex
-	pools map[string]*pool
+	f          *serve.Flags
+	requireMAC bool
+	macs       []string
+	def4       netip.Prefix
+	def6       netip.Prefix
+	mu         sync.Mutex
+	pools      map[string]*pool
 }
 
 func (a *allocator) GetCapabilities() (*ipam.CapabilitiesResponse, error) {
-	return &ipam.CapabilitiesResponse{}, a.f.Hit("IpamDriver.GetCapabilities")
+	return &ipam.CapabilitiesResponse{RequiresMACAddress: a.requireMAC}, a.f.Hit("IpamDriver.GetCapabilities")
 }
 
 func (a *allocator) GetDefaultAddressSpaces() (*ipam.AddressSpacesResponse, error) {
@@ -87,11 +92,19 @@ func (a *allocator) RequestAddress(r *ipam.RequestAddressRequest) (*ipam.Request
 	if p == nil {
 		return nil, fmt.Errorf("no pool %s", r.PoolID)
 	}
-	addr, err := p.pick(r.Address, r.Options["RequestAddressType"] == "com.docker.network.gateway")
+	gateway := r.Options["RequestAddressType"] == "com.docker.network.gateway"
+	mac := r.Options["com.docker.network.endpoint.macaddress"]
+	if a.requireMAC && !gateway && mac == "" {
+		return nil, fmt.Errorf("no MAC address in the request (options %v)", r.Options)
+	}
+	addr, err := p.pick(r.Address, gateway)
 	if err != nil {
 		return nil, err
 	}
 	p.used[addr] = true
+	if mac != "" {
+		a.macs = append(a.macs, addr.String()+" "+mac)
+	}
 	return &ipam.RequestAddressResponse{Address: netip.PrefixFrom(addr, p.subnet.Bits()).String()}, nil
 }
 
@@ -141,12 +154,16 @@ func (a *allocator) state() any {
 		}
 		sort.Strings(out[id])
 	}
+	if a.requireMAC {
+		out["macs"] = append([]string{}, a.macs...)
+	}
 	return out
 }
 
 func main() {
+	requireMAC := flag.Bool("requires-mac", false, "declare RequiresMACAddress and insist on a MAC")
 	f := serve.Parse()
-	a := &allocator{f: f, def4: netip.MustParsePrefix("198.51.100.0/24"),
+	a := &allocator{f: f, requireMAC: *requireMAC, def4: netip.MustParsePrefix("198.51.100.0/24"),
 		def6: netip.MustParsePrefix("2001:db8:100::/64"), pools: map[string]*pool{}}
 	f.Run(ipam.NewHandler(a), a.state)
 }

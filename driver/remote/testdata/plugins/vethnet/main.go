@@ -5,6 +5,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"net"
 	"net/netip"
@@ -23,10 +24,21 @@ type nw struct {
 }
 
 type driver struct {
-	f         *serve.Flags
+	f *serve.Flags
+	// assign: when the daemon sends no IPv4 address (null IPAM), the plugin assigns
+	// one from this subnet itself, as CreateEndpoint's fill-only-empty rule allows.
+	assign netip.Prefix
+	next   netip.Addr
+	// keep: Leave leaves the veth pair alone (the daemon must hand the sandbox end
+	// back to the host namespace under its original name); DeleteEndpoint deletes it
+	// and records in "returned" whether the sandbox end had come back.
+	keep      bool
+	scope     string   // the data scope declared
+	spaces    []string // the address spaces of the IPv4 pools of created networks
 	mu        sync.Mutex
 	networks  map[string]nw
 	endpoints map[string]string // endpoint ID → network ID
+	returned  []string
 }
 
 func short(id string) string {
@@ -37,7 +49,7 @@ func short(id string) string {
 }
 
 func (d *driver) GetCapabilities() (*network.CapabilitiesResponse, error) {
-	return &network.CapabilitiesResponse{Scope: network.LocalScope}, d.f.Hit("NetworkDriver.GetCapabilities")
+	return &network.CapabilitiesResponse{Scope: d.scope}, d.f.Hit("NetworkDriver.GetCapabilities")
 }
 
 func (d *driver) CreateNetwork(r *network.CreateNetworkRequest) error {
@@ -45,6 +57,11 @@ func (d *driver) CreateNetwork(r *network.CreateNetworkRequest) error {
 		return err
 	}
 	n := nw{bridge: "rb-" + short(r.NetworkID)}
+	for _, p := range r.IPv4Data {
+		d.mu.Lock()
+		d.spaces = append(d.spaces, p.AddressSpace+" "+p.Pool)
+		d.mu.Unlock()
+	}
 	if len(r.IPv4Data) > 0 && r.IPv4Data[0].Gateway != "" {
 		n.gateway = netip.MustParsePrefix(r.IPv4Data[0].Gateway).Addr()
 	}
@@ -100,6 +117,13 @@ func (d *driver) CreateEndpoint(r *network.CreateEndpointRequest) (*network.Crea
 		// Fill what was empty: the MAC of the sandbox end.
 		res.Interface = &network.EndpointInterface{MacAddress: mac(r.EndpointID).String()}
 	}
+	if d.assign.IsValid() && (r.Interface == nil || r.Interface.Address == "") {
+		d.next = d.next.Next()
+		if res.Interface == nil {
+			res.Interface = &network.EndpointInterface{}
+		}
+		res.Interface.Address = netip.PrefixFrom(d.next, d.assign.Bits()).String()
+	}
 	if d.f.Faults()["NetworkDriver.CreateEndpoint"] == "echo" {
 		// Break Docker's rule: echo the address the daemon chose.
 		res.Interface = &network.EndpointInterface{Address: r.Interface.Address}
@@ -119,6 +143,11 @@ func (d *driver) DeleteEndpoint(r *network.DeleteEndpointRequest) error {
 	}
 	d.mu.Lock()
 	delete(d.endpoints, r.EndpointID)
+	if d.keep {
+		if _, err := netlink.LinkByName("rc" + short(r.EndpointID)); err == nil {
+			d.returned = append(d.returned, r.EndpointID)
+		}
+	}
 	d.mu.Unlock()
 	return del("rh" + short(r.EndpointID))
 }
@@ -166,6 +195,9 @@ func (d *driver) Leave(r *network.LeaveRequest) error {
 	if err := d.f.Hit("NetworkDriver.Leave"); err != nil {
 		return err
 	}
+	if d.keep {
+		return nil
+	}
 	return del("rh" + short(r.EndpointID))
 }
 
@@ -186,7 +218,7 @@ func (d *driver) RevokeExternalConnectivity(*network.RevokeExternalConnectivityR
 func (d *driver) state() any {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := map[string][]string{"networks": {}, "endpoints": {}}
+	out := map[string][]string{"networks": {}, "endpoints": {}, "returned": append([]string{}, d.returned...), "spaces": append([]string{}, d.spaces...)}
 	for id := range d.networks {
 		out["networks"] = append(out["networks"], id)
 	}
@@ -199,7 +231,14 @@ func (d *driver) state() any {
 }
 
 func main() {
+	assign := flag.String("assign", "", "subnet to assign endpoint addresses from when the daemon sends none")
+	keep := flag.Bool("keep-on-leave", false, "keep the veth pair at Leave; delete it at DeleteEndpoint")
+	scope := flag.String("scope", network.LocalScope, "data scope to declare (local or global)")
 	f := serve.Parse()
-	d := &driver{f: f, networks: map[string]nw{}, endpoints: map[string]string{}}
+	d := &driver{f: f, keep: *keep, scope: *scope, networks: map[string]nw{}, endpoints: map[string]string{}}
+	if *assign != "" {
+		d.assign = netip.MustParsePrefix(*assign).Masked()
+		d.next = d.assign.Addr()
+	}
 	f.Run(network.NewHandler(d), d.state)
 }
