@@ -190,7 +190,7 @@ func (s *Server) checkAddLocked(id string) error {
 
 // openSandbox opens the namespace and binds the listeners inside it.
 func (s *Server) openSandbox(cfg SandboxConfig) (*sandbox, error) {
-	ns, err := netns.Open(cfg.Key)
+	ns, err := netns.OpenHandle(cfg.Key)
 	if err != nil {
 		return nil, err
 	}

@@ -59,12 +59,25 @@ func wrap(path string, h vns.NsHandle) (*Namespace, error) {
 	return &Namespace{Path: path, Handle: h, NL: nl}, nil
 }
 
+// OpenHandle opens the namespace at path for Do only: NL is nil. It skips the netlink
+// socket Open creates inside the namespace (two namespace switches, ~0.1 ms), for
+// callers that only create sockets there.
+func OpenHandle(path string) (*Namespace, error) {
+	h, err := vns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening network namespace %s: %w", path, err)
+	}
+	return &Namespace{Path: path, Handle: h}, nil
+}
+
 // Close releases the handles (the namespace itself lives on while pinned or in use).
 func (n *Namespace) Close() error {
 	if n == nil {
 		return nil
 	}
-	n.NL.Close()
+	if n.NL != nil {
+		n.NL.Close()
+	}
 	return n.Handle.Close()
 }
 
@@ -154,30 +167,27 @@ func newNamespace() (vns.NsHandle, error) {
 	return r.h, r.err
 }
 
-// Do runs fn on an OS thread switched into the namespace, then switches back.
+// Do runs fn on the calling goroutine's OS thread, switched into the namespace, then
+// switches back. If switching back fails, the thread stays locked to the goroutine and
+// the runtime discards it when the goroutine ends.
 func (n *Namespace) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := vns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := vns.Set(n.Handle); err != nil {
-			errc <- fmt.Errorf("entering namespace %s: %w", n.Path, err)
-			return
-		}
-		ferr := fn()
-		if err := vns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, err)
-			return // thread stays locked and is discarded
-		}
+	runtime.LockOSThread()
+	orig, err := vns.Get()
+	if err != nil {
 		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+		return err
+	}
+	defer orig.Close()
+	if err := vns.Set(n.Handle); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("entering namespace %s: %w", n.Path, err)
+	}
+	ferr := fn()
+	if err := vns.Set(orig); err != nil {
+		return errors.Join(ferr, err) // the thread stays locked: discarded with the goroutine
+	}
+	runtime.UnlockOSThread()
+	return ferr
 }
 
 // SetSysctl writes value to /proc/sys/<key> (key uses '/' separators) inside the namespace.
