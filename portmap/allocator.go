@@ -249,22 +249,31 @@ func (t targets) addresses(sp Spec) (hosts, ctrs []netip.Addr, err error) {
 		ip = t.defaultHost4
 	}
 	if ip.IsValid() {
-		ctr := t.ip4
-		if ip.Is6() {
-			ctr = t.ip6
-		}
+		ctr := t.target(ip.Is6())
 		if !ctr.IsValid() {
-			return nil, nil, errdefs.InvalidArgument("cannot publish %q on host address %s: the container has no %s address", sp, ip, family(ip))
+			return nil, nil, errdefs.InvalidArgument("cannot publish %q on host address %s: the container has no address", sp, ip)
 		}
 		return []netip.Addr{ip}, []netip.Addr{ctr}, nil
 	}
-	if t.ip4.IsValid() {
-		hosts, ctrs = append(hosts, netip.IPv4Unspecified()), append(ctrs, t.ip4)
+	// No host address: both families, as Docker. A container without an address of
+	// one family is reached over the other one through the proxy (Binding.Proxied).
+	if !t.ip4.IsValid() && !t.ip6.IsValid() {
+		return nil, nil, nil
 	}
-	if t.ip6.IsValid() {
-		hosts, ctrs = append(hosts, netip.IPv6Unspecified()), append(ctrs, t.ip6)
+	return []netip.Addr{netip.IPv4Unspecified(), netip.IPv6Unspecified()}, []netip.Addr{t.target(false), t.target(true)}, nil
+}
+
+// target is the container address a host address of the given family maps to: the
+// same family if the container has it, else the other one.
+func (t targets) target(v6 bool) netip.Addr {
+	same, other := t.ip4, t.ip6
+	if v6 {
+		same, other = t.ip6, t.ip4
 	}
-	return hosts, ctrs, nil
+	if same.IsValid() {
+		return same
+	}
+	return other
 }
 
 func family(ip netip.Addr) string {

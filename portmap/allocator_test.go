@@ -102,12 +102,14 @@ func TestAllocateBindings(t *testing.T) {
 		ip4, ip6, def4 netip.Addr
 		want           []Binding
 	}{
-		{"IPv4 container: 0.0.0.0 only", []string{"8080:80"}, c4, no, no,
-			[]Binding{bnd("0.0.0.0", 8080, TCP, c4, 80)}},
+		{"IPv4 container: both families, :: proxied to IPv4", []string{"8080:80"}, c4, no, no,
+			[]Binding{bnd("0.0.0.0", 8080, TCP, c4, 80), bnd("::", 8080, TCP, c4, 80)}},
 		{"dual-stack container: both families", []string{"8080:80/udp"}, c4, c6, no,
 			[]Binding{bnd("0.0.0.0", 8080, UDP, c4, 80), bnd("::", 8080, UDP, c6, 80)}},
-		{"IPv6-only container", []string{"8080:80"}, no, c6, no,
-			[]Binding{bnd("::", 8080, TCP, c6, 80)}},
+		{"IPv6-only container: 0.0.0.0 proxied to IPv6", []string{"8080:80"}, no, c6, no,
+			[]Binding{bnd("0.0.0.0", 8080, TCP, c6, 80), bnd("::", 8080, TCP, c6, 80)}},
+		{"host IP of the family the container lacks", []string{"[::1]:8080:80"}, c4, no, no,
+			[]Binding{bnd("::1", 8080, TCP, c4, 80)}},
 		{"host IP", []string{"198.51.100.1:8080:80", "[2001:db8::1]:8080:80"}, c4, c6, no,
 			[]Binding{bnd("198.51.100.1", 8080, TCP, c4, 80), bnd("2001:db8::1", 8080, TCP, c6, 80)}},
 		{"default host IP replaces both wildcards", []string{"8080:80"}, c4, c6, ip("198.51.100.1"),
@@ -116,10 +118,12 @@ func TestAllocateBindings(t *testing.T) {
 			[]Binding{bnd("0.0.0.0", 8080, TCP, c4, 80), bnd("::", 8080, TCP, c6, 80)}},
 		{"explicit host IP beats the default", []string{"127.0.0.1:8080:80"}, c4, no, ip("198.51.100.1"),
 			[]Binding{bnd("127.0.0.1", 8080, TCP, c4, 80)}},
-		{"ranges map one-to-one", []string{"8000-8002:80-82"}, c4, no, no,
-			[]Binding{bnd("0.0.0.0", 8000, TCP, c4, 80), bnd("0.0.0.0", 8001, TCP, c4, 81), bnd("0.0.0.0", 8002, TCP, c4, 82)}},
+		{"ranges map one-to-one", []string{"8000-8002:80-82"}, c4, c6, no,
+			[]Binding{bnd("0.0.0.0", 8000, TCP, c4, 80), bnd("::", 8000, TCP, c6, 80), bnd("0.0.0.0", 8001, TCP, c4, 81),
+				bnd("::", 8001, TCP, c6, 81), bnd("0.0.0.0", 8002, TCP, c4, 82), bnd("::", 8002, TCP, c6, 82)}},
 		{"same port, other protocols and addresses", []string{"53:53/udp", "53:53/tcp", "198.51.100.1:54:53/sctp"}, c4, no, no,
-			[]Binding{bnd("0.0.0.0", 53, UDP, c4, 53), bnd("0.0.0.0", 53, TCP, c4, 53), bnd("198.51.100.1", 54, SCTP, c4, 53)}},
+			[]Binding{bnd("0.0.0.0", 53, UDP, c4, 53), bnd("::", 53, UDP, c4, 53), bnd("0.0.0.0", 53, TCP, c4, 53),
+				bnd("::", 53, TCP, c4, 53), bnd("198.51.100.1", 54, SCTP, c4, 53)}},
 	} {
 		a, _ := newTestAllocator()
 		got, err := a.Allocate(t.Context(), "c1", specs(t, tc.specs...), tc.ip4, tc.ip6, tc.def4)
@@ -202,7 +206,7 @@ func TestAllocateRollsBackEverything(t *testing.T) {
 	_, err := a.Allocate(ctx, "c2", specs(t, "9090:90", "9091-9092:91-92", "0:93", "8080:80"), c4b, no, no)
 	mustConflict(t, err, "0.0.0.0:8080")
 	got, err := a.Allocate(ctx, "c3", specs(t, "9090:90", "9091-9092:91-92"), c4b, no, no)
-	if err != nil || len(got) != 3 {
+	if err != nil || len(got) != 6 { // three ports, both families
 		t.Fatalf("ports of the failed request are still taken: %v, %v", got, err)
 	}
 	// Two specs of one request conflict with each other.
@@ -243,7 +247,7 @@ func TestAllocateEphemeral(t *testing.T) {
 		t.Errorf("UDP has its own ports: got %d, want 40000", p)
 	}
 	a.Release("e0")
-	if p := port("e4", "80", no); p != 40006 {
+	if p := port("e4", "80", no); p != 40006 { // IPv4-only: both families still
 		t.Errorf("after a release: got %d, want 40006 (no immediate reuse)", p)
 	}
 	for i := range 3 { // 40007-40009
@@ -252,8 +256,9 @@ func TestAllocateEphemeral(t *testing.T) {
 	if p := port("wrap", "80", no); p != 40000 {
 		t.Errorf("wrapping around: got %d, want 40000", p)
 	}
-	if p := port("last", "80", no); p != 40003 {
-		t.Errorf("the last free IPv4 port: got %d, want 40003 (held for IPv6 only)", p)
+	// 40003 is held for IPv6 only: a binding on 0.0.0.0 alone still fits there.
+	if bs, err := a.Allocate(ctx, "last", specs(t, "0.0.0.0::80"), c4, no, no); err != nil || bs[0].HostPort != 40003 {
+		t.Errorf("the last free IPv4 port: got %v, %v; want 40003", bs, err)
 	}
 	_, err := a.Allocate(ctx, "full", specs(t, "80"), c4, no, no)
 	if !errdefs.Is(err, errdefs.KindUnavailable) {
@@ -269,7 +274,7 @@ func TestAllocateHostRangePicksFirstFree(t *testing.T) {
 		t.Fatal(err)
 	}
 	bs, err := a.Allocate(ctx, "c2", specs(t, "8000-8005:80"), c4b, no, no)
-	if err != nil || len(bs) != 1 || bs[0].HostPort != 8002 {
+	if err != nil || len(bs) != 2 || bs[0].HostPort != 8002 || bs[1].HostPort != 8002 {
 		t.Fatalf("got %v, %v; want host port 8002", bs, err)
 	}
 	_, err = a.Allocate(ctx, "c3", specs(t, "8000-8002:80"), c4b, no, no)
@@ -287,8 +292,7 @@ func TestAllocateInvalid(t *testing.T) {
 		kind           errdefs.Kind
 	}{
 		{"no container address", specs(t, "80"), no, no, no, errdefs.KindInvalidArgument},
-		{"IPv6 host, IPv4-only container", specs(t, "[::1]:80:80"), c4, no, no, errdefs.KindInvalidArgument},
-		{"IPv4 host, IPv6-only container", specs(t, "127.0.0.1:80:80"), no, c6, no, errdefs.KindInvalidArgument},
+		{"host IP, no container address", specs(t, "127.0.0.1:80:80"), no, no, no, errdefs.KindInvalidArgument},
 		{"address not on the host", specs(t, "203.0.113.99:80:80"), c4, no, no, errdefs.KindInvalidArgument},
 		{"swapped container addresses", specs(t, "80"), c6, c4, no, errdefs.KindInvalidArgument},
 		{"IPv6 default host IP", specs(t, "80"), c4, no, c6, errdefs.KindInvalidArgument},
@@ -307,7 +311,7 @@ func TestAllocateInvalid(t *testing.T) {
 func TestAllocateUnexpandedRange(t *testing.T) {
 	a, _ := newTestAllocator()
 	bs, err := a.Allocate(t.Context(), "c", []Spec{{HostPort: 9000, HostPortEnd: 9001, ContainerPort: 80, ContainerPortEnd: 81, Proto: UDP}}, c4, no, no)
-	want := []Binding{bnd("0.0.0.0", 9000, UDP, c4, 80), bnd("0.0.0.0", 9001, UDP, c4, 81)}
+	want := []Binding{bnd("0.0.0.0", 9000, UDP, c4, 80), bnd("::", 9000, UDP, c4, 80), bnd("0.0.0.0", 9001, UDP, c4, 81), bnd("::", 9001, UDP, c4, 81)}
 	if diff := cmp.Diff(want, bs, equateAddr); err != nil || diff != "" {
 		t.Errorf("%v (-want +got):\n%s", err, diff)
 	}

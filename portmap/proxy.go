@@ -15,11 +15,16 @@ import (
 // Proxy forwards connections to published ports on the loopback addresses
 // 127.0.0.1 and ::1, which the kernel cannot DNAT to a container (IPv6
 // loopback never leaves the host; IPv4 loopback would need route_localnet,
-// which exposes the host's localhost services to its bridges). All other
-// addresses are served by the firewall's DNAT maps, not by the proxy.
+// which exposes the host's localhost services to its bridges), and serves
+// the bindings the kernel cannot NAT at all: a host address of the other
+// family than the container's (Binding.Proxied; e.g. :: for an IPv4-only
+// container, as Docker's userland proxy does). All other traffic is served
+// by the firewall's DNAT maps, not by the proxy.
 //
 // A binding on 0.0.0.0 gets a listener on 127.0.0.1; one on ::, a
-// listener on ::1; one on a loopback address, a listener on that address.
+// listener on ::1; one on a loopback address, a listener on that address;
+// a proxied binding, a listener on its host address itself (all addresses
+// of that family for a wildcard).
 // TCP is spliced both ways (splice(2), half-closes passed on); UDP keeps one
 // upstream socket per client (a flow) that closes after an idle timeout.
 // SCTP is not proxied: it is rare on loopback and Go has no SCTP sockets.
@@ -96,7 +101,7 @@ func (p *Proxy) Start(_ context.Context) error {
 // that need none are ignored). Unchanged listeners keep their connections.
 // On error owner keeps only its unchanged listeners.
 func (p *Proxy) Set(ctx context.Context, owner string, bindings []Binding) error {
-	want := loopbackListeners(bindings)
+	want := proxyListeners(bindings)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.poll == nil {
@@ -167,8 +172,8 @@ type listenSpec struct {
 	target netip.AddrPort
 }
 
-// loopbackListeners returns the listeners bindings need.
-func loopbackListeners(bindings []Binding) map[listenSpec]struct{} {
+// proxyListeners returns the listeners bindings need.
+func proxyListeners(bindings []Binding) map[listenSpec]struct{} {
 	out := map[listenSpec]struct{}{}
 	for _, b := range bindings {
 		if b.Proto == SCTP {
@@ -176,6 +181,8 @@ func loopbackListeners(bindings []Binding) map[listenSpec]struct{} {
 		}
 		var lo netip.Addr
 		switch {
+		case b.Proxied():
+			lo = b.HostIP
 		case b.HostIP == netip.IPv4Unspecified():
 			lo = netip.AddrFrom4([4]byte{127, 0, 0, 1})
 		case b.HostIP == netip.IPv6Unspecified():
@@ -204,6 +211,9 @@ func (p *Proxy) openLocked(ctx context.Context, specs map[listenSpec]struct{}) (
 	err := p.ns.Do(func() error {
 		for s := range specs {
 			fd, err := listenSocket(s.proto, s.addr)
+			if errors.Is(err, unix.EAFNOSUPPORT) && s.addr.Addr().IsUnspecified() {
+				continue // a host without IPv6: nothing to serve on ::
+			}
 			if err != nil {
 				return fmt.Errorf("listening on %s/%s: %w", s.addr, s.proto, err)
 			}

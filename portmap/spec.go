@@ -260,6 +260,11 @@ type Binding struct {
 	ContainerPort uint16
 }
 
+// Proxied reports whether only the proxy can serve b: its host and container
+// addresses are of different families, which the kernel cannot NAT between (an
+// IPv4-only container published on ::, as Docker's userland proxy does).
+func (b Binding) Proxied() bool { return b.HostIP.Is4() != b.ContainerIP.Is4() }
+
 // String formats b like `docker ps`: "0.0.0.0:8080->80/tcp".
 func (b Binding) String() string {
 	return fmt.Sprintf("%s->%d/%s", netip.AddrPortFrom(b.HostIP, b.HostPort), b.ContainerPort, b.Proto)

@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/netns"
@@ -126,5 +129,56 @@ func TestMacvlanRefusesPublishedPorts(t *testing.T) {
 	_, err := e.s.Controller.Connect(t.Context(), "mv", "p", cnm.EndpointSpec{})
 	if !errdefs.Is(err, errdefs.KindForbidden) || !strings.Contains(err.Error(), "does not publish ports") {
 		t.Fatalf("macvlan with -p: %v", err)
+	}
+}
+
+// TestIPv4OnlySandboxPublishedOnIPv6: without a host address, ports are published on
+// both families, as Docker does: IPv6 clients of an IPv4-only sandbox are served by
+// the proxy (the kernel cannot NAT IPv6 to IPv4), on ::1 and on the host's own IPv6
+// addresses alike.
+func TestIPv4OnlySandboxPublishedOnIPv6(t *testing.T) {
+	e := newEnv(t)
+	out := outside(t, e)
+	addV6 := func(key, link, cidr string) {
+		ns, err := netns.Open(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ns.Close()
+		l, err := ns.NL.LinkByName(link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, _ := netlink.ParseAddr(cidr)
+		a.Flags = unix.IFA_F_NODAD
+		if err := ns.NL.AddrAdd(l, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addV6(e.hostPath, "uplink", "2001:db8:1::1/64")
+	addV6(out, "wan", "2001:db8:1::2/64")
+	e.network(cnm.NetworkSpec{Name: "web"})
+	sb := e.publishedSandbox("srv", "web", "8080:7777/tcp")
+	listen(t, sb.Key)
+	var got []string
+	for _, b := range sb.Published {
+		got = append(got, b.String())
+	}
+	if want := "0.0.0.0:8080->7777/tcp [::]:8080->7777/tcp"; strings.Join(got, " ") != want {
+		t.Errorf("published = %v, want %s", got, want)
+	}
+	for _, c := range []struct{ from, to string }{
+		{e.hostPath, "[::1]:8080"}, {out, "[2001:db8:1::1]:8080"},
+		{e.hostPath, "127.0.0.1:8080"}, {out, "198.51.100.1:8080"},
+	} {
+		if err := dialFrom(c.from, netip.MustParseAddrPort(c.to)); err != nil {
+			t.Errorf("dial %s: %v", c.to, err)
+		}
+	}
+	if err := e.s.Controller.DeleteSandbox(t.Context(), "srv", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := dialFrom(out, netip.MustParseAddrPort("[2001:db8:1::1]:8080")); err == nil {
+		t.Error("IPv6 port still served after the sandbox was removed")
 	}
 }

@@ -99,6 +99,9 @@ func (d *Driver) programPorts(ctx context.Context, eid string, bindings []portma
 func toFirewall(bs []portmap.Binding) []firewall.PortBinding {
 	out := make([]firewall.PortBinding, 0, len(bs))
 	for _, b := range bs {
+		if b.Proxied() {
+			continue // no NAT between families: the proxy serves it
+		}
 		out = append(out, firewall.PortBinding{HostIP: b.HostIP, HostPort: b.HostPort, Proto: string(b.Proto),
 			ContainerIP: b.ContainerIP, ContainerPort: b.ContainerPort})
 	}
