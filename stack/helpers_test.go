@@ -145,6 +145,17 @@ func run(key string, args ...string) (string, error) {
 }
 
 func ping(key string, to netip.Addr) error {
+	// Up to 5 s, one echo a second, done at the first reply: on a loaded machine
+	// the first echo can be lost while the neighbour is resolved.
+	out, err := run(key, "ping", "-c", "1", "-w", "5", to.String())
+	if err != nil {
+		return fmt.Errorf("ping %s: %v\n%s", to, err, out)
+	}
+	return nil
+}
+
+// pingOnce sends one echo and waits 2 s: for paths that must be blocked.
+func pingOnce(key string, to netip.Addr) error {
 	out, err := run(key, "ping", "-c", "1", "-W", "2", to.String())
 	if err != nil {
 		return fmt.Errorf("ping %s: %v\n%s", to, err, out)

@@ -42,8 +42,21 @@ func (e *env) publishedSandbox(name, net string, ports ...string) cnm.Sandbox {
 	return sb
 }
 
+// dialReaches retries dialFrom for up to 5 s: a path that should work may lose its
+// first SYN on a loaded machine (neighbour resolution), and a 1 s attempt is short.
+func dialReaches(key string, addr netip.AddrPort) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := dialFrom(key, addr)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // dialFrom opens a TCP echo round trip from the namespace at key (or the host when
-// key is the host path) to addr.
+// key is the host path) to addr: one attempt.
 func dialFrom(key string, addr netip.AddrPort) error {
 	ns, err := netns.Open(key)
 	if err != nil {
@@ -78,7 +91,7 @@ func TestPublishedPortReachableAndKeptAcrossRestart(t *testing.T) {
 		from string
 		to   string
 	}{{out, "198.51.100.1:8080"}, {e.hostPath, "198.51.100.1:8080"}, {e.hostPath, "127.0.0.1:8080"}} {
-		if err := dialFrom(c.from, netip.MustParseAddrPort(c.to)); err != nil {
+		if err := dialReaches(c.from, netip.MustParseAddrPort(c.to)); err != nil {
 			t.Errorf("dial %s: %v", c.to, err)
 		}
 	}
@@ -99,7 +112,7 @@ func TestPublishedPortReachableAndKeptAcrossRestart(t *testing.T) {
 	if got := hostPort(sb.Published, 8080); got != ephemeral {
 		t.Errorf("ephemeral host port after restart = %d, want %d", got, ephemeral)
 	}
-	if err := dialFrom(out, netip.MustParseAddrPort("198.51.100.1:8080")); err != nil {
+	if err := dialReaches(out, netip.MustParseAddrPort("198.51.100.1:8080")); err != nil {
 		t.Errorf("after restart: %v", err)
 	}
 	if err := e.s.Controller.DeleteSandbox(t.Context(), "srv", true); err != nil {
@@ -171,7 +184,7 @@ func TestIPv4OnlySandboxPublishedOnIPv6(t *testing.T) {
 		{e.hostPath, "[::1]:8080"}, {out, "[2001:db8:1::1]:8080"},
 		{e.hostPath, "127.0.0.1:8080"}, {out, "198.51.100.1:8080"},
 	} {
-		if err := dialFrom(c.from, netip.MustParseAddrPort(c.to)); err != nil {
+		if err := dialReaches(c.from, netip.MustParseAddrPort(c.to)); err != nil {
 			t.Errorf("dial %s: %v", c.to, err)
 		}
 	}
