@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/piernet/pier/internal/nstest"
+	"github.com/piernet/pier/internal/netlab"
 )
 
 // BenchmarkPublish publishes n TCP ports of a dual-stack container
@@ -19,8 +19,7 @@ import (
 func BenchmarkPublish(b *testing.B) {
 	for _, n := range []int{1, 200} {
 		b.Run(fmt.Sprintf("ports=%d", n), func(b *testing.B) {
-			path, _ := nstest.NewPinned(b)
-			pub := newPublisher(b, openNS(b, path))
+			pub := newPublisher(b, netlab.NewNS(b))
 			spec := fmt.Sprintf("20000-%d:1000-%d", 20000+n-1, 1000+n-1)
 			if n == 1 {
 				spec = "20000:1000"

@@ -2,22 +2,16 @@ package portmap_test
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-
-	"github.com/piernet/pier/internal/nstest"
+	"github.com/piernet/pier/internal/netlab"
 	"github.com/piernet/pier/netns"
 )
 
@@ -25,9 +19,8 @@ import (
 // an "outside" client namespace behind an uplink veth. Addresses come from
 // documentation ranges and ULAs.
 type lab struct {
+	*netlab.Lab
 	t       testing.TB
-	host    *netns.Namespace
-	path    string // pinned path of the host namespace, for nsenter
 	outside *netns.Namespace
 }
 
@@ -40,114 +33,22 @@ const (
 
 func newLab(t testing.TB, brNetfilter bool) *lab {
 	t.Helper()
-	path, _ := nstest.NewPinned(t)
-	l := &lab{t: t, host: openNS(t, path), path: path}
-	l.noDAD(l.host)
-	l.sysctl(l.host, "net/ipv4/ip_forward", "1")
-	l.sysctl(l.host, "net/ipv6/conf/all/forwarding", "1")
+	// Hairpin: what the bridge driver must do so that a container can reach
+	// its own published port through a host address when br_netfilter
+	// bridges the DNAT'd packet back out of its port.
+	l := &lab{Lab: netlab.New(t, netlab.Options{IPv6: true, Hairpin: true}), t: t}
 	v := map[bool]string{true: "1", false: "0"}[brNetfilter]
-	l.sysctl(l.host, "net/bridge/bridge-nf-call-iptables", v)
-	l.sysctl(l.host, "net/bridge/bridge-nf-call-ip6tables", v)
-	l.outside = l.peer("uplink", "", outV4+"/24", outV6+"/64", hostV4, hostV6)
-	up, err := l.host.NL.LinkByName("uplink")
-	l.must(err)
-	l.addr(l.host.NL, up, hostV4+"/24")
-	l.addr(l.host.NL, up, hostV6+"/64")
+	l.Sysctl(l.Host, "net/bridge/bridge-nf-call-iptables", v)
+	l.Sysctl(l.Host, "net/bridge/bridge-nf-call-ip6tables", v)
+	l.outside = l.Uplink("uplink", []string{hostV4 + "/24", hostV6 + "/64"}, []string{outV4 + "/24", outV6 + "/64"})
 	return l
 }
 
-func openNS(t testing.TB, path string) *netns.Namespace {
-	t.Helper()
-	ns, err := netns.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ns.Close() })
-	lo, err := ns.NL.LinkByName("lo")
-	if err == nil {
-		err = ns.NL.LinkSetUp(lo)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ns
-}
-
-func (l *lab) must(err error) {
-	l.t.Helper()
-	if err != nil {
-		l.t.Fatal(err)
-	}
-}
-
-func (l *lab) sysctl(ns *netns.Namespace, key, val string) {
-	l.t.Helper()
-	l.must(ns.Do(func() error { return os.WriteFile(filepath.Join("/proc/sys", key), []byte(val), 0o644) }))
-}
-
-// noDAD turns off duplicate address detection for interfaces created in
-// ns from now on: link-local addresses are usable at once.
-func (l *lab) noDAD(ns *netns.Namespace) {
-	l.t.Helper()
-	l.sysctl(ns, "net/ipv6/conf/default/accept_dad", "0")
-	l.sysctl(ns, "net/ipv6/conf/all/accept_dad", "0")
-}
-
-// addr adds a prefix without duplicate address detection (no waiting).
-func (l *lab) addr(h *netlink.Handle, link netlink.Link, prefix string) {
-	l.t.Helper()
-	p := netip.MustParsePrefix(prefix)
-	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
-	if p.Addr().Is6() {
-		a.Flags = unix.IFA_F_NODAD
-	}
-	l.must(h.AddrAdd(link, a))
-}
-
-// bridge creates a bridge in the host with gateway prefixes.
-func (l *lab) bridge(name string, gateways ...string) {
-	l.t.Helper()
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
-	l.must(l.host.NL.LinkAdd(br))
-	for _, g := range gateways {
-		l.addr(l.host.NL, br, g)
-	}
-	l.must(l.host.NL.LinkSetUp(br))
-}
-
-// peer creates a namespace joined to the host by a veth: hostSide
-// (enslaved to master if not empty, in hairpin mode) in the host, eth0 with
-// the given prefixes inside, default routes via gw4 and gw6.
+// peer creates a container namespace on bridge master: eth0 with an IPv4
+// and an IPv6 prefix, default routes via gw4 and gw6.
 func (l *lab) peer(hostSide, master, addr4, addr6, gw4, gw6 string) *netns.Namespace {
 	l.t.Helper()
-	path, _ := nstest.NewPinned(l.t)
-	ns := openNS(l.t, path)
-	l.noDAD(ns)
-	la := netlink.LinkAttrs{Name: hostSide}
-	if master != "" {
-		m, err := l.host.NL.LinkByName(master)
-		l.must(err)
-		la.MasterIndex = m.Attrs().Index
-	}
-	l.must(l.host.NL.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerNamespace: netlink.NsFd(ns.Handle)}))
-	hl, err := l.host.NL.LinkByName(hostSide)
-	l.must(err)
-	if master != "" {
-		// What the bridge driver must do so that a container can reach
-		// its own published port through a host address when
-		// br_netfilter bridges the DNAT'd packet back out of its port.
-		l.must(l.host.NL.LinkSetHairpin(hl, true))
-	}
-	l.must(l.host.NL.LinkSetUp(hl))
-	eth0, err := ns.NL.LinkByName("eth0")
-	l.must(err)
-	l.addr(ns.NL, eth0, addr4)
-	l.addr(ns.NL, eth0, addr6)
-	l.must(ns.NL.LinkSetUp(eth0))
-	for _, gw := range []string{gw4, gw6} {
-		l.must(ns.NL.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.ParseIP(gw)}))
-	}
-	return ns
+	return l.Peer(hostSide, master, []string{addr4, addr6}, []string{gw4, gw6})
 }
 
 // reachable waits until ns reaches every addr over TCP: fresh links need a
@@ -170,7 +71,7 @@ func (l *lab) nft(args ...string) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		l.t.Skip("nft binary not installed (tests only)")
 	}
-	out, err := exec.Command("nsenter", append([]string{"--net=" + l.path, "nft"}, args...)...).CombinedOutput()
+	out, err := exec.Command("nsenter", append([]string{"--net=" + l.Host.Path, "nft"}, args...)...).CombinedOutput()
 	if err != nil {
 		l.t.Fatalf("nft %s: %v: %s", strings.Join(args, " "), err, out)
 	}
@@ -179,24 +80,7 @@ func (l *lab) nft(args ...string) {
 // serveTCP answers each line on ns's port with "name remoteIP line".
 func serveTCP(t *testing.T, ns *netns.Namespace, name string, port int) {
 	t.Helper()
-	var ln net.Listener
-	err := ns.Do(func() (err error) {
-		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)) // both families
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go echoLines(c, name)
-		}
-	}()
+	netlab.Serve(t, ns, fmt.Sprintf(":%d", port), func(c net.Conn) { echoLines(c, name) }) // both families
 }
 
 func echoLines(c net.Conn, name string) {
@@ -240,13 +124,7 @@ func serveUDP(t *testing.T, ns *netns.Namespace, name string, port int) {
 // none.
 func ask(t testing.TB, ns *netns.Namespace, proto, addr string) string {
 	t.Helper()
-	var c net.Conn
-	err := ns.Do(func() (err error) {
-		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
-		defer cancel()
-		c, err = new(net.Dialer).DialContext(ctx, proto, addr)
-		return err
-	})
+	c, err := netlab.Dial(t, ns, proto, addr, time.Second)
 	if err != nil {
 		return ""
 	}
@@ -264,8 +142,12 @@ func ask(t testing.TB, ns *netns.Namespace, proto, addr string) string {
 }
 
 // roundTrip sends "ping" on c and returns the answer without the echo.
-func roundTrip(c net.Conn) string {
-	_ = c.SetDeadline(time.Now().Add(400 * time.Millisecond))
+func roundTrip(c net.Conn) string { return roundTripWithin(c, 400*time.Millisecond) }
+
+// roundTripWithin is roundTrip with another deadline: a connection that must keep
+// working gets more time on a loaded machine.
+func roundTripWithin(c net.Conn, d time.Duration) string {
+	_ = c.SetDeadline(time.Now().Add(d))
 	if _, err := c.Write([]byte("ping\n")); err != nil {
 		return ""
 	}

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/piernet/pier/errdefs"
-	"github.com/piernet/pier/internal/nstest"
+	"github.com/piernet/pier/internal/netlab"
 	"github.com/piernet/pier/netns"
 	"github.com/piernet/pier/portmap"
 )
@@ -17,11 +17,11 @@ import (
 // TCP and UDP on port 80 and 53.
 func proxyLab(t *testing.T) (*lab, *netns.Namespace) {
 	l := newLab(t, false)
-	l.bridge("br-p", gwA4+"/25", gwA6+"/64")
+	l.Bridge("br-p", gwA4+"/25", gwA6+"/64")
 	c := l.peer("vp1", "br-p", c1v4+"/25", c1v6+"/64", gwA4, gwA6)
 	serveTCP(t, c, "c1", 80)
 	serveUDP(t, c, "c1", 53)
-	l.reachable(l.host, hp(c1v4, 80), hp(c1v6, 80))
+	l.reachable(l.Host, hp(c1v4, 80), hp(c1v6, 80))
 	return l, c
 }
 
@@ -46,7 +46,7 @@ func TestProxyLifecycle(t *testing.T) {
 	ctx := t.Context()
 	l, _ := proxyLab(t)
 	before := runtime.NumGoroutine()
-	p := portmap.NewProxy(l.host, portmap.ProxyOptions{UDPIdleTimeout: 200 * time.Millisecond})
+	p := portmap.NewProxy(l.Host, portmap.ProxyOptions{UDPIdleTimeout: 200 * time.Millisecond})
 	if err := p.Set(ctx, "c1", nil); err == nil {
 		t.Error("Set before Start succeeded")
 	}
@@ -61,19 +61,19 @@ func TestProxyLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, to := range []string{"127.0.0.1:8080", "[::1]:8080", "127.0.0.2:8080"} {
-		if got := ask(t, l.host, "tcp", to); got == "" {
+		if got := ask(t, l.Host, "tcp", to); got == "" {
 			t.Errorf("tcp %s: no answer", to)
 		}
 	}
-	if got := ask(t, l.host, "tcp", hp(hostV4, 8080)); got != "" {
+	if got := ask(t, l.Host, "tcp", hp(hostV4, 8080)); got != "" {
 		t.Errorf("the proxy serves a non-loopback address: %q", got)
 	}
 
 	// An open TCP connection and a UDP flow.
 	var tcp, udp net.Conn
-	l.must(l.host.Do(func() (err error) { tcp, err = net.Dial("tcp", "127.0.0.1:8080"); return err }))
+	l.Must(l.Host.Do(func() (err error) { tcp, err = net.Dial("tcp", "127.0.0.1:8080"); return err }))
 	defer tcp.Close()
-	l.must(l.host.Do(func() (err error) { udp, err = net.Dial("udp", "127.0.0.1:5353"); return err }))
+	l.Must(l.Host.Do(func() (err error) { udp, err = net.Dial("udp", "127.0.0.1:5353"); return err }))
 	defer udp.Close()
 	if roundTrip(tcp) == "" || roundTrip(udp) == "" {
 		t.Fatal("no answer")
@@ -92,12 +92,12 @@ func TestProxyLifecycle(t *testing.T) {
 	if roundTrip(tcp) == "" {
 		t.Error("an unchanged listener lost its connection")
 	}
-	if got := ask(t, l.host, "tcp", "[::1]:8080"); got != "" {
+	if got := ask(t, l.Host, "tcp", "[::1]:8080"); got != "" {
 		t.Errorf("removed listener still answers: %q", got)
 	}
 	// A listener that is taken fails Set and leaves the owner's others.
 	var other net.Listener
-	l.must(l.host.Do(func() (err error) { other, err = net.Listen("tcp", "127.0.0.1:7070"); return err }))
+	l.Must(l.Host.Do(func() (err error) { other, err = net.Listen("tcp", "127.0.0.1:7070"); return err }))
 	defer other.Close()
 	err := p.Set(ctx, "c1", append(bindings(8080, portmap.TCP, "0.0.0.0"), bindings(7070, portmap.TCP, "0.0.0.0")...))
 	if err == nil {
@@ -121,7 +121,7 @@ func TestProxyLifecycle(t *testing.T) {
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if got := ask(t, l.host, "tcp", "127.0.0.1:8080"); got != "" {
+	if got := ask(t, l.Host, "tcp", "127.0.0.1:8080"); got != "" {
 		t.Errorf("closed proxy answers: %q", got)
 	}
 	waitGoroutines(t, before, "goroutines after Close")
@@ -143,12 +143,14 @@ func waitGoroutines(t *testing.T, n int, what string) {
 // TestNamespaceHost probes in the given namespace, not in the test's.
 func TestNamespaceHost(t *testing.T) {
 	t.Parallel()
-	path, _ := nstest.NewPinned(t)
-	ns := openNS(t, path)
-	l := &lab{t: t}
-	l.sysctl(ns, "net/ipv4/ip_local_port_range", "50000 50001")
+	ns := netlab.NewNS(t)
+	if err := ns.SetSysctl("net/ipv4/ip_local_port_range", "50000 50001"); err != nil {
+		t.Fatal(err)
+	}
 	var ln net.Listener
-	l.must(ns.Do(func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:50000"); return err }))
+	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:50000"); return err }); err != nil {
+		t.Fatal(err)
+	}
 	defer ln.Close()
 	a := portmap.NewAllocator(portmap.NamespaceHost(ns), nil)
 	c := netip.MustParseAddr("192.0.2.2")
