@@ -170,10 +170,7 @@ func decodeConnect(data []byte) (connectSpec, error) {
 	if ec == nil {
 		return c, nil
 	}
-	if len(ec.Links) > 0 {
-		return connectSpec{}, errdefs.NotImplemented("legacy container links are not supported; use aliases")
-	}
-	c.spec.Aliases, c.spec.Priority = ec.Aliases, ec.GwPriority
+	c.spec.Aliases, c.spec.Priority, c.spec.Links = ec.Aliases, ec.GwPriority, ec.Links
 	var err error
 	if c.spec.MAC, err = parseMAC(ec.MacAddress); err != nil {
 		return connectSpec{}, err

@@ -318,6 +318,7 @@ func confirm(ctx context.Context, in io.Reader, out io.Writer, question string) 
 type connectFlags struct {
 	ip, ip6 string
 	aliases []string
+	links   []string
 }
 
 func (a *app) networkConnectCommand() *cobra.Command {
@@ -344,6 +345,7 @@ func (a *app) networkConnectCommand() *cobra.Command {
 	fl.StringVar(&f.ip, "ip", "", "IPv4 address (e.g. 172.30.100.104)")
 	fl.StringVar(&f.ip6, "ip6", "", "IPv6 address (e.g. 2001:db8::33)")
 	fl.StringArrayVar(&f.aliases, "alias", nil, "add a network-scoped alias for the sandbox; repeatable")
+	fl.StringArrayVar(&f.links, "link", nil, "add a link to another sandbox (sandbox[:alias]); repeatable")
 	return cmd
 }
 
@@ -356,7 +358,7 @@ func (f connectFlags) request(sandbox string) (network.ConnectRequest, error) {
 	if err != nil {
 		return network.ConnectRequest{}, err
 	}
-	es := &network.EndpointSettings{Aliases: f.aliases}
+	es := &network.EndpointSettings{Aliases: f.aliases, Links: f.links}
 	if ip.IsValid() || ip6.IsValid() {
 		es.IPAMConfig = &network.EndpointIPAMConfig{IPv4Address: ip, IPv6Address: ip6}
 	}

@@ -32,6 +32,7 @@ type sandboxFlags struct {
 	networks                       []string
 	ip, ip6                        string
 	aliases                        []string
+	links                          []string
 	dns, dnsSearch, dnsOpts, hosts []string
 	publish                        []string
 }
@@ -44,6 +45,7 @@ func (f *sandboxFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&f.ip, "ip", "", "IPv4 address on the first --network (e.g. 172.30.100.104)")
 	fl.StringVar(&f.ip6, "ip6", "", "IPv6 address on the first --network (e.g. 2001:db8::33)")
 	fl.StringArrayVar(&f.aliases, "alias", nil, "network-scoped alias on the first --network; repeatable")
+	fl.StringArrayVar(&f.links, "link", nil, "link to another sandbox on the first --network (sandbox[:alias]); repeatable")
 	fl.StringArrayVar(&f.dns, "dns", nil, "set custom DNS servers; repeatable")
 	fl.StringArrayVar(&f.dnsSearch, "dns-search", nil, "set custom DNS search domains; repeatable")
 	fl.StringArrayVar(&f.dnsOpts, "dns-option", nil, "set DNS options (resolv.conf options); repeatable")
@@ -77,14 +79,14 @@ func (f sandboxFlags) request() (types.SandboxCreateRequest, error) {
 	if err != nil {
 		return req, err
 	}
-	if !ip.IsValid() && !ip6.IsValid() && len(f.aliases) == 0 {
+	if !ip.IsValid() && !ip6.IsValid() && len(f.aliases) == 0 && len(f.links) == 0 {
 		return req, nil
 	}
 	if len(req.Networks) == 0 {
 		return req, errNoNetwork
 	}
 	first := &req.Networks[0]
-	first.IPv4Address, first.IPv6Address, first.Aliases = addrString(ip), addrString(ip6), f.aliases
+	first.IPv4Address, first.IPv6Address, first.Aliases, first.Links = addrString(ip), addrString(ip6), f.aliases, f.links
 	return req, nil
 }
 

@@ -103,5 +103,14 @@ func (c *Controller) dnsConfig(sb *Sandbox, eps []*Endpoint) dns.SandboxConfig {
 	if len(search) == 0 {
 		search = host.Search
 	}
-	return dns.SandboxConfig{ID: sb.ID, Key: sb.Key, Upstreams: ups, Internal: internal, Search: search}
+	var links map[string]string
+	for _, ep := range eps {
+		for _, l := range ep.Links {
+			if links == nil {
+				links = map[string]string{}
+			}
+			links[l.Alias] = l.Sandbox
+		}
+	}
+	return dns.SandboxConfig{ID: sb.ID, Key: sb.Key, Upstreams: ups, Internal: internal, Search: search, Links: links}
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/piernet/pier/driver"
@@ -16,10 +17,14 @@ import (
 
 // EndpointSpec describes an endpoint to create.
 type EndpointSpec struct {
-	Name     string
-	Addr4    netip.Addr // static IPv4; zero = allocate
-	Addr6    netip.Addr // static IPv6; zero = allocate (if the network has IPv6)
-	Aliases  []string
+	Name    string
+	Addr4   netip.Addr // static IPv4; zero = allocate
+	Addr6   netip.Addr // static IPv6; zero = allocate (if the network has IPv6)
+	Aliases []string
+	// Links are Docker's --link values, "sandbox[:alias]": on a user-defined network
+	// the alias resolves (for this sandbox only) to the linked sandbox; on the default
+	// bridge it is written to this sandbox's /etc/hosts.
+	Links    []string
 	MAC      net.HardwareAddr
 	Priority int // gateway priority: higher wins
 }
@@ -38,6 +43,7 @@ type Endpoint struct {
 	DriverAddr6 bool     `json:",omitempty"`
 	MAC         string   `json:",omitempty"`
 	Aliases     []string `json:",omitempty"`
+	Links       []Link   `json:",omitempty"`
 	Priority    int      `json:",omitempty"`
 	// Transient endpoints live only while joined: Connect creates them, Disconnect
 	// deletes them. A restart finding one unjoined finishes the interrupted operation
@@ -52,6 +58,12 @@ type Endpoint struct {
 	Moved          bool          `json:",omitempty"` // the interface was moved in by the controller
 	SrcName        string        `json:",omitempty"` // its host-side name before the move
 	Routes         []StaticRoute `json:",omitempty"`
+}
+
+// Link is a resolved --link: the linked sandbox's name (at link time) and the alias.
+type Link struct {
+	Sandbox string
+	Alias   string
 }
 
 // StaticRoute is a driver-requested route recorded for restore.
@@ -92,6 +104,10 @@ func (c *Controller) createEndpoint(ctx context.Context, n *Network, spec Endpoi
 		Aliases: spec.Aliases, Priority: spec.Priority, Transient: transient}
 	if spec.MAC != nil {
 		ep.MAC = spec.MAC.String()
+	}
+	var err error
+	if ep.Links, err = c.resolveLinks(spec.Links); err != nil {
+		return nil, err
 	}
 	var u undo.Stack
 	if err := c.allocateAddrs(ctx, n, ep, spec, &u); err != nil {
@@ -164,6 +180,28 @@ func (ep *Endpoint) ipamAddrs(n *Network) []pooledAddr {
 type pooledAddr struct {
 	pools []Pool
 	addr  netip.Prefix
+}
+
+// resolveLinks checks --link values ("sandbox[:alias]") against existing sandboxes.
+func (c *Controller) resolveLinks(links []string) ([]Link, error) {
+	var out []Link
+	for _, l := range links {
+		target, alias, _ := strings.Cut(l, ":")
+		if alias == "" {
+			alias = target
+		}
+		if target == "" || strings.ContainsAny(alias, " \t/") {
+			return nil, errdefs.InvalidArgument("invalid link %q: want sandbox[:alias]", l)
+		}
+		c.mu.RLock()
+		sb, err := lookup(c.sandboxes, "sandbox", target)
+		c.mu.RUnlock()
+		if err != nil {
+			return nil, errdefs.NotFound("could not find sandbox for link %s: %v", target, err)
+		}
+		out = append(out, Link{Sandbox: sb.Name, Alias: alias})
+	}
+	return out, nil
 }
 
 func (c *Controller) checkEndpointName(n *Network, name string) error {

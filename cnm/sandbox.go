@@ -126,8 +126,40 @@ func (c *Controller) writeFiles(sb *Sandbox) error {
 				cfg.Addrs = append(cfg.Addrs, p.Addr())
 			}
 		}
+		cfg.ExtraHosts = append(cfg.ExtraHosts, c.legacyLinkHosts(ep)...)
 	}
 	return etcfiles.Write(c.sandboxDir(sb.ID), c.hostResolv(), cfg)
+}
+
+// legacyLinkHosts are the /etc/hosts lines of ep's links on a predefined network
+// (the default bridge has no embedded DNS: Docker writes "addr alias name" there).
+// A linked sandbox not on that network gets no line.
+func (c *Controller) legacyLinkHosts(ep *Endpoint) []etcfiles.HostEntry {
+	if len(ep.Links) == 0 {
+		return nil
+	}
+	if n := c.networkByID(ep.NetworkID); n == nil || !n.Predefined {
+		return nil
+	}
+	var out []etcfiles.HostEntry
+	for _, l := range ep.Links {
+		c.mu.RLock()
+		target, err := lookup(c.sandboxes, "sandbox", l.Sandbox)
+		c.mu.RUnlock()
+		if err != nil {
+			continue
+		}
+		other := c.endpointOf(target.ID, ep.NetworkID)
+		if other == nil || !other.Addr4.IsValid() {
+			continue
+		}
+		names := l.Alias
+		if l.Alias != target.Name {
+			names += " " + target.Name
+		}
+		out = append(out, etcfiles.HostEntry{Name: names, Addr: other.Addr4.Addr()})
+	}
+	return out
 }
 
 // Sandbox returns the sandbox with the given ID, name or unique ID prefix.

@@ -93,6 +93,9 @@ func (sb *sandbox) local(out, pkt []byte, q *query, cfg *sbConfig, sc *scratch, 
 			return ptrReply(out, pkt, q, sv.reverse(a))
 		}
 	}
+	if target, ok := cfg.links[string(name)]; ok {
+		name = target // a link alias: answered with its target's addresses
+	}
 	sc.entries = sv.match(sc.entries[:0], name, cfg.search)
 	if len(sc.entries) == 0 {
 		return out, false

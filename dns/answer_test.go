@@ -36,7 +36,8 @@ func world(s *Server) {
 func TestLocalNames(t *testing.T) {
 	s := newTestServer(t, Options{})
 	world(s)
-	client := fakeSandbox(t, s, SandboxConfig{ID: "sb-client", Internal: true, Search: []string{"corp.example."}}, nil)
+	client := fakeSandbox(t, s, SandboxConfig{ID: "sb-client", Internal: true, Search: []string{"corp.example."},
+		Links: map[string]string{"Webby": "web", "dbx": "db"}}, nil)
 	web := fakeSandbox(t, s, SandboxConfig{ID: "sb-web", Internal: true}, nil)
 	tests := []struct {
 		sb    *sandbox
@@ -64,6 +65,9 @@ func TestLocalNames(t *testing.T) {
 		{web, "db.", mdns.TypeA, 0, []string{"172.21.0.3"}},
 		{web, "db.backend.", mdns.TypeA, 0, []string{"172.21.0.3"}},
 		{web, "2.0.21.172.in-addr.arpa.", mdns.TypePTR, 0, []string{"web.backend."}},
+		{client, "webby.", mdns.TypeA, 0, []string{"172.20.0.2"}}, // a link alias
+		{client, "dbx.", mdns.TypeA, mdns.RcodeNameError, nil},    // links do not cross network scope
+		{web, "webby.", mdns.TypeA, mdns.RcodeNameError, nil},     // only the linking sandbox has it
 	}
 	for _, tt := range tests {
 		t.Run(tt.sb.id+"/"+tt.name+"/"+mdns.TypeToString[tt.qtype], func(t *testing.T) {

@@ -30,7 +30,8 @@ const (
 type sbConfig struct {
 	id        string
 	internal  bool
-	search    []string // lower-cased, no trailing dot
+	search    []string          // lower-cased, no trailing dot
+	links     map[string][]byte // lower-cased alias → lower-cased target name
 	upstreams []*upstream
 	group     uint32 // cache partition of this upstream set
 }
@@ -294,6 +295,16 @@ func newConfig(cfg SandboxConfig, old *sbConfig, group uint32) *sbConfig {
 	}
 	for _, a := range normalizeUpstreams(cfg.Upstreams) {
 		c.upstreams = append(c.upstreams, findUpstream(old, a))
+	}
+	for alias, target := range cfg.Links {
+		alias, target = strings.ToLower(strings.Trim(alias, ".")), strings.ToLower(strings.Trim(target, "."))
+		if alias == "" || target == "" || alias == target {
+			continue
+		}
+		if c.links == nil {
+			c.links = map[string][]byte{}
+		}
+		c.links[alias] = []byte(target)
 	}
 	return c
 }

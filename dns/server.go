@@ -28,6 +28,9 @@ type SandboxConfig struct {
 	// Search domains of the sandbox's resolv.conf: a query for "web.<domain>"
 	// is answered as "web" when "web" is a local name.
 	Search []string
+	// Links are names only this sandbox resolves, each to another local name
+	// (Docker's --link on user-defined networks: alias → linked sandbox's name).
+	Links map[string]string
 }
 
 // Options configure a Server. Zero values pick the defaults.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/piernet/pier/cnm"
+	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/etcfiles"
 	"github.com/piernet/pier/netns"
 )
@@ -122,5 +123,48 @@ func TestControllerFeedsEmbeddedDNS(t *testing.T) {
 	client, _ = e.s.Controller.Sandbox(t.Context(), "client")
 	if got, err := lookup(t, e, client, "www"); err != nil || len(got) != 1 {
 		t.Errorf("alias after restart: %v, %v", got, err)
+	}
+}
+
+// TestLinks: docker's --link. On a user-defined network the alias resolves through
+// the embedded DNS, for the linking sandbox only; on the default bridge (no embedded
+// DNS) it is written to the linking sandbox's /etc/hosts. A link to a sandbox that
+// does not exist is refused.
+func TestLinks(t *testing.T) {
+	e := newEnv(t)
+	c := e.s.Controller
+	if err := c.EnsurePredefined(t.Context(), true); err != nil {
+		t.Fatal(err)
+	}
+	e.network(cnm.NetworkSpec{Name: "app"})
+	e.sandbox("web", "app", "bridge")
+	other := e.sandbox("other", "app")
+	client, err := c.CreateSandbox(t.Context(), cnm.SandboxSpec{Name: "client"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Connect(t.Context(), "app", "client", cnm.EndpointSpec{Links: []string{"nosuch:x"}}); !errdefs.Is(err, errdefs.KindNotFound) {
+		t.Fatalf("link to a missing sandbox: %v, want NotFound", err)
+	}
+	if _, err := c.Connect(t.Context(), "app", "client", cnm.EndpointSpec{Links: []string{"web:webby"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Connect(t.Context(), "bridge", "client", cnm.EndpointSpec{Links: []string{"web:oldweb"}}); err != nil {
+		t.Fatal(err)
+	}
+	want := e.addr("web", "app", false).String()
+	if got, err := lookup(t, e, client, "webby"); err != nil || len(got) != 1 || got[0] != want {
+		t.Errorf("client resolving its link alias webby = %v, %v; want [%s]", got, err, want)
+	}
+	if got, err := lookup(t, e, other, "webby"); err == nil {
+		t.Errorf("a sandbox without the link resolved webby: %v", got)
+	}
+	hosts, _, _ := etcfiles.Paths(e.s.Controller.Dir(client))
+	b, err := os.ReadFile(hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line := e.addr("web", "bridge", false).String() + "\toldweb web\n"; !strings.Contains(string(b), line) {
+		t.Errorf("hosts of the linking sandbox lacks %q:\n%s", line, b)
 	}
 }

@@ -33,6 +33,8 @@ type SandboxNetwork struct {
 	IPv4Address string // static address; "" = allocate
 	IPv6Address string
 	Aliases     []string
+	// Links are docker's --link values, "sandbox[:alias]".
+	Links []string `json:",omitempty"`
 }
 
 // SandboxInfo describes a sandbox (reply of create, list and inspect).
