@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -46,19 +47,46 @@ func (r *reaper) start() {
 // reapGroup is the interface group ("pier" in ASCII) detached veths wait in.
 const reapGroup = 0x70696572
 
+// The reaper waits until no deletion has been queued for reapQuiet (at most
+// reapMaxWait) before it deletes the group: the kernel holds its RTNL lock for the
+// whole group delete (20-40 ms), and an operation that follows a delete at once (a
+// script's disconnect then connect, rm then create) would wait for it. Bursts also
+// go in fewer, larger batches.
+const (
+	reapQuiet   = 20 * time.Millisecond
+	reapMaxWait = 200 * time.Millisecond
+)
+
 func (r *reaper) loop(q chan int) {
 	defer r.wg.Done()
+	quiet := time.NewTimer(time.Hour)
+	quiet.Stop()
 	for range q {
-		for drained := false; !drained; {
-			select {
-			case _, ok := <-q:
-				drained = !ok
-			default:
-				drained = true
-			}
-		}
+		r.settle(q, quiet)
 		if err := r.do(deleteGroup); err != nil {
 			r.log.Debug("deleting detached veths", "err", err)
+		}
+	}
+}
+
+// settle consumes queued deletions until none arrived for reapQuiet, reapMaxWait
+// passed, or q was closed (stop: delete at once).
+func (r *reaper) settle(q chan int, quiet *time.Timer) {
+	deadline := time.Now().Add(reapMaxWait)
+	for {
+		wait := min(reapQuiet, time.Until(deadline))
+		if wait <= 0 {
+			return
+		}
+		quiet.Reset(wait)
+		select {
+		case _, ok := <-q:
+			if !ok {
+				quiet.Stop()
+				return
+			}
+		case <-quiet.C:
+			return
 		}
 	}
 }
