@@ -218,6 +218,9 @@ func dialEcho(key string, addr netip.Addr, timeout time.Duration) error {
 }
 
 // links lists link names in the namespace at key, sorted.
+// links lists the link names in the namespace at key once the bridge driver's
+// background deletions are done: detached veths wait as "pv-<hex>" tombstones for up
+// to a few hundred milliseconds (driver/bridge/reaper.go), and are not state.
 func links(t testing.TB, key string) []string {
 	t.Helper()
 	ns, err := netns.Open(key)
@@ -225,16 +228,22 @@ func links(t testing.TB, key string) []string {
 		t.Fatal(err)
 	}
 	defer ns.Close()
-	ls, err := ns.NL.LinkList()
-	if err != nil {
-		t.Fatal(err)
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		ls, err := ns.NL.LinkList()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		tombstones := false
+		for _, l := range ls {
+			names = append(names, l.Attrs().Name)
+			tombstones = tombstones || strings.HasPrefix(l.Attrs().Name, "pv-")
+		}
+		if !tombstones || time.Now().After(deadline) {
+			sort.Strings(names)
+			return names
+		}
 	}
-	var names []string
-	for _, l := range ls {
-		names = append(names, l.Attrs().Name)
-	}
-	sort.Strings(names)
-	return names
 }
 
 // defaultRoutes returns "dev via" of the default routes in the namespace at key.
