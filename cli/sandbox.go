@@ -83,7 +83,11 @@ func (f sandboxFlags) request() (types.SandboxCreateRequest, error) {
 		return req, nil
 	}
 	if len(req.Networks) == 0 {
-		return req, errNoNetwork
+		if ip.IsValid() || ip6.IsValid() || len(f.aliases) > 0 {
+			return req, errNoNetwork
+		}
+		// Links alone: the default bridge, as docker run --link does.
+		req.Networks = []types.SandboxNetwork{{Network: "bridge"}}
 	}
 	first := &req.Networks[0]
 	first.IPv4Address, first.IPv6Address, first.Aliases, first.Links = addrString(ip), addrString(ip6), f.aliases, f.links

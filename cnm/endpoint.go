@@ -106,7 +106,7 @@ func (c *Controller) createEndpoint(ctx context.Context, n *Network, spec Endpoi
 		ep.MAC = spec.MAC.String()
 	}
 	var err error
-	if ep.Links, err = c.resolveLinks(spec.Links); err != nil {
+	if ep.Links, err = c.resolveLinks(n, spec.Links); err != nil {
 		return nil, err
 	}
 	var u undo.Stack
@@ -183,7 +183,9 @@ type pooledAddr struct {
 }
 
 // resolveLinks checks --link values ("sandbox[:alias]") against existing sandboxes.
-func (c *Controller) resolveLinks(links []string) ([]Link, error) {
+// On a predefined network (legacy links, written to /etc/hosts) the linked sandbox
+// must be on that network already, as Docker requires.
+func (c *Controller) resolveLinks(n *Network, links []string) ([]Link, error) {
 	var out []Link
 	for _, l := range links {
 		target, alias, _ := strings.Cut(l, ":")
@@ -198,6 +200,9 @@ func (c *Controller) resolveLinks(links []string) ([]Link, error) {
 		c.mu.RUnlock()
 		if err != nil {
 			return nil, errdefs.NotFound("could not find sandbox for link %s: %v", target, err)
+		}
+		if n.Predefined && c.endpointOf(sb.ID, n.ID) == nil {
+			return nil, errdefs.InvalidArgument("cannot link to %s: it is not connected to network %s", sb.Name, n.Name)
 		}
 		out = append(out, Link{Sandbox: sb.Name, Alias: alias})
 	}

@@ -167,4 +167,11 @@ func TestLinks(t *testing.T) {
 	if line := e.addr("web", "bridge", false).String() + "\toldweb web\n"; !strings.Contains(string(b), line) {
 		t.Errorf("hosts of the linking sandbox lacks %q:\n%s", line, b)
 	}
+	// A legacy link needs the linked sandbox on that network (Docker's rule).
+	if _, err := c.CreateSandbox(t.Context(), cnm.SandboxSpec{Name: "c2"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Connect(t.Context(), "bridge", "c2", cnm.EndpointSpec{Links: []string{"other"}}); !errdefs.Is(err, errdefs.KindInvalidArgument) {
+		t.Errorf("default-bridge link to a sandbox not on it: %v, want InvalidArgument", err)
+	}
 }
