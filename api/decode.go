@@ -61,6 +61,7 @@ func decodeNetworkCreate(data []byte) (cnm.NetworkSpec, error) {
 	if req.EnableIPv6 != nil {
 		spec.EnableIPv6 = *req.EnableIPv6
 	}
+	spec.DisableIPv4 = req.EnableIPv4 != nil && !*req.EnableIPv4
 	if req.IPAM != nil {
 		spec.IPAMDriver, spec.IPAMOptions = req.IPAM.Driver, req.IPAM.Options
 		for _, c := range req.IPAM.Config {
@@ -82,8 +83,6 @@ func checkCreateUnsupported(req createNetworkRequest) error {
 		return errdefs.Forbidden("%s is a pre-defined network and cannot be created", req.Name)
 	case req.Scope != "" && req.Scope != "local":
 		return errdefs.NotImplemented("scope %q is not supported: pier networks are local", req.Scope)
-	case req.EnableIPv4 != nil && !*req.EnableIPv4:
-		return errdefs.NotImplemented("IPv6-only networks (EnableIPv4=false) are not supported")
 	case req.Ingress:
 		return errdefs.NotImplemented("ingress networks are not supported")
 	case req.ConfigOnly || req.ConfigFrom != nil && req.ConfigFrom.Network != "":

@@ -48,7 +48,6 @@ func TestDecodeErrorsAreKinded(t *testing.T) {
 		{`{"Name":"x","IPAM":{"Config":[{"Subnet":"x"}]}}`, errdefs.KindInvalidArgument},
 		{`{"Name":"x","IPAM":{"Config":[{"IPRange":"10.0.0.0/33"}]}}`, errdefs.KindInvalidArgument},
 		{`{"Name":"x","IPAM":{"Config":[{"AuxiliaryAddresses":{"a":"b"}}]}}`, errdefs.KindInvalidArgument},
-		{`{"Name":"x","EnableIPv4":false}`, errdefs.KindNotImplemented},
 		{`{"Name":"x","Ingress":true}`, errdefs.KindNotImplemented},
 		{`{"Name":"x","ConfigFrom":{"Network":"y"}}`, errdefs.KindNotImplemented},
 		{`{"Name":"none"}`, errdefs.KindForbidden},

@@ -16,6 +16,7 @@ type networkCreateFlags struct {
 	internal, attachable bool
 	ipv6                 bool
 	ipv6Set              bool // --ipv6 was given (true or false)
+	ipv4                 bool // --ipv4=false: an IPv6-only network
 	opts, labels         []string
 	ipam                 ipamFlags
 }
@@ -50,6 +51,7 @@ func (a *app) networkCreateCommand() *cobra.Command {
 	fl.BoolVar(&f.internal, "internal", false, "restrict external access to the network")
 	fl.BoolVar(&f.attachable, "attachable", false, "enable manual sandbox attachment (accepted for docker compatibility)")
 	fl.BoolVar(&f.ipv6, "ipv6", false, "enable IPv6 networking")
+	fl.BoolVar(&f.ipv4, "ipv4", true, "enable IPv4 networking (--ipv4=false with --ipv6: an IPv6-only network)")
 	fl.StringArrayVarP(&f.opts, "opt", "o", nil, "set driver specific options (key=value); repeatable")
 	fl.StringArrayVar(&f.labels, "label", nil, "set metadata on the network (key=value); repeatable")
 	fl.StringVar(&f.ipam.driver, "ipam-driver", "default", "IP address management driver (default, null)")
@@ -99,6 +101,9 @@ func (f networkCreateFlags) request(name string) (network.CreateRequest, error) 
 		Attachable: f.attachable, Options: opts, Labels: labels, IPAM: ipam}
 	if f.ipv6Set {
 		req.EnableIPv6 = &f.ipv6
+	}
+	if !f.ipv4 {
+		req.EnableIPv4 = &f.ipv4
 	}
 	return req, nil
 }

@@ -28,11 +28,14 @@ type PoolSpec struct {
 
 // NetworkSpec describes a network to create.
 type NetworkSpec struct {
-	Name        string
-	Driver      string // "" = bridge
-	Internal    bool
-	Attachable  bool
-	EnableIPv6  bool
+	Name       string
+	Driver     string // "" = bridge
+	Internal   bool
+	Attachable bool
+	EnableIPv6 bool
+	// DisableIPv4 makes an IPv6-only network (Docker's EnableIPv4=false); it needs
+	// EnableIPv6 or an IPv6 subnet.
+	DisableIPv4 bool
 	Options     map[string]string // driver options (-o)
 	Labels      map[string]string
 	IPAMDriver  string // "" = default
@@ -64,6 +67,7 @@ type Network struct {
 	Internal    bool
 	Attachable  bool
 	EnableIPv6  bool
+	DisableIPv4 bool `json:",omitempty"`
 	Predefined  bool
 	Options     map[string]string
 	Labels      map[string]string
@@ -124,7 +128,7 @@ func (c *Controller) prepareNetwork(ctx context.Context, spec NetworkSpec) (*Net
 	}
 	n := &Network{ID: NewID(), Name: spec.Name, Driver: spec.Driver, Scope: drv.Capability().DataScope,
 		Created: time.Now().UTC(), Internal: spec.Internal, Attachable: spec.Attachable,
-		EnableIPv6: spec.EnableIPv6, Predefined: spec.Predefined, Options: spec.Options, Labels: spec.Labels,
+		EnableIPv6: spec.EnableIPv6, DisableIPv4: spec.DisableIPv4, Predefined: spec.Predefined, Options: spec.Options, Labels: spec.Labels,
 		IPAMDriver: ipamDriver, IPAMOptions: spec.IPAMOptions}
 	return n, drv, nil
 }

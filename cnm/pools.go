@@ -24,7 +24,14 @@ func (c *Controller) allocatePools(ctx context.Context, n *Network, specs []Pool
 	if len(v6) > 0 {
 		n.EnableIPv6 = true
 	}
-	if len(v4) == 0 {
+	if n.DisableIPv4 {
+		switch {
+		case len(v4) > 0:
+			return errdefs.InvalidArgument("network %s: IPv4 is disabled, but an IPv4 subnet was given (%s)", n.Name, v4[0].Subnet)
+		case !n.EnableIPv6:
+			return errdefs.InvalidArgument("network %s: IPv4 is disabled and IPv6 is not enabled: enable IPv6 (--ipv6) or keep IPv4", n.Name)
+		}
+	} else if len(v4) == 0 {
 		v4 = []PoolSpec{{}}
 	}
 	if n.EnableIPv6 && len(v6) == 0 {

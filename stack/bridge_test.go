@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/piernet/pier/cnm"
+	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/etcfiles"
 )
 
@@ -123,5 +125,49 @@ func TestDualStackPing6(t *testing.T) {
 	}
 	if err := ping(a.Key, e.addr("b", "v6", false)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestIPv6OnlyNetwork: Docker's EnableIPv4=false. Sandboxes get IPv6 addresses only,
+// talk to each other, resolve each other's names, and a published port is reachable
+// over both families (IPv4 through the proxy).
+func TestIPv6OnlyNetwork(t *testing.T) {
+	e := newEnv(t)
+	c := e.s.Controller
+	out := outside(t, e)
+	for _, bad := range []cnm.NetworkSpec{
+		{Name: "nov6", DisableIPv4: true},
+		{Name: "v4subnet", DisableIPv4: true, EnableIPv6: true, IPAM: []cnm.PoolSpec{{Subnet: mustPrefix("10.77.0.0/24")}}},
+	} {
+		if _, err := c.CreateNetwork(t.Context(), bad); !errdefs.Is(err, errdefs.KindInvalidArgument) {
+			t.Errorf("%s: %v, want InvalidArgument", bad.Name, err)
+		}
+	}
+	n := e.network(cnm.NetworkSpec{Name: "v6", EnableIPv6: true, DisableIPv4: true})
+	if len(n.IPv4) != 0 || len(n.IPv6) != 1 {
+		t.Fatalf("pools: IPv4 %v, IPv6 %v; want IPv6 only", n.IPv4, n.IPv6)
+	}
+	a := e.sandbox("a", "v6")
+	b := e.publishedSandbox("b", "v6", "8080:7777/tcp")
+	if got := e.addr("b", "v6", false); got.IsValid() {
+		t.Errorf("b has IPv4 address %s on an IPv6-only network", got)
+	}
+	addrB := e.addr("b", "v6", true)
+	if err := ping(a.Key, addrB); err != nil {
+		t.Fatalf("a → b over IPv6: %v", err)
+	}
+	listen(t, b.Key)
+	if err := dialEcho(a.Key, addrB, 2*time.Second); err != nil {
+		t.Fatalf("TCP a → b: %v", err)
+	}
+	if got, err := lookup(t, e, a, "b"); err != nil || len(got) != 1 || got[0] != addrB.String() {
+		t.Errorf("a resolving b = %v, %v; want [%s]", got, err, addrB)
+	}
+	for _, c := range []struct{ from, to string }{
+		{e.hostPath, "127.0.0.1:8080"}, {e.hostPath, "[::1]:8080"}, {out, "198.51.100.1:8080"},
+	} {
+		if err := dialReaches(c.from, netip.MustParseAddrPort(c.to)); err != nil {
+			t.Errorf("published port via %s: %v", c.to, err)
+		}
 	}
 }
