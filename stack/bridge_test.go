@@ -134,7 +134,8 @@ func TestDualStackPing6(t *testing.T) {
 func TestIPv6OnlyNetwork(t *testing.T) {
 	e := newEnv(t)
 	c := e.s.Controller
-	out := outside(t, e)
+	out := outside6(t, e)
+	remoteSeen(t, out)
 	for _, bad := range []cnm.NetworkSpec{
 		{Name: "nov6", DisableIPv4: true},
 		{Name: "v4subnet", DisableIPv4: true, EnableIPv6: true, IPAM: []cnm.PoolSpec{{Subnet: mustPrefix("10.77.0.0/24")}}},
@@ -169,5 +170,8 @@ func TestIPv6OnlyNetwork(t *testing.T) {
 		if err := dialReaches(c.from, netip.MustParseAddrPort(c.to)); err != nil {
 			t.Errorf("published port via %s: %v", c.to, err)
 		}
+	}
+	if src, err := askSourceAt(a.Key, "[2001:db8:1::2]:8080"); err != nil || src != "2001:db8:1::1" {
+		t.Errorf("outside saw %q (%v), want the host's address 2001:db8:1::1 (masqueraded)", src, err)
 	}
 }

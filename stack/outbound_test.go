@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/internal/nstest"
@@ -32,7 +33,39 @@ func outside(t *testing.T, e *env) string {
 	}
 	defer out.Close()
 	configure(t, out, "wan", "198.51.100.2/24")
+	// Loopback up, as on any machine: Go's net package probes IPv6 support once per
+	// process, on ::1, in whichever namespace its first socket is made; a probe here
+	// with lo down would make every later ":port" listener IPv4-only.
+	upLoopback(t, path)
 	return path
+}
+
+// outside6 is outside with IPv6 too: the host's uplink has 2001:db8:1::1/64, the
+// outside namespace 2001:db8:1::2/64 (no DAD).
+func outside6(t *testing.T, e *env) string {
+	t.Helper()
+	path := outside(t, e)
+	addV6(t, e.hostPath, "uplink", "2001:db8:1::1/64")
+	addV6(t, path, "wan", "2001:db8:1::2/64")
+	return path
+}
+
+func addV6(t *testing.T, key, link, cidr string) {
+	t.Helper()
+	ns, err := netns.Open(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	l, err := ns.NL.LinkByName(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := netlink.ParseAddr(cidr)
+	a.Flags = unix.IFA_F_NODAD
+	if err := ns.NL.AddrAdd(l, a); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func configure(t *testing.T, ns *netns.Namespace, name, cidr string) {
@@ -76,14 +109,17 @@ func remoteSeen(t *testing.T, path string) {
 	}()
 }
 
-func askSource(key string) (string, error) {
+func askSource(key string) (string, error) { return askSourceAt(key, "198.51.100.2:8080") }
+
+// askSourceAt asks remoteSeen's server at addr which source address it sees.
+func askSourceAt(key, addr string) (string, error) {
 	ns, err := netns.Open(key)
 	if err != nil {
 		return "", err
 	}
 	defer ns.Close()
 	var c net.Conn
-	if err := ns.Do(func() (err error) { c, err = net.DialTimeout("tcp", "198.51.100.2:8080", 2*time.Second); return }); err != nil {
+	if err := ns.Do(func() (err error) { c, err = net.DialTimeout("tcp", addr, 2*time.Second); return }); err != nil {
 		return "", err
 	}
 	defer c.Close()

@@ -7,9 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/netns"
@@ -151,25 +148,7 @@ func TestMacvlanRefusesPublishedPorts(t *testing.T) {
 // addresses alike.
 func TestIPv4OnlySandboxPublishedOnIPv6(t *testing.T) {
 	e := newEnv(t)
-	out := outside(t, e)
-	addV6 := func(key, link, cidr string) {
-		ns, err := netns.Open(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ns.Close()
-		l, err := ns.NL.LinkByName(link)
-		if err != nil {
-			t.Fatal(err)
-		}
-		a, _ := netlink.ParseAddr(cidr)
-		a.Flags = unix.IFA_F_NODAD
-		if err := ns.NL.AddrAdd(l, a); err != nil {
-			t.Fatal(err)
-		}
-	}
-	addV6(e.hostPath, "uplink", "2001:db8:1::1/64")
-	addV6(out, "wan", "2001:db8:1::2/64")
+	out := outside6(t, e)
 	e.network(cnm.NetworkSpec{Name: "web"})
 	sb := e.publishedSandbox("srv", "web", "8080:7777/tcp")
 	listen(t, sb.Key)

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -23,6 +24,10 @@ func RequireRoot(t testing.TB) {
 }
 
 // New returns a handle to a fresh network namespace that disappears when the test ends.
+// Its loopback is up, as on any machine: Go's net package probes IPv6 support once per
+// process on ::1, in whichever namespace its first socket is made, and a probe in a
+// namespace with lo down would make every later ":port" listener of the test binary
+// IPv4-only.
 func New(t testing.TB) netns.NsHandle {
 	t.Helper()
 	RequireRoot(t)
@@ -31,7 +36,23 @@ func New(t testing.TB) netns.NsHandle {
 		t.Fatalf("creating test network namespace: %v", err)
 	}
 	t.Cleanup(func() { ns.Close() })
+	if err := loUp(ns); err != nil {
+		t.Fatalf("setting lo up in the test namespace: %v", err)
+	}
 	return ns
+}
+
+func loUp(ns netns.NsHandle) error {
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	return h.LinkSetUp(lo)
 }
 
 // NewPinned creates a fresh namespace pinned (bind-mounted) at a file in a temp dir and
