@@ -109,7 +109,9 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 	plugins := plugins{loader: plugin.NewLoader(plugin.Options{Dirs: o.PluginDirs, Timeout: o.PluginTimeout, Logger: o.Logger}),
 		log: o.Logger}
 	s.dns = dns.New(dns.Options{Logger: o.Logger})
-	if err := s.dns.Start(ctx); err != nil {
+	// Stack.Close stops the resolver. It must not stop on its own when ctx ends while
+	// requests still being finished update it (a graceful shutdown).
+	if err := s.dns.Start(context.WithoutCancel(ctx)); err != nil {
 		return err
 	}
 	s.Controller, err = cnm.New(ctx, cnm.Config{ExecRoot: o.ExecRoot, Store: s.store, Drivers: reg, IPAM: alloc,
