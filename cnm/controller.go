@@ -79,6 +79,7 @@ type Controller struct {
 	mu        sync.RWMutex // guards the maps below
 	networks  map[string]*Network
 	endpoints map[string]*Endpoint
+	epIndex   endpointIndex
 	sandboxes map[string]*Sandbox
 }
 
@@ -96,7 +97,8 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	c := &Controller{execRoot: cfg.ExecRoot, store: cfg.Store, drivers: cfg.Drivers, plugins: cfg.Plugins, dns: cfg.DNS, dnsActive: map[string]bool{},
 		ipams: map[string]ipam.Allocator{IPAMDefault: cfg.IPAM, IPAMNull: nullIPAM{}},
 		os:    cfg.OS, log: cfg.Logger.With("component", "controller"), resolvPath: cfg.HostResolvConf,
-		networks: map[string]*Network{}, endpoints: map[string]*Endpoint{}, sandboxes: map[string]*Sandbox{}}
+		networks: map[string]*Network{}, endpoints: map[string]*Endpoint{}, epIndex: newEndpointIndex(),
+		sandboxes: map[string]*Sandbox{}}
 	if err := c.restore(ctx); err != nil {
 		return nil, fmt.Errorf("restoring state: %w", err)
 	}

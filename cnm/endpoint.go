@@ -133,7 +133,7 @@ func (c *Controller) createEndpoint(ctx context.Context, n *Network, spec Endpoi
 		}
 	}
 	c.mu.Lock()
-	c.endpoints[ep.ID] = ep
+	c.addEndpointLocked(ep)
 	c.mu.Unlock()
 	return ep, nil
 }
@@ -317,11 +317,9 @@ func (c *Controller) Endpoints(ctx context.Context, ref string) ([]Endpoint, err
 	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	var out []Endpoint
-	for _, ep := range c.endpoints {
-		if ep.NetworkID == n.ID {
-			out = append(out, *ep)
-		}
+	out := make([]Endpoint, 0, len(c.epIndex.byNetwork[n.ID]))
+	for ep := range c.epIndex.byNetwork[n.ID] {
+		out = append(out, *ep)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
@@ -357,7 +355,7 @@ func (c *Controller) deleteEndpoint(ctx context.Context, n *Network, ep *Endpoin
 		return err
 	}
 	c.mu.Lock()
-	delete(c.endpoints, ep.ID)
+	c.removeEndpointLocked(ep)
 	c.mu.Unlock()
 	c.releaseAddrs(ctx, n, ep)
 	return nil
@@ -373,7 +371,7 @@ func (c *Controller) forgetEndpoint(ctx context.Context, n *Network, ep *Endpoin
 		}
 	}
 	c.mu.Lock()
-	delete(c.endpoints, ep.ID)
+	c.removeEndpointLocked(ep)
 	c.mu.Unlock()
 	c.releaseAddrs(ctx, n, ep)
 }

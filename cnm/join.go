@@ -170,7 +170,7 @@ func (c *Controller) join(ctx context.Context, sb *Sandbox, n *Network, ep *Endp
 		return u.Rollback(err)
 	}
 	c.mu.Lock()
-	*ep = joined
+	c.replaceEndpointLocked(ep, joined)
 	c.sandboxes[sb.ID].GatewayEndpoint, c.sandboxes[sb.ID].Published = sb.GatewayEndpoint, sb.Published
 	c.mu.Unlock()
 	c.refreshNaming(ctx, sb)
@@ -275,7 +275,7 @@ func (c *Controller) leave(ctx context.Context, sb *Sandbox, n *Network, ep *End
 		}
 	}
 	c.mu.Lock()
-	*ep = left
+	c.replaceEndpointLocked(ep, left)
 	c.sandboxes[sb.ID].GatewayEndpoint, c.sandboxes[sb.ID].Published = sb.GatewayEndpoint, sb.Published
 	c.mu.Unlock()
 	if c.dns != nil {

@@ -246,11 +246,9 @@ func (c *Controller) deleteNetwork(ctx context.Context, n *Network) error {
 func (c *Controller) networkEndpoints(nid string) []*Endpoint {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	var eps []*Endpoint
-	for _, ep := range c.endpoints {
-		if ep.NetworkID == nid {
-			eps = append(eps, ep)
-		}
+	eps := make([]*Endpoint, 0, len(c.epIndex.byNetwork[nid]))
+	for ep := range c.epIndex.byNetwork[nid] {
+		eps = append(eps, ep)
 	}
 	return eps
 }

@@ -57,7 +57,7 @@ func (c *Controller) load(ctx context.Context) error {
 		c.networks[nets[i].ID] = &nets[i]
 	}
 	for i := range eps {
-		c.endpoints[eps[i].ID] = &eps[i]
+		c.addEndpointLocked(&eps[i])
 	}
 	for i := range sbs {
 		c.sandboxes[sbs[i].ID] = &sbs[i]
@@ -75,12 +75,12 @@ func (c *Controller) dropHalfMade(ctx context.Context) error {
 			switch {
 			case ep.Transient && (ep.SandboxID == "" || c.sandboxes[ep.SandboxID] == nil):
 				c.log.InfoContext(ctx, "removing half-connected endpoint", "endpoint", ep.Name)
-				delete(c.endpoints, id)
+				c.removeEndpointLocked(ep)
 				if err := tx.Delete(kindEndpoint, id); err != nil {
 					return err
 				}
 			case ep.SandboxID != "" && c.sandboxes[ep.SandboxID] == nil:
-				*ep = ep.unjoined()
+				c.replaceEndpointLocked(ep, ep.unjoined())
 				if err := tx.Put(kindEndpoint, id, ep); err != nil {
 					return err
 				}

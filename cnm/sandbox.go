@@ -207,11 +207,9 @@ func (c *Controller) sandboxEndpoints(sid string) []*Endpoint {
 }
 
 func (c *Controller) sandboxEndpointsLocked(sid string) []*Endpoint {
-	var eps []*Endpoint
-	for _, ep := range c.endpoints {
-		if ep.SandboxID == sid {
-			eps = append(eps, ep)
-		}
+	eps := make([]*Endpoint, 0, len(c.epIndex.bySandbox[sid]))
+	for ep := range c.epIndex.bySandbox[sid] {
+		eps = append(eps, ep)
 	}
 	sort.Slice(eps, func(i, j int) bool { return ifIndex(eps[i].IfName) < ifIndex(eps[j].IfName) })
 	return eps
