@@ -157,11 +157,27 @@ func Write(dir string, host Parsed, c Config) error {
 	return nil
 }
 
+// writeInPlace rewrites path's content keeping its inode (bind mounts pin it), and
+// not at all when it is unchanged. It writes over the old content and then cuts it to
+// length instead of truncating to zero first: on ext4 a truncate to zero followed by
+// a write makes close flush the data (auto_da_alloc), 230 µs per file here against
+// 14 µs this way; exec roots on disk pay that at every join and leave.
 func writeInPlace(path string, data []byte) error {
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
 		return nil
 	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	_, err = f.WriteAt(data, 0)
+	if err == nil {
+		err = f.Truncate(int64(len(data)))
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil

@@ -68,3 +68,32 @@ func TestEmbeddedDNSResolvConf(t *testing.T) {
 		t.Errorf("user ndots kept (-want +got):\n%s", diff)
 	}
 }
+
+// TestRewriteKeepsInodeAndLength: a rewrite keeps the inode (bind mounts pin it) and
+// leaves exactly the new content, also when it is shorter than the old.
+func TestRewriteKeepsInodeAndLength(t *testing.T) {
+	dir := t.TempDir()
+	long := Config{Hostname: "h", Names: []string{"h", "web"}, ExtraHosts: []HostEntry{{Name: "a-very-long-name.example", Addr: netip.MustParseAddr("192.0.2.1")}}}
+	short := Config{Hostname: "h", Names: []string{"h"}}
+	if err := Write(dir, Parsed{}, long); err != nil {
+		t.Fatal(err)
+	}
+	hosts, _, _ := Paths(dir)
+	before, err := os.Stat(hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(dir, Parsed{}, short); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.Stat(hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(before, after) {
+		t.Error("hosts was replaced by another file: a bind mount of it would keep the old one")
+	}
+	if got, _ := os.ReadFile(hosts); string(got) != string(Hosts(short)) {
+		t.Errorf("hosts after a shorter rewrite:\n%q\nwant\n%q", got, Hosts(short))
+	}
+}
