@@ -1,9 +1,15 @@
 package plugin_test
 
 import (
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/plugin"
@@ -103,5 +109,47 @@ func TestActivateFailures(t *testing.T) {
 	s.Set("Plugin.Activate", plugintest.Reply{Status: 500, Body: `{"Err":"not ready"}`})
 	if _, err := plugin.Activate(t.Context(), p); err == nil || !strings.Contains(err.Error(), "not ready") {
 		t.Errorf("refused activation: %v", err)
+	}
+}
+
+// TestActivateWaitsForAStartingPlugin: a plugin that has created its socket but does
+// not listen yet refuses connections; activation retries (as Docker does) instead of
+// failing, and still fails fast when nothing is there at all.
+func TestActivateWaitsForAStartingPlugin(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "late.sock")
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: sock}); err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), sock)
+	t.Cleanup(func() { f.Close() })
+	go func() {
+		time.Sleep(150 * time.Millisecond) // the plugin is still starting
+		if err := unix.Listen(fd, 8); err != nil {
+			t.Error(err)
+			return
+		}
+		ln, err := net.FileListener(f)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = w.Write([]byte(`{"Implements": ["NetworkDriver"]}`))
+		})}
+		t.Cleanup(func() { srv.Close() })
+		_ = srv.Serve(ln)
+	}()
+	l := plugin.NewLoader(plugin.Options{Dirs: plugin.Dirs{Sockets: []string{dir}}, Timeout: time.Second})
+	start := time.Now()
+	if _, err := l.Get(t.Context(), "late", plugin.NetworkDriver); err != nil {
+		t.Fatalf("activating a plugin that listens 150 ms after creating its socket: %v", err)
+	}
+	if took := time.Since(start); took < 100*time.Millisecond {
+		t.Errorf("activated after %v: the socket was not listening yet", took)
 	}
 }

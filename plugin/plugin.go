@@ -9,11 +9,13 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/piernet/pier/errdefs"
@@ -92,7 +94,7 @@ func (l *Loader) load(ctx context.Context, name string) (*Plugin, error) {
 	if err != nil {
 		return nil, err
 	}
-	impl, err := Activate(ctx, c)
+	impl, err := l.activate(ctx, c)
 	if err != nil {
 		return nil, err
 	}
@@ -122,6 +124,32 @@ func (l *Loader) lookup(ctx context.Context, name string) (Spec, error) {
 			return Spec{}, ctx.Err()
 		case <-t.C:
 		}
+	}
+}
+
+// startGrace is how long activation retries a socket that refuses connections: a
+// plugin that is starting has created its socket file (bind) but is not listening
+// yet. Docker retries activation too.
+const startGrace = time.Second
+
+// activate is Activate, retried while the plugin's socket refuses connections, for
+// up to startGrace (or Options.Wait when longer).
+func (l *Loader) activate(ctx context.Context, c *Client) ([]string, error) {
+	deadline := time.Now().Add(max(startGrace, l.opts.Wait))
+	delay := 10 * time.Millisecond
+	for {
+		impl, err := Activate(ctx, c)
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			return impl, err
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		delay = min(2*delay, 200*time.Millisecond)
 	}
 }
 
