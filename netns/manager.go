@@ -311,7 +311,9 @@ func (n *Namespace) replaceDefault(ifname string, dst netip.Prefix, gw netip.Add
 // removeGatewayDefault removes default routes via a gateway; connected default routes
 // a driver installed as static routes (ipvlan L3) stay.
 func (n *Namespace) removeGatewayDefault(dst netip.Prefix) error {
-	routes, err := n.NL.RouteListFiltered(family(dst.Addr()), &netlink.Route{Dst: prefixToIPNet(dst)}, netlink.RT_FILTER_DST)
+	routes, err := Dump(func() ([]netlink.Route, error) {
+		return n.NL.RouteListFiltered(family(dst.Addr()), &netlink.Route{Dst: prefixToIPNet(dst)}, netlink.RT_FILTER_DST)
+	})
 	if err != nil {
 		return fmt.Errorf("listing default routes: %w", err)
 	}

@@ -229,7 +229,7 @@ func links(t testing.TB, key string) []string {
 	}
 	defer ns.Close()
 	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		ls, err := ns.NL.LinkList()
+		ls, err := netns.Dump(ns.NL.LinkList)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -254,7 +254,7 @@ func defaultRoutes(t testing.TB, key string, family int) []string {
 		t.Fatal(err)
 	}
 	defer ns.Close()
-	rs, err := ns.NL.RouteList(nil, family)
+	rs, err := netns.Dump(func() ([]netlink.Route, error) { return ns.NL.RouteList(nil, family) })
 	if err != nil {
 		t.Fatal(err)
 	}

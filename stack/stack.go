@@ -165,7 +165,7 @@ func openHost(path string) (*netns.Namespace, error) {
 
 // isRouted reports whether p overlaps a non-default route of the host namespace.
 func (s *Stack) isRouted(p netip.Prefix) bool {
-	routes, err := s.Host.NL.RouteList(nil, netlink.FAMILY_ALL)
+	routes, err := netns.Dump(func() ([]netlink.Route, error) { return s.Host.NL.RouteList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return false
 	}

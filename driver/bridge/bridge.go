@@ -520,7 +520,7 @@ func (d *Driver) vethIntact(nid, eid string) bool {
 // Cleanup implements driver.Restorer: it deletes bridges and veths pier created for
 // networks and endpoints that no longer exist (leftovers of interrupted operations).
 func (d *Driver) Cleanup(ctx context.Context, live driver.Live) error {
-	links, err := d.host.NL.LinkList()
+	links, err := netns.Dump(d.host.NL.LinkList)
 	if err != nil {
 		return fmt.Errorf("listing links: %w", err)
 	}

@@ -56,7 +56,7 @@ func (k HostKernel) LinkSetAlias(l netlink.Link, alias string) error {
 }
 
 // LinkList implements Kernel.
-func (k HostKernel) LinkList() ([]netlink.Link, error) { return k.Host.NL.LinkList() }
+func (k HostKernel) LinkList() ([]netlink.Link, error) { return netns.Dump(k.Host.NL.LinkList) }
 
 // SetSysctl implements Kernel.
 func (k HostKernel) SetSysctl(key, value string) error { return k.Host.SetSysctl(key, value) }
