@@ -298,6 +298,11 @@ func TestFirewallHealsWithTraffic(t *testing.T) {
 		t.Fatalf("established connection: %q", got)
 	}
 	for _, cmd := range [][]string{{"flush", "ruleset"}, {"delete", "table", "inet", "pier"}, {"flush", "map", "inet", "pier", "portsany4"}} {
+		// Let the connection go idle first: a delayed ACK (up to 200 ms) sent while the
+		// table is gone is not translated, and the host answers it with a reset. No
+		// firewall can translate packets while its NAT rules do not exist; what must
+		// survive is the connection's state, for the packets after the heal.
+		time.Sleep(250 * time.Millisecond)
 		top.nft(cmd...)
 		took := eventually(t, time.Second, "c1 "+outV4, func() string { return ask(t, top.out, "tcp", hp(hostV4, 8080)) })
 		t.Logf("nft %v: new connections work again after %v", cmd, took.Round(time.Millisecond))
