@@ -290,6 +290,11 @@ func (sb *sandbox) resolve(ctx context.Context, cfg *sbConfig, q *query, tcp boo
 	}
 	fk := fmt.Sprintf("%t/%s", tcp, key)
 	return sb.flights.do(ctx, fk, func() *entry {
+		// A flight for the same question may have ended between the cache miss above
+		// and this one starting; it cached its answer before it ended.
+		if e := sb.cache.get(key); e != nil {
+			return e
+		}
 		m := sb.hedged(ctx, cfg, q, tcp)
 		if m == nil {
 			return nil
