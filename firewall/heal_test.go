@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	vns "github.com/vishvananda/netns"
 
 	"github.com/piernet/pier/internal/nstest"
 )
@@ -49,18 +50,25 @@ const (
 	lostMsg   = "notifications were lost"
 )
 
+// newRecorded returns a Firewall in a fresh namespace whose log goes to a recorder.
+func newRecorded(t *testing.T) (vns.NsHandle, *Firewall, *recorder) {
+	t.Helper()
+	ns := nstest.New(t)
+	rec := &recorder{}
+	fw, err := New(t.Context(), Options{NetNS: ns, Logger: slog.New(rec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fw.Close() })
+	return ns, fw, rec
+}
+
 // TestKernelSelfHeals breaks pier's table the ways other tools do and
 // checks the watcher restores it, exactly, within a second.
 func TestKernelSelfHeals(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	ns := nstest.New(t)
-	rec := &recorder{}
-	fw, err := New(ctx, Options{NetNS: ns, Logger: slog.New(rec)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = fw.Close() })
+	ns, fw, rec := newRecorded(t)
 	applyGolden(t, fw)
 	if err := fw.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -106,13 +114,7 @@ func TestKernelSelfHeals(t *testing.T) {
 func TestKernelSelfHealsBigTable(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	ns := nstest.New(t)
-	rec := &recorder{}
-	fw, err := New(ctx, Options{NetNS: ns, Logger: slog.New(rec)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = fw.Close() })
+	ns, fw, rec := newRecorded(t)
 	if err := fw.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
