@@ -57,6 +57,9 @@ type Config struct {
 	OS             SandboxOS
 	Logger         *slog.Logger
 	HostResolvConf string // default /etc/resolv.conf
+	// Cluster, when set, puts the controller in cluster mode: global-scope networks,
+	// the global address space and other nodes' endpoints come from it.
+	Cluster Cluster
 }
 
 // Controller is the CNM controller.
@@ -81,6 +84,16 @@ type Controller struct {
 	endpoints map[string]*Endpoint
 	epIndex   endpointIndex
 	sandboxes map[string]*Sandbox
+	// remote holds other nodes' endpoints of global networks, by network and endpoint
+	// ID: read-only, never stored, counted or joined locally.
+	remote map[string]map[string]*RemoteEndpoint
+
+	// Cluster mode (all zero without Config.Cluster); set in New, then read-only.
+	cluster     Cluster
+	self        Node
+	events      <-chan ClusterEvent
+	watchCancel context.CancelFunc
+	watchDone   chan struct{}
 }
 
 // New builds a controller and restores the recorded state (see restore.go).
@@ -98,9 +111,24 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		ipams: map[string]ipam.Allocator{IPAMDefault: cfg.IPAM, IPAMNull: nullIPAM{}},
 		os:    cfg.OS, log: cfg.Logger.With("component", "controller"), resolvPath: cfg.HostResolvConf,
 		networks: map[string]*Network{}, endpoints: map[string]*Endpoint{}, epIndex: newEndpointIndex(),
-		sandboxes: map[string]*Sandbox{}}
+		sandboxes: map[string]*Sandbox{}, remote: map[string]map[string]*RemoteEndpoint{}, cluster: cfg.Cluster}
+	var st ClusterState
+	if c.cluster != nil {
+		c.ipams[IPAMDefault] = spaces{local: cfg.IPAM, global: c.cluster.IPAM()}
+		var err error
+		if st, err = c.watchCluster(ctx); err != nil {
+			return nil, fmt.Errorf("reading the cluster store: %w", err)
+		}
+	}
 	if err := c.restore(ctx); err != nil {
+		c.Close()
 		return nil, fmt.Errorf("restoring state: %w", err)
+	}
+	if c.cluster != nil {
+		if err := c.adoptGlobal(ctx, st); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("restoring cluster state: %w", err)
+		}
 	}
 	return c, nil
 }

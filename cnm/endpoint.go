@@ -128,6 +128,9 @@ func (c *Controller) createEndpoint(ctx context.Context, n *Network, spec Endpoi
 	// A transient endpoint is persisted with its join, in the same transaction: a
 	// crash before that leaves no record, and restore's cleanup removes kernel leftovers.
 	if !transient {
+		if err := c.publish(ctx, n, ep, &u); err != nil {
+			return nil, u.Rollback(err)
+		}
 		if err := c.store.Put(ctx, kindEndpoint, ep.ID, ep); err != nil {
 			return nil, u.Rollback(err)
 		}
@@ -217,6 +220,9 @@ func (c *Controller) checkEndpointName(n *Network, name string) error {
 		if ep.Name == name {
 			return errdefs.Forbidden("endpoint with name %s already exists in network %s", name, n.Name)
 		}
+	}
+	if n.global() && c.remoteNameTaken(n.ID, name) {
+		return errdefs.Forbidden("endpoint with name %s already exists in network %s (on another node)", name, n.Name)
 	}
 	return nil
 }
@@ -340,7 +346,14 @@ func (c *Controller) DeleteEndpoint(ctx context.Context, netRef, ref string) err
 	if ep.SandboxID != "" {
 		return errdefs.Forbidden("endpoint %s is joined to sandbox %s: leave first", ep.Name, ep.SandboxID[:12])
 	}
-	return c.deleteEndpoint(ctx, &n, ep)
+	if err := c.withdraw(ctx, &n, ep); err != nil {
+		return err
+	}
+	if err := c.deleteEndpoint(ctx, &n, ep); err != nil {
+		c.republish(ctx, &n, ep)
+		return err
+	}
+	return nil
 }
 
 func (c *Controller) deleteEndpoint(ctx context.Context, n *Network, ep *Endpoint) error {

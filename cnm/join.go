@@ -79,9 +79,15 @@ func (c *Controller) disconnect(ctx context.Context, sb *Sandbox, ep *Endpoint) 
 	if err != nil {
 		return err
 	}
+	// A global endpoint's record goes first: with the cluster store unreachable the
+	// disconnect fails before anything changed.
+	if err := c.withdraw(ctx, &n, ep); err != nil {
+		return err
+	}
 	// The leave is not persisted on its own: the delete below is the one durable write.
 	// A crash in between restores the endpoint as joined and re-creates its interface.
 	if err := c.leave(ctx, sb, &n, ep, false); err != nil {
+		c.republish(ctx, &n, ep)
 		return err
 	}
 	return c.deleteEndpoint(ctx, &n, ep)
@@ -105,7 +111,11 @@ func (c *Controller) Leave(ctx context.Context, sbRef, netRef, epRef string) err
 	c.mu.Lock()
 	ep.Transient = false // left explicitly: the caller manages its lifetime now
 	c.mu.Unlock()
-	return c.leave(ctx, &sb, &n, ep, true)
+	if err := c.leave(ctx, &sb, &n, ep, true); err != nil {
+		return err
+	}
+	c.republish(ctx, &n, ep) // no longer in a sandbox: no names
+	return nil
 }
 
 func (c *Controller) sandboxAndNetwork(ctx context.Context, sbRef, netRef string) (Sandbox, Network, error) {
@@ -163,6 +173,9 @@ func (c *Controller) join(ctx context.Context, sb *Sandbox, n *Network, ep *Endp
 	joined.SandboxID, joined.IfName = sb.ID, c.nextIfName(sb.ID, n)
 	var u undo.Stack
 	if err := c.attach(ctx, sb, n, &joined, &u); err != nil {
+		return u.Rollback(err)
+	}
+	if err := c.publish(ctx, n, &joined, &u); err != nil {
 		return u.Rollback(err)
 	}
 	eps := append(c.sandboxEndpoints(sb.ID), &joined)

@@ -84,10 +84,16 @@ const kindNetwork = "networks"
 
 // CreateNetwork creates a network: IPAM pools, then the driver's network, then the record.
 func (c *Controller) CreateNetwork(ctx context.Context, spec NetworkSpec) (Network, error) {
-	c.opMu.Lock()
-	defer c.opMu.Unlock()
 	n, drv, err := c.prepareNetwork(ctx, spec)
 	if err != nil {
+		return Network{}, err
+	}
+	if n.global() {
+		return c.createGlobalNetwork(ctx, n, drv, spec.IPAM)
+	}
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	if err := c.checkNameFree(n.Name); err != nil { // again, now serialised
 		return Network{}, err
 	}
 	var u undo.Stack
@@ -209,6 +215,9 @@ func (c *Controller) Networks(ctx context.Context) []Network {
 
 // DeleteNetwork deletes a network that has no endpoints.
 func (c *Controller) DeleteNetwork(ctx context.Context, ref string) error {
+	if n, err := c.Network(ctx, ref); err == nil && n.global() {
+		return c.deleteGlobalNetwork(ctx, n)
+	}
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
 	n, err := c.Network(ctx, ref)

@@ -202,6 +202,9 @@ func poolFor(pools []Pool, want netip.Addr) (Pool, bool) {
 // needsReplay reports whether n's IPAM driver must be told again, after a restart, about
 // the pools and addresses the records hold. Plugins that keep their own state say no.
 func (c *Controller) needsReplay(ctx context.Context, n *Network) bool {
+	if n.global() {
+		return false // the cluster store holds global pools and addresses
+	}
 	alloc, err := c.allocator(ctx, n.IPAMDriver)
 	if err != nil {
 		return false

@@ -156,6 +156,27 @@ type PortPublisher interface {
 	PublishedPorts(endpointID string) []portmap.Binding
 }
 
+// Peer is an endpoint of a global-scope network on another host.
+type Peer struct {
+	NetworkID  string
+	EndpointID string
+	Node       netip.Addr // the other host's underlay (advertise) address
+	Addr4      netip.Prefix
+	Addr6      netip.Prefix
+	MAC        net.HardwareAddr
+}
+
+// PeerDriver is implemented by global-scope drivers (overlay): the controller tells
+// them about endpoints of their networks on other hosts, from one goroutine and in the
+// order the cluster store saw the changes. AddPeer of a known endpoint updates it;
+// RemovePeer of an unknown one is not an error. A peer may arrive for a network the
+// driver has not set up on this host yet (networks are extended lazily): the driver
+// keeps it until the network is.
+type PeerDriver interface {
+	AddPeer(ctx context.Context, p Peer) error
+	RemovePeer(ctx context.Context, p Peer) error
+}
+
 // HostNamespaced is implemented by drivers whose sandboxes are the host namespace
 // (the host driver): the controller then does not create a namespace.
 type HostNamespaced interface{ UsesHostNamespace() bool }

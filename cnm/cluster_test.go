@@ -1,0 +1,440 @@
+package cnm
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/piernet/pier/dns"
+	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/ipam"
+	"github.com/piernet/pier/store"
+)
+
+// fakeStore is an in-memory cluster store shared by the nodes of a test; each node
+// talks to it through a fakeCluster. It decides what etcd transactions decide in the
+// real one: name uniqueness and "no endpoints" on delete.
+type fakeStore struct {
+	mu       sync.Mutex
+	networks map[string]Network
+	eps      map[string]RemoteEndpoint
+	subs     []chan ClusterEvent
+	ipam     *ipam.Default
+	down     bool // the store is unreachable
+}
+
+func newFakeStore(t *testing.T) *fakeStore {
+	return &fakeStore{networks: map[string]Network{}, eps: map[string]RemoteEndpoint{}, ipam: mustIPAM(t)}
+}
+
+func (s *fakeStore) emitLocked(ev ClusterEvent) {
+	for _, ch := range s.subs {
+		ch <- ev
+	}
+}
+
+type fakeCluster struct {
+	s    *fakeStore
+	self Node
+}
+
+var errStoreDown = errdefs.Unavailable("cluster store unreachable")
+
+func (f *fakeCluster) Self() Node { return f.self }
+
+func (f *fakeCluster) CreateNetwork(ctx context.Context, n Network) error {
+	f.s.mu.Lock()
+	defer f.s.mu.Unlock()
+	if f.s.down {
+		return errStoreDown
+	}
+	for _, o := range f.s.networks {
+		if o.Name == n.Name {
+			return errdefs.Conflict("network with name %s already exists", n.Name)
+		}
+	}
+	f.s.networks[n.ID] = n
+	f.s.emitLocked(ClusterEvent{Kind: NetworkAdded, Network: n})
+	return nil
+}
+
+func (f *fakeCluster) DeleteNetwork(ctx context.Context, id string) error {
+	f.s.mu.Lock()
+	defer f.s.mu.Unlock()
+	if f.s.down {
+		return errStoreDown
+	}
+	n, ok := f.s.networks[id]
+	if !ok {
+		return errdefs.NotFound("network %s not found", id)
+	}
+	for _, ep := range f.s.eps {
+		if ep.NetworkID == id {
+			return errdefs.Forbidden("error while removing network: network %s id %s has active endpoints (on node %s)", n.Name, id, ep.Node.Name)
+		}
+	}
+	delete(f.s.networks, id)
+	f.s.emitLocked(ClusterEvent{Kind: NetworkRemoved, Network: n})
+	return nil
+}
+
+func (f *fakeCluster) PublishEndpoint(ctx context.Context, ep RemoteEndpoint) error {
+	f.s.mu.Lock()
+	defer f.s.mu.Unlock()
+	if f.s.down {
+		return errStoreDown
+	}
+	if _, ok := f.s.networks[ep.NetworkID]; !ok {
+		return errdefs.NotFound("network %s not found", ep.NetworkID)
+	}
+	for _, o := range f.s.eps {
+		if o.NetworkID == ep.NetworkID && o.Name == ep.Name && o.ID != ep.ID {
+			return errdefs.Forbidden("endpoint with name %s already exists in network", ep.Name)
+		}
+	}
+	f.s.eps[ep.ID] = ep
+	f.s.emitLocked(ClusterEvent{Kind: EndpointAdded, Endpoint: ep})
+	return nil
+}
+
+func (f *fakeCluster) WithdrawEndpoint(ctx context.Context, nid, eid string) error {
+	f.s.mu.Lock()
+	defer f.s.mu.Unlock()
+	if f.s.down {
+		return errStoreDown
+	}
+	ep, ok := f.s.eps[eid]
+	if !ok {
+		return nil
+	}
+	delete(f.s.eps, eid)
+	f.s.emitLocked(ClusterEvent{Kind: EndpointRemoved, Endpoint: ep})
+	return nil
+}
+
+func (f *fakeCluster) IPAM() ipam.Allocator { return f.s.ipam }
+
+func (f *fakeCluster) Watch(ctx context.Context) (ClusterState, <-chan ClusterEvent, error) {
+	f.s.mu.Lock()
+	defer f.s.mu.Unlock()
+	var st ClusterState
+	for _, n := range f.s.networks {
+		st.Networks = append(st.Networks, n)
+	}
+	for _, ep := range f.s.eps {
+		st.Endpoints = append(st.Endpoints, ep)
+	}
+	ch := make(chan ClusterEvent, 1024)
+	f.s.subs = append(f.s.subs, ch)
+	go func() {
+		<-ctx.Done()
+		f.s.mu.Lock()
+		defer f.s.mu.Unlock()
+		for i, c := range f.s.subs {
+			if c == ch {
+				f.s.subs = append(f.s.subs[:i], f.s.subs[i+1:]...)
+				close(ch)
+				break
+			}
+		}
+	}()
+	return st, ch, nil
+}
+
+// peerDriver is a global-scope fake driver that records the peers it is told about.
+type peerDriver struct {
+	fakeDriver
+	pmu   sync.Mutex
+	peers map[string]driver.Peer
+}
+
+func (d *peerDriver) Capability() driver.Capability {
+	return driver.Capability{DataScope: driver.ScopeGlobal, ConnectivityScope: driver.ScopeGlobal}
+}
+
+func (d *peerDriver) AddPeer(ctx context.Context, p driver.Peer) error {
+	d.pmu.Lock()
+	defer d.pmu.Unlock()
+	d.peers[p.EndpointID] = p
+	return nil
+}
+
+func (d *peerDriver) RemovePeer(ctx context.Context, p driver.Peer) error {
+	d.pmu.Lock()
+	defer d.pmu.Unlock()
+	delete(d.peers, p.EndpointID)
+	return nil
+}
+
+func (d *peerDriver) dump() string {
+	d.pmu.Lock()
+	defer d.pmu.Unlock()
+	var lines []string
+	for _, p := range d.peers {
+		lines = append(lines, fmt.Sprintf("%s via %s", p.Addr4, p.Node))
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+// fakeResolver records the embedded DNS's records.
+type fakeResolver struct {
+	mu   sync.Mutex
+	recs map[string]dns.Record
+}
+
+func (r *fakeResolver) AddSandbox(ctx context.Context, cfg dns.SandboxConfig) error { return nil }
+func (r *fakeResolver) UpdateSandbox(cfg dns.SandboxConfig) error                  { return nil }
+func (r *fakeResolver) RemoveSandbox(id string) error                              { return nil }
+func (r *fakeResolver) Upsert(rec dns.Record) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.recs[rec.EndpointID] = rec
+}
+func (r *fakeResolver) Remove(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.recs, id)
+}
+
+// resolve answers name on network nid like the embedded DNS would.
+func (r *fakeResolver) resolve(nid, name string) []netip.Addr {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []netip.Addr
+	for _, rec := range r.recs {
+		for _, n := range rec.Names {
+			if rec.NetworkID == nid && n == name {
+				out = append(out, rec.Addr4)
+			}
+		}
+	}
+	return out
+}
+
+// node is one controller of a fake cluster.
+type node struct {
+	c   *Controller
+	drv *peerDriver
+	dns *fakeResolver
+	dir string
+	st  *store.Store
+}
+
+func newNode(t *testing.T, s *fakeStore, name, addr string, dir string) *node {
+	t.Helper()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	st, err := store.Open(filepath.Join(dir, "pier.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd := &node{drv: &peerDriver{fakeDriver: fakeDriver{name: "gdrv", gateways: map[string]driver.NetworkConfig{}}, peers: map[string]driver.Peer{}},
+		dns: &fakeResolver{recs: map[string]dns.Record{}}, dir: dir, st: st}
+	reg := driver.NewRegistry()
+	for _, d := range []driver.Driver{nd.drv, &fakeDriver{name: "bridge", gateways: map[string]driver.NetworkConfig{}}} {
+		if err := reg.Register(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl := &fakeCluster{s: s, self: Node{ID: "id-" + name, Name: name, Addr: netip.MustParseAddr(addr)}}
+	nd.c, err = New(t.Context(), Config{ExecRoot: dir, Store: st, Drivers: reg, IPAM: mustIPAM(t), OS: newFakeOS(),
+		DNS: nd.dns, HostResolvConf: "/dev/null", Cluster: cl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd.c.Start(t.Context())
+	t.Cleanup(nd.close)
+	return nd
+}
+
+func (nd *node) close() {
+	nd.c.Close()
+	nd.st.Close()
+}
+
+// eventually polls cond for up to 5 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func TestGlobalNetworkAcrossNodes(t *testing.T) {
+	ctx := t.Context()
+	s := newFakeStore(t)
+	a := newNode(t, s, "h1", "192.0.2.1", "")
+	b := newNode(t, s, "h2", "192.0.2.2", "")
+
+	n, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Scope != driver.ScopeGlobal || !n.IPv4[0].Subnet.IsValid() {
+		t.Fatalf("created %+v, want global scope with a pool", n)
+	}
+	eventually(t, "h2 to list ov", func() bool { got, err := b.c.Network(ctx, "ov"); return err == nil && got.ID == n.ID })
+	if got, _ := b.c.Network(ctx, "ov"); got.Scope != driver.ScopeGlobal || got.IPv4[0].Subnet != n.IPv4[0].Subnet {
+		t.Fatalf("h2 sees %+v", got)
+	}
+	eventually(t, "h2's driver to set up ov", func() bool { return strings.Contains(strings.Join(b.drv.calls, ","), "CreateNetwork ov") })
+	if _, err := b.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv"}); !errdefs.Is(err, errdefs.KindConflict) {
+		t.Fatalf("same name on h2: %v, want Conflict", err)
+	}
+	// A local network may not take a global network's name either.
+	if _, err := b.c.CreateNetwork(ctx, NetworkSpec{Name: "ov"}); !errdefs.Is(err, errdefs.KindConflict) {
+		t.Fatalf("local network named like a global one: %v, want Conflict", err)
+	}
+
+	mustSB := func(nd *node, name string) {
+		if _, err := nd.c.CreateSandbox(ctx, SandboxSpec{Name: name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustSB(a, "web")
+	mustSB(b, "cli")
+	epA, err := a.c.Connect(ctx, "ov", "web", EndpointSpec{Aliases: []string{"www"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	epB, err := b.c.Connect(ctx, "ov", "cli", EndpointSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if epA.Addr4 == epB.Addr4 {
+		t.Fatalf("both nodes got %s", epA.Addr4)
+	}
+	// h2's DNS answers h1's sandbox by name and alias; h2's driver knows the peer.
+	for _, name := range []string{"web", "www"} {
+		eventually(t, "h2 to resolve "+name, func() bool {
+			got := b.dns.resolve(n.ID, name)
+			return len(got) == 1 && got[0] == epA.Addr4.Addr()
+		})
+	}
+	eventually(t, "h2's driver to know web", func() bool { return b.drv.dump() == epA.Addr4.String()+" via 192.0.2.1" })
+	if got := a.drv.dump(); got != epB.Addr4.String()+" via 192.0.2.2" {
+		t.Fatalf("h1's peers: %q", got)
+	}
+	// Remote endpoints are read-only: not among h2's endpoints.
+	if eps, _ := b.c.Endpoints(ctx, "ov"); len(eps) != 1 || eps[0].ID != epB.ID {
+		t.Fatalf("h2's local endpoints: %+v", eps)
+	}
+	// A name taken on another node.
+	mustSB(b, "web")
+	if _, err := b.c.Connect(ctx, "ov", "web", EndpointSpec{}); !errdefs.Is(err, errdefs.KindForbidden) {
+		t.Fatalf("second 'web' on h2: %v, want Forbidden", err)
+	}
+	// Delete is refused while any node has endpoints, naming it.
+	if err := b.c.Disconnect(ctx, "ov", "cli"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.c.DeleteNetwork(ctx, "ov"); !errdefs.Is(err, errdefs.KindForbidden) || !strings.Contains(err.Error(), "h1") {
+		t.Fatalf("delete with h1's endpoint: %v", err)
+	}
+	if err := a.c.Disconnect(ctx, "ov", "web"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "h2 to forget web", func() bool { return len(b.dns.resolve(n.ID, "web")) == 0 && b.drv.dump() == "" })
+	if err := b.c.DeleteNetwork(ctx, "ov"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "h1 to drop ov", func() bool { _, err := a.c.Network(ctx, "ov"); return errdefs.Is(err, errdefs.KindNotFound) })
+	// The pool went back: a new global network gets a subnet again.
+	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov2", Driver: "gdrv", IPAM: []PoolSpec{{Subnet: n.IPv4[0].Subnet}}}); err != nil {
+		t.Fatalf("re-using the released subnet: %v", err)
+	}
+}
+
+func TestGlobalScopeNeedsCluster(t *testing.T) {
+	r := newRig(t)
+	pd := &peerDriver{fakeDriver: fakeDriver{name: "gdrv", gateways: map[string]driver.NetworkConfig{}}, peers: map[string]driver.Peer{}}
+	r.must(t, r.c.drivers.Register(pd))
+	_, err := r.c.CreateNetwork(t.Context(), NetworkSpec{Name: "ov", Driver: "gdrv"})
+	if !errdefs.Is(err, errdefs.KindInvalidArgument) || !strings.Contains(err.Error(), "cluster mode") {
+		t.Fatalf("global network without cluster: %v", err)
+	}
+	if len(pd.calls) != 0 || len(r.c.Networks(t.Context())) != 0 {
+		t.Fatalf("refused create left traces: calls %v, networks %v", pd.calls, r.c.Networks(t.Context()))
+	}
+}
+
+func TestGlobalStoreDownFailsFastAndChangesNothing(t *testing.T) {
+	ctx := t.Context()
+	s := newFakeStore(t)
+	a := newNode(t, s, "h1", "192.0.2.1", "")
+	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.c.CreateSandbox(ctx, SandboxSpec{Name: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.c.Connect(ctx, "ov", "web", EndpointSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	s.down = true
+	s.mu.Unlock()
+	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov2", Driver: "gdrv"}); !errdefs.Is(err, errdefs.KindUnavailable) {
+		t.Fatalf("create with the store down: %v, want Unavailable", err)
+	}
+	if err := a.c.Disconnect(ctx, "ov", "web"); !errdefs.Is(err, errdefs.KindUnavailable) {
+		t.Fatalf("disconnect with the store down: %v, want Unavailable", err)
+	}
+	if eps, _ := a.c.Endpoints(ctx, "ov"); len(eps) != 1 {
+		t.Fatalf("endpoint lost by a failed disconnect: %+v", eps)
+	}
+	// Local networks keep working.
+	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "local"}); err != nil {
+		t.Fatalf("local create with the store down: %v", err)
+	}
+	if _, err := a.c.Connect(ctx, "local", "web", EndpointSpec{}); err != nil {
+		t.Fatalf("local connect with the store down: %v", err)
+	}
+}
+
+func TestGlobalRestartReconcilesOwnRecords(t *testing.T) {
+	ctx := t.Context()
+	s := newFakeStore(t)
+	dir := t.TempDir()
+	a := newNode(t, s, "h1", "192.0.2.1", dir)
+	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.c.CreateSandbox(ctx, SandboxSpec{Name: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	ep, err := a.c.Connect(ctx, "ov", "web", EndpointSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.close()
+	// While h1 is away its record vanishes and a stale one of it appears.
+	s.mu.Lock()
+	delete(s.eps, ep.ID)
+	s.eps["stale"] = RemoteEndpoint{ID: "stale", Name: "ghost", NetworkID: ep.NetworkID, Node: Node{ID: "id-h1", Name: "h1"}}
+	s.mu.Unlock()
+	a2 := newNode(t, s, "h1", "192.0.2.1", dir)
+	s.mu.Lock()
+	_, mine := s.eps[ep.ID]
+	_, stale := s.eps["stale"]
+	s.mu.Unlock()
+	if !mine || stale {
+		t.Fatalf("after restart: own record present=%v, stale present=%v", mine, stale)
+	}
+	if eps, _ := a2.c.Endpoints(ctx, "ov"); len(eps) != 1 || eps[0].ID != ep.ID {
+		t.Fatalf("restored endpoints: %+v", eps)
+	}
+}

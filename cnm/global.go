@@ -1,0 +1,138 @@
+package cnm
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+
+	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/undo"
+	"github.com/piernet/pier/ipam"
+)
+
+// createGlobalNetwork creates a global-scope network: pools from the global IPAM and
+// the record in the cluster store, both outside opMu; then the local driver setup
+// under it. Every other node adopts the network from its watch.
+func (c *Controller) createGlobalNetwork(ctx context.Context, n *Network, drv driver.Driver, specs []PoolSpec) (Network, error) {
+	if c.cluster == nil {
+		return Network{}, errNoCluster(n.Driver)
+	}
+	var u undo.Stack
+	if err := c.allocatePools(ctx, n, specs, &u); err != nil {
+		return Network{}, u.Rollback(err)
+	}
+	if err := c.cluster.CreateNetwork(ctx, *n); err != nil {
+		return Network{}, u.Rollback(err)
+	}
+	u.Push(func() error { return c.cluster.DeleteNetwork(context.WithoutCancel(ctx), n.ID) })
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	if got := c.networkByID(n.ID); got != nil { // the watch was quicker
+		u.Release()
+		return *got, nil
+	}
+	if err := c.adoptNetwork(ctx, n); err != nil {
+		return Network{}, u.Rollback(err)
+	}
+	c.mu.Lock()
+	c.networks[n.ID] = n
+	c.mu.Unlock()
+	u.Release()
+	c.log.InfoContext(ctx, "global network created", "name", n.Name, "id", n.ID[:12], "driver", drv.Name())
+	return *n, nil
+}
+
+// deleteGlobalNetwork deletes a global network cluster-wide (the cluster store refuses
+// while any node has endpoints on it), releases its pools and removes it locally.
+func (c *Controller) deleteGlobalNetwork(ctx context.Context, n Network) error {
+	if eps := c.networkEndpoints(n.ID); len(eps) > 0 {
+		return errdefs.Forbidden("error while removing network: network %s id %s has active endpoints", n.Name, n.ID)
+	}
+	if err := c.cluster.DeleteNetwork(ctx, n.ID); err != nil {
+		return err
+	}
+	c.releasePools(ctx, &n)
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	if c.networkByID(n.ID) == nil { // the watch removed it already
+		return nil
+	}
+	c.mu.Lock()
+	delete(c.networks, n.ID)
+	c.mu.Unlock()
+	c.dropGlobalNetwork(ctx, n)
+	return nil
+}
+
+// publish records a local endpoint of a global network in the cluster store and pushes
+// its withdrawal onto u.
+func (c *Controller) publish(ctx context.Context, n *Network, ep *Endpoint, u *undo.Stack) error {
+	if !n.global() {
+		return nil
+	}
+	if err := c.cluster.PublishEndpoint(ctx, c.remoteView(n, ep)); err != nil {
+		return err
+	}
+	u.Push(func() error { return c.cluster.WithdrawEndpoint(context.WithoutCancel(ctx), n.ID, ep.ID) })
+	return nil
+}
+
+// withdraw removes a local endpoint's cluster record (before its local removal, so an
+// unreachable cluster store fails the operation before anything changed).
+func (c *Controller) withdraw(ctx context.Context, n *Network, ep *Endpoint) error {
+	if !n.global() {
+		return nil
+	}
+	return c.cluster.WithdrawEndpoint(ctx, n.ID, ep.ID)
+}
+
+// republish restores a withdrawn record after the local removal failed.
+func (c *Controller) republish(ctx context.Context, n *Network, ep *Endpoint) {
+	if !n.global() {
+		return
+	}
+	if err := c.cluster.PublishEndpoint(context.WithoutCancel(ctx), c.remoteView(n, ep)); err != nil {
+		c.log.ErrorContext(ctx, "re-publishing endpoint after a failed removal", "endpoint", ep.Name, "err", err)
+	}
+}
+
+// spaces routes the default IPAM's requests by address space: the global space goes to
+// the cluster's allocator, whose pool IDs carry globalPoolPrefix.
+type spaces struct {
+	local, global ipam.Allocator
+}
+
+const globalPoolPrefix = "global/"
+
+func (s spaces) RequestPool(ctx context.Context, req ipam.PoolRequest) (ipam.Pool, error) {
+	if req.AddressSpace != ipam.SpaceGlobal {
+		return s.local.RequestPool(ctx, req)
+	}
+	p, err := s.global.RequestPool(ctx, req)
+	p.ID = globalPoolPrefix + p.ID
+	return p, err
+}
+
+func (s spaces) pick(poolID string) (ipam.Allocator, string) {
+	if id, ok := strings.CutPrefix(poolID, globalPoolPrefix); ok {
+		return s.global, id
+	}
+	return s.local, poolID
+}
+
+func (s spaces) ReleasePool(ctx context.Context, poolID string) error {
+	a, id := s.pick(poolID)
+	return a.ReleasePool(ctx, id)
+}
+
+func (s spaces) RequestAddress(ctx context.Context, req ipam.AddressRequest) (netip.Prefix, error) {
+	a, id := s.pick(req.PoolID)
+	req.PoolID = id
+	return a.RequestAddress(ctx, req)
+}
+
+func (s spaces) ReleaseAddress(ctx context.Context, poolID string, addr netip.Addr) error {
+	a, id := s.pick(poolID)
+	return a.ReleaseAddress(ctx, id, addr)
+}
