@@ -191,8 +191,8 @@ type fakeResolver struct {
 }
 
 func (r *fakeResolver) AddSandbox(ctx context.Context, cfg dns.SandboxConfig) error { return nil }
-func (r *fakeResolver) UpdateSandbox(cfg dns.SandboxConfig) error                  { return nil }
-func (r *fakeResolver) RemoveSandbox(id string) error                              { return nil }
+func (r *fakeResolver) UpdateSandbox(cfg dns.SandboxConfig) error                   { return nil }
+func (r *fakeResolver) RemoveSandbox(id string) error                               { return nil }
 func (r *fakeResolver) Upsert(rec dns.Record) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
