@@ -35,6 +35,11 @@ type Cluster interface {
 	WithdrawEndpoint(ctx context.Context, networkID, endpointID string) error
 	// IPAM allocates pools and addresses of the global address space.
 	IPAM() ipam.Allocator
+	// AllocateVNIs reserves n cluster-unique VXLAN network IDs for network netID:
+	// the wanted ones (Conflict when taken), the rest from 4096 up.
+	AllocateVNIs(ctx context.Context, netID string, want []uint32, n int) ([]uint32, error)
+	// ReleaseVNIs frees what AllocateVNIs reserved for netID.
+	ReleaseVNIs(ctx context.Context, netID string) error
 	// Watch returns the cluster's current state and then every change, in order and
 	// without gaps, until ctx ends. Endpoints of nodes that are down are not in the
 	// state and are reported removed when their node goes down.

@@ -27,11 +27,12 @@ type fakeStore struct {
 	eps      map[string]RemoteEndpoint
 	subs     []chan ClusterEvent
 	ipam     *ipam.Default
+	vnis     map[uint32]string
 	down     bool // the store is unreachable
 }
 
 func newFakeStore(t *testing.T) *fakeStore {
-	return &fakeStore{networks: map[string]Network{}, eps: map[string]RemoteEndpoint{}, ipam: mustIPAM(t)}
+	return &fakeStore{networks: map[string]Network{}, eps: map[string]RemoteEndpoint{}, ipam: mustIPAM(t), vnis: map[uint32]string{}}
 }
 
 func (s *fakeStore) emitLocked(ev ClusterEvent) {
@@ -121,6 +122,40 @@ func (f *fakeCluster) WithdrawEndpoint(ctx context.Context, nid, eid string) err
 
 func (f *fakeCluster) IPAM() ipam.Allocator { return f.s.ipam }
 
+func (f *fakeCluster) AllocateVNIs(ctx context.Context, nid string, want []uint32, n int) ([]uint32, error) {
+	f.s.mu.Lock()
+	defer f.s.mu.Unlock()
+	if f.s.down {
+		return nil, errStoreDown
+	}
+	for _, v := range want {
+		if f.s.vnis[v] != "" {
+			return nil, errdefs.Conflict("VXLAN ID %d is in use", v)
+		}
+	}
+	out := append([]uint32{}, want...)
+	for v := uint32(4096); len(out) < n; v++ {
+		if f.s.vnis[v] == "" {
+			out = append(out, v)
+		}
+	}
+	for _, v := range out {
+		f.s.vnis[v] = nid
+	}
+	return out, nil
+}
+
+func (f *fakeCluster) ReleaseVNIs(ctx context.Context, nid string) error {
+	f.s.mu.Lock()
+	defer f.s.mu.Unlock()
+	for v, owner := range f.s.vnis {
+		if owner == nid {
+			delete(f.s.vnis, v)
+		}
+	}
+	return nil
+}
+
 func (f *fakeCluster) Watch(ctx context.Context) (ClusterState, <-chan ClusterEvent, error) {
 	f.s.mu.Lock()
 	defer f.s.mu.Unlock()
@@ -148,7 +183,8 @@ func (f *fakeCluster) Watch(ctx context.Context) (ClusterState, <-chan ClusterEv
 	return st, ch, nil
 }
 
-// peerDriver is a global-scope fake driver that records the peers it is told about.
+// peerDriver is a global-scope fake driver that records the peers it is told about
+// and wants one VNI per network ("vni" option: a wanted one).
 type peerDriver struct {
 	fakeDriver
 	pmu   sync.Mutex
@@ -157,6 +193,17 @@ type peerDriver struct {
 
 func (d *peerDriver) Capability() driver.Capability {
 	return driver.Capability{DataScope: driver.ScopeGlobal, ConnectivityScope: driver.ScopeGlobal}
+}
+
+func (d *peerDriver) VNIRequest(opts map[string]string, subnets int) ([]uint32, int, error) {
+	if v, ok := opts["vni"]; ok {
+		var n uint32
+		if _, err := fmt.Sscan(v, &n); err != nil {
+			return nil, 0, errdefs.InvalidArgument("bad vni %q", v)
+		}
+		return []uint32{n}, 1, nil
+	}
+	return nil, subnets, nil
 }
 
 func (d *peerDriver) AddPeer(ctx context.Context, p driver.Peer) error {
@@ -171,6 +218,12 @@ func (d *peerDriver) RemovePeer(ctx context.Context, p driver.Peer) error {
 	defer d.pmu.Unlock()
 	delete(d.peers, p.EndpointID)
 	return nil
+}
+
+func (d *fakeDriver) callList() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return strings.Join(d.calls, ",")
 }
 
 func (d *peerDriver) dump() string {
@@ -290,7 +343,7 @@ func TestGlobalNetworkAcrossNodes(t *testing.T) {
 	if got, _ := b.c.Network(ctx, "ov"); got.Scope != driver.ScopeGlobal || got.IPv4[0].Subnet != n.IPv4[0].Subnet {
 		t.Fatalf("h2 sees %+v", got)
 	}
-	eventually(t, "h2's driver to set up ov", func() bool { return strings.Contains(strings.Join(b.drv.calls, ","), "CreateNetwork ov") })
+	eventually(t, "h2's driver to set up ov", func() bool { return strings.Contains(b.drv.callList(), "CreateNetwork ov") })
 	if _, err := b.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv"}); !errdefs.Is(err, errdefs.KindConflict) {
 		t.Fatalf("same name on h2: %v, want Conflict", err)
 	}
@@ -366,7 +419,7 @@ func TestGlobalScopeNeedsCluster(t *testing.T) {
 	if !errdefs.Is(err, errdefs.KindInvalidArgument) || !strings.Contains(err.Error(), "cluster mode") {
 		t.Fatalf("global network without cluster: %v", err)
 	}
-	if len(pd.calls) != 0 || len(r.c.Networks(t.Context())) != 0 {
+	if pd.callList() != "" || len(r.c.Networks(t.Context())) != 0 {
 		t.Fatalf("refused create left traces: calls %v, networks %v", pd.calls, r.c.Networks(t.Context()))
 	}
 }
@@ -436,5 +489,41 @@ func TestGlobalRestartReconcilesOwnRecords(t *testing.T) {
 	}
 	if eps, _ := a2.c.Endpoints(ctx, "ov"); len(eps) != 1 || eps[0].ID != ep.ID {
 		t.Fatalf("restored endpoints: %+v", eps)
+	}
+}
+
+func TestGlobalNetworkVNIs(t *testing.T) {
+	ctx := t.Context()
+	s := newFakeStore(t)
+	a := newNode(t, s, "h1", "192.0.2.1", "")
+	b := newNode(t, s, "h2", "192.0.2.2", "")
+	n1, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov1", Driver: "gdrv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2, err := b.c.CreateNetwork(ctx, NetworkSpec{Name: "ov2", Driver: "gdrv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(n1.VNIs, n2.VNIs) != "[4096] [4097]" {
+		t.Fatalf("VNIs %v %v", n1.VNIs, n2.VNIs)
+	}
+	eventually(t, "h2's driver to get ov1 with its VNI", func() bool {
+		b.drv.mu.Lock()
+		defer b.drv.mu.Unlock()
+		return fmt.Sprint(b.drv.gateways[n1.ID].VNIs) == "[4096]"
+	})
+	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov3", Driver: "gdrv", Options: map[string]string{"vni": "4097"}}); !errdefs.Is(err, errdefs.KindConflict) {
+		t.Fatalf("taken VNI: %v, want Conflict", err)
+	}
+	if _, err := a.c.Network(ctx, "ov3"); !errdefs.Is(err, errdefs.KindNotFound) {
+		t.Fatalf("refused network exists: %v", err)
+	}
+	if err := b.c.DeleteNetwork(ctx, "ov2"); err != nil {
+		t.Fatal(err)
+	}
+	n3, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov3", Driver: "gdrv", Options: map[string]string{"vni": "4097"}})
+	if err != nil || fmt.Sprint(n3.VNIs) != "[4097]" {
+		t.Fatalf("released VNI not reusable: %v %v", n3.VNIs, err)
 	}
 }

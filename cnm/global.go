@@ -22,6 +22,9 @@ func (c *Controller) createGlobalNetwork(ctx context.Context, n *Network, drv dr
 	if err := c.allocatePools(ctx, n, specs, &u); err != nil {
 		return Network{}, u.Rollback(err)
 	}
+	if err := c.allocateVNIs(ctx, n, drv, &u); err != nil {
+		return Network{}, u.Rollback(err)
+	}
 	if err := c.cluster.CreateNetwork(ctx, *n); err != nil {
 		return Network{}, u.Rollback(err)
 	}
@@ -43,6 +46,23 @@ func (c *Controller) createGlobalNetwork(ctx context.Context, n *Network, drv dr
 	return *n, nil
 }
 
+// allocateVNIs reserves the cluster-unique IDs a VNIRequester driver needs for n.
+func (c *Controller) allocateVNIs(ctx context.Context, n *Network, drv driver.Driver, u *undo.Stack) error {
+	r, ok := drv.(driver.VNIRequester)
+	if !ok {
+		return nil
+	}
+	want, count, err := r.VNIRequest(n.Options, max(len(n.IPv4), 1))
+	if err != nil {
+		return err
+	}
+	if n.VNIs, err = c.cluster.AllocateVNIs(ctx, n.ID, want, count); err != nil {
+		return err
+	}
+	u.Push(func() error { return c.cluster.ReleaseVNIs(context.WithoutCancel(ctx), n.ID) })
+	return nil
+}
+
 // deleteGlobalNetwork deletes a global network cluster-wide (the cluster store refuses
 // while any node has endpoints on it), releases its pools and removes it locally.
 func (c *Controller) deleteGlobalNetwork(ctx context.Context, n Network) error {
@@ -53,6 +73,11 @@ func (c *Controller) deleteGlobalNetwork(ctx context.Context, n Network) error {
 		return err
 	}
 	c.releasePools(ctx, &n)
+	if len(n.VNIs) > 0 {
+		if err := c.cluster.ReleaseVNIs(ctx, n.ID); err != nil {
+			c.log.WarnContext(ctx, "releasing VNIs", "network", n.Name, "err", err)
+		}
+	}
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
 	if c.networkByID(n.ID) == nil { // the watch removed it already

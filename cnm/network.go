@@ -75,6 +75,8 @@ type Network struct {
 	IPAMOptions map[string]string
 	IPv4        []Pool
 	IPv6        []Pool
+	// VNIs are the cluster-allocated IDs of a global network whose driver needs them.
+	VNIs []uint32 `json:",omitempty"`
 }
 
 func (n *Network) id() string   { return n.ID }
@@ -165,7 +167,7 @@ func (c *Controller) ipamDriverFor(ctx context.Context, name, drv string) (strin
 
 func (n *Network) driverConfig() driver.NetworkConfig {
 	nc := driver.NetworkConfig{ID: n.ID, Name: n.Name, Options: n.Options, Internal: n.Internal,
-		EnableIPv6: n.EnableIPv6, Predefined: n.Predefined}
+		EnableIPv6: n.EnableIPv6, Predefined: n.Predefined, VNIs: n.VNIs}
 	for _, p := range n.IPv4 {
 		nc.IPv4 = append(nc.IPv4, p.ipamData())
 	}

@@ -52,6 +52,9 @@ type NetworkConfig struct {
 	Predefined bool // one of the networks the controller creates itself
 	IPv4       []IPAMData
 	IPv6       []IPAMData
+	// VNIs are cluster-unique network identifiers the controller allocated for a
+	// global-scope network of a VNIRequester (one per IPv4 subnet, in order).
+	VNIs []uint32
 }
 
 // EndpointConfig is what a driver receives to create an endpoint.
@@ -175,6 +178,15 @@ type Peer struct {
 type PeerDriver interface {
 	AddPeer(ctx context.Context, p Peer) error
 	RemovePeer(ctx context.Context, p Peer) error
+}
+
+// VNIRequester is implemented by global-scope drivers whose networks need
+// cluster-unique identifiers (the overlay's VXLAN network IDs). VNIRequest is pure: it
+// reads the user's options (e.g. Docker's vxlanid_list) and says which IDs are wanted
+// (want, may be empty) and how many in all (n, one per IPv4 subnet). The controller
+// allocates them in the cluster store before the network is recorded.
+type VNIRequester interface {
+	VNIRequest(opts map[string]string, subnets int) (want []uint32, n int, err error)
 }
 
 // HostNamespaced is implemented by drivers whose sandboxes are the host namespace
