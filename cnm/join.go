@@ -2,10 +2,8 @@ package cnm
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
-	"sort"
 	"strings"
 
 	"github.com/piernet/pier/driver"
@@ -190,15 +188,6 @@ func (c *Controller) join(ctx context.Context, sb *Sandbox, n *Network, ep *Endp
 	return nil
 }
 
-// refreshNaming updates what names depend on after a join or leave: the embedded DNS
-// (records and listener) and the sandbox's files.
-func (c *Controller) refreshNaming(ctx context.Context, sb *Sandbox) {
-	if err := c.syncDNS(ctx, sb); err != nil {
-		c.log.ErrorContext(ctx, "updating embedded DNS", "sandbox", sb.Name, "err", err)
-	}
-	c.refreshFiles(ctx, sb)
-}
-
 // attach runs the driver's Join and configures the interface inside the sandbox.
 func (c *Controller) attach(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint, u *undo.Stack) error {
 	drv, err := c.driver(ctx, n.Driver)
@@ -255,12 +244,6 @@ func (c *Controller) commitJoin(ctx context.Context, sb *Sandbox, eps []*Endpoin
 		}
 		return tx.Put(kindSandbox, sb.ID, sb)
 	})
-}
-
-func (c *Controller) restoreGateway(ctx context.Context, sb *Sandbox, old string, eps []*Endpoint) error {
-	err := c.switchGateway(ctx, sb, eps)
-	sb.GatewayEndpoint = old
-	return err
 }
 
 func (c *Controller) leave(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint, persist bool) error {
@@ -333,162 +316,4 @@ func (c *Controller) releaseInterface(ctx context.Context, sb *Sandbox, ep *Endp
 		c.log.WarnContext(ctx, "returning interface to the host", "sandbox", sb.Name, "endpoint", ep.Name, "err", err)
 	}
 	return nil
-}
-
-func (c *Controller) refreshFiles(ctx context.Context, sb *Sandbox) {
-	if err := c.writeFiles(sb); err != nil {
-		c.log.WarnContext(ctx, "updating sandbox files", "sandbox", sb.Name, "err", err)
-	}
-}
-
-// nextIfName returns <prefix><N> with the lowest N unused in the sandbox.
-func (c *Controller) nextIfName(sid string, n *Network) string {
-	prefix := n.Options["com.docker.network.container_iface_prefix"]
-	if prefix == "" {
-		prefix = "eth"
-	}
-	return c.nextIfNameWithPrefix(sid, prefix)
-}
-
-// nextIfNameWithPrefix returns <prefix><N> with the lowest N unused in the sandbox.
-func (c *Controller) nextIfNameWithPrefix(sid, prefix string) string {
-	used := map[int]bool{}
-	for _, ep := range c.sandboxEndpoints(sid) {
-		used[ifIndex(ep.IfName)] = ep.IfName != ""
-	}
-	i := 0
-	for used[i] {
-		i++
-	}
-	return fmt.Sprintf("%s%d", prefix, i)
-}
-
-// gatewayCandidate is what the gateway order looks at.
-type gatewayCandidate struct {
-	ep       *Endpoint
-	internal bool
-	netName  string
-}
-
-// orderGateway sorts candidates: explicit priority (higher first), then non-internal,
-// then has-gateway, then network name.
-func orderGateway(cs []gatewayCandidate) {
-	sort.SliceStable(cs, func(i, j int) bool {
-		a, b := cs[i], cs[j]
-		if a.ep.Priority != b.ep.Priority {
-			return a.ep.Priority > b.ep.Priority
-		}
-		if a.internal != b.internal {
-			return !a.internal
-		}
-		if a.ep.hasGateway() != b.ep.hasGateway() {
-			return a.ep.hasGateway()
-		}
-		return a.netName < b.netName
-	})
-}
-
-// selectGateway returns the endpoint that should provide the default route, or nil.
-func (c *Controller) selectGateway(eps []*Endpoint) *Endpoint {
-	var cs []gatewayCandidate
-	for _, ep := range eps {
-		n := c.networkByID(ep.NetworkID)
-		if n == nil {
-			continue
-		}
-		cs = append(cs, gatewayCandidate{ep: ep, internal: n.Internal, netName: n.Name})
-	}
-	orderGateway(cs)
-	if len(cs) == 0 || !cs[0].ep.hasGateway() {
-		return nil
-	}
-	return cs[0].ep
-}
-
-// switchGateway points the sandbox's default route at the best of eps and moves
-// external connectivity along with it. It updates sb.GatewayEndpoint.
-func (c *Controller) switchGateway(ctx context.Context, sb *Sandbox, eps []*Endpoint) error {
-	best := c.selectGateway(eps)
-	bestID := ""
-	if best != nil {
-		bestID = best.ID
-	}
-	if bestID == sb.GatewayEndpoint {
-		return nil
-	}
-	route := netns.DefaultRoute{}
-	if best != nil {
-		route = netns.DefaultRoute{IfName: best.IfName, GW4: best.Gateway4, GW6: best.Gateway6}
-	}
-	if !sb.HostNetwork {
-		if err := c.os.SetDefaultRoute(ctx, sb.Key, route); err != nil {
-			return err
-		}
-	}
-	if err := c.externalConnectivity(ctx, sb.GatewayEndpoint, false); err != nil {
-		return err
-	}
-	sb.Published = nil
-	if err := c.externalConnectivity(ctx, bestID, true); err != nil {
-		return err
-	}
-	sb.GatewayEndpoint = bestID
-	c.recordPublished(ctx, sb, best)
-	return nil
-}
-
-// recordPublished keeps the port bindings the gateway endpoint's driver made.
-func (c *Controller) recordPublished(ctx context.Context, sb *Sandbox, gw *Endpoint) {
-	if gw == nil || len(sb.Ports) == 0 {
-		return
-	}
-	n := c.networkByID(gw.NetworkID)
-	if n == nil {
-		return
-	}
-	if drv, err := c.driver(ctx, n.Driver); err == nil {
-		if pp, ok := drv.(driver.PortPublisher); ok {
-			sb.Published = pp.PublishedPorts(gw.ID)
-		}
-	}
-}
-
-// checkPorts refuses to join a sandbox with published ports to a network whose driver
-// cannot publish them (macvlan, ipvlan, plugins); host and none ignore ports, as in Docker.
-func (c *Controller) checkPorts(ctx context.Context, sb *Sandbox, n *Network) error {
-	if len(sb.Ports) == 0 || n.Internal || n.Driver == "host" || n.Driver == "null" {
-		return nil
-	}
-	drv, err := c.driver(ctx, n.Driver)
-	if err != nil {
-		return err
-	}
-	if _, ok := drv.(driver.PortPublisher); !ok {
-		return errdefs.Forbidden("network %s (driver %s) does not publish ports: reach sandbox %s at its own address, or publish on a bridge network", n.Name, n.Driver, sb.Name)
-	}
-	return nil
-}
-
-func (c *Controller) externalConnectivity(ctx context.Context, eid string, program bool) error {
-	if eid == "" {
-		return nil
-	}
-	c.mu.RLock()
-	ep, ok := c.endpoints[eid]
-	c.mu.RUnlock()
-	if !ok {
-		return nil
-	}
-	n, err := c.Network(ctx, ep.NetworkID)
-	if err != nil {
-		return err
-	}
-	drv, err := c.driver(ctx, n.Driver)
-	if err != nil {
-		return err
-	}
-	if program {
-		return drv.ProgramExternalConnectivity(ctx, n.ID, eid)
-	}
-	return drv.RevokeExternalConnectivity(ctx, n.ID, eid)
 }
