@@ -186,7 +186,7 @@ func (f *fakeCluster) Watch(ctx context.Context) (ClusterState, <-chan ClusterEv
 // peerDriver is a global-scope fake driver that records the peers it is told about
 // and wants one VNI per network ("vni" option: a wanted one).
 type peerDriver struct {
-	fakeDriver
+	*fakeDriver
 	pmu   sync.Mutex
 	peers map[string]driver.Peer
 }
@@ -290,10 +290,10 @@ func newNode(t *testing.T, s *fakeStore, name, addr string, dir string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nd := &node{drv: &peerDriver{fakeDriver: fakeDriver{name: "gdrv", gateways: map[string]driver.NetworkConfig{}}, peers: map[string]driver.Peer{}},
+	nd := &node{drv: &peerDriver{fakeDriver: newFakeDriver("gdrv", nil, nil), peers: map[string]driver.Peer{}},
 		dns: &fakeResolver{recs: map[string]dns.Record{}}, dir: dir, st: st}
 	reg := driver.NewRegistry()
-	for _, d := range []driver.Driver{nd.drv, &fakeDriver{name: "bridge", gateways: map[string]driver.NetworkConfig{}}} {
+	for _, d := range []driver.Driver{nd.drv, newFakeDriver("bridge", nil, nil)} {
 		if err := reg.Register(d); err != nil {
 			t.Fatal(err)
 		}
@@ -413,7 +413,7 @@ func TestGlobalNetworkAcrossNodes(t *testing.T) {
 
 func TestGlobalScopeNeedsCluster(t *testing.T) {
 	r := newRig(t)
-	pd := &peerDriver{fakeDriver: fakeDriver{name: "gdrv", gateways: map[string]driver.NetworkConfig{}}, peers: map[string]driver.Peer{}}
+	pd := &peerDriver{fakeDriver: newFakeDriver("gdrv", nil, nil), peers: map[string]driver.Peer{}}
 	r.must(t, r.c.drivers.Register(pd))
 	_, err := r.c.CreateNetwork(t.Context(), NetworkSpec{Name: "ov", Driver: "gdrv"})
 	if !errdefs.Is(err, errdefs.KindInvalidArgument) || !strings.Contains(err.Error(), "cluster mode") {

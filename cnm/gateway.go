@@ -6,14 +6,9 @@ import (
 
 	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/undo"
 	"github.com/piernet/pier/netns"
 )
-
-func (c *Controller) restoreGateway(ctx context.Context, sb *Sandbox, old string, eps []*Endpoint) error {
-	err := c.switchGateway(ctx, sb, eps)
-	sb.GatewayEndpoint = old
-	return err
-}
 
 // gatewayCandidate is what the gateway order looks at.
 type gatewayCandidate struct {
@@ -57,36 +52,75 @@ func (c *Controller) selectGateway(eps []*Endpoint) *Endpoint {
 	return cs[0].ep
 }
 
-// switchGateway points the sandbox's default route at the best of eps and moves
-// external connectivity along with it. It updates sb.GatewayEndpoint.
-func (c *Controller) switchGateway(ctx context.Context, sb *Sandbox, eps []*Endpoint) error {
-	best := c.selectGateway(eps)
-	bestID := ""
-	if best != nil {
-		bestID = best.ID
+// gatewayPlan is a change of a sandbox's default gateway, decided without touching
+// anything (planGateway) and carried out by applyGateway.
+type gatewayPlan struct {
+	oldID, newID string             // gateway endpoint IDs before and after; "" = none
+	old, new     *Endpoint          // nil when none (old: or no longer known)
+	route        netns.DefaultRoute // the new default route; zero = none
+	oldRoute     netns.DefaultRoute // the route old set, put back by the undo
+	setRoute     bool               // false in the host's namespace: its routes are not pier's
+}
+
+// planGateway decides which of eps should be sb's gateway endpoint now.
+func (c *Controller) planGateway(sb *Sandbox, eps []*Endpoint) gatewayPlan {
+	p := gatewayPlan{oldID: sb.GatewayEndpoint, new: c.selectGateway(eps), setRoute: !sb.HostNetwork}
+	if p.oldID != "" {
+		c.mu.RLock()
+		p.old = c.endpoints[p.oldID]
+		c.mu.RUnlock()
 	}
-	if bestID == sb.GatewayEndpoint {
-		return nil
+	if p.new != nil {
+		p.newID = p.new.ID
 	}
-	route := netns.DefaultRoute{}
-	if best != nil {
-		route = netns.DefaultRoute{IfName: best.IfName, GW4: best.Gateway4, GW6: best.Gateway6}
+	p.route, p.oldRoute = defaultRoute(p.new), defaultRoute(p.old)
+	return p
+}
+
+func defaultRoute(gw *Endpoint) netns.DefaultRoute {
+	if gw == nil {
+		return netns.DefaultRoute{}
 	}
-	if !sb.HostNetwork {
-		if err := c.os.SetDefaultRoute(ctx, sb.Key, route); err != nil {
-			return err
+	return netns.DefaultRoute{IfName: gw.IfName, GW4: gw.Gateway4, GW6: gw.Gateway6}
+}
+
+// applyGateway carries out p on sb, the caller's copy of the sandbox: the default
+// route, then the old gateway's external connectivity revoked and the new one's
+// programmed; sb.GatewayEndpoint and sb.Published follow. On failure what it did is
+// undone; on success it returns the undo that puts kernel state and sb back. The old
+// gateway's ports are programmed afresh by that undo: fixed host ports come back the
+// same, ephemeral ones may not (the driver contract has no way to keep them).
+func (c *Controller) applyGateway(ctx context.Context, sb *Sandbox, p gatewayPlan) (func() error, error) {
+	if p.newID == p.oldID {
+		return func() error { return nil }, nil
+	}
+	bg := context.WithoutCancel(ctx)
+	var u undo.Stack
+	if p.setRoute {
+		if err := c.os.SetDefaultRoute(ctx, sb.Key, p.route); err != nil {
+			return nil, err
 		}
+		u.Push(func() error { return c.os.SetDefaultRoute(bg, sb.Key, p.oldRoute) })
 	}
-	if err := c.externalConnectivity(ctx, sb.GatewayEndpoint, false); err != nil {
+	if err := c.externalConnectivity(ctx, p.old, false); err != nil {
+		return nil, u.Rollback(err)
+	}
+	oldPublished := sb.Published
+	u.Push(func() error {
+		err := c.externalConnectivity(bg, p.old, true)
+		sb.Published = oldPublished
+		c.recordPublished(bg, sb, p.old)
 		return err
-	}
+	})
 	sb.Published = nil
-	if err := c.externalConnectivity(ctx, bestID, true); err != nil {
-		return err
+	if err := c.externalConnectivity(ctx, p.new, true); err != nil {
+		return nil, u.Rollback(err)
 	}
-	sb.GatewayEndpoint = bestID
-	c.recordPublished(ctx, sb, best)
-	return nil
+	u.Push(func() error { return c.externalConnectivity(bg, p.new, false) })
+	u.Push(func() error { sb.GatewayEndpoint = p.oldID; return nil })
+	sb.GatewayEndpoint = p.newID
+	c.recordPublished(ctx, sb, p.new)
+	return u.Undo, nil
 }
 
 // recordPublished keeps the port bindings the gateway endpoint's driver made.
@@ -121,14 +155,9 @@ func (c *Controller) checkPorts(ctx context.Context, sb *Sandbox, n *Network) er
 	return nil
 }
 
-func (c *Controller) externalConnectivity(ctx context.Context, eid string, program bool) error {
-	if eid == "" {
-		return nil
-	}
-	c.mu.RLock()
-	ep, ok := c.endpoints[eid]
-	c.mu.RUnlock()
-	if !ok {
+// externalConnectivity programs or revokes ep's external connectivity (nil: nothing).
+func (c *Controller) externalConnectivity(ctx context.Context, ep *Endpoint, program bool) error {
+	if ep == nil {
 		return nil
 	}
 	n, err := c.Network(ctx, ep.NetworkID)
@@ -140,7 +169,7 @@ func (c *Controller) externalConnectivity(ctx context.Context, eid string, progr
 		return err
 	}
 	if program {
-		return drv.ProgramExternalConnectivity(ctx, n.ID, eid)
+		return drv.ProgramExternalConnectivity(ctx, n.ID, ep.ID)
 	}
-	return drv.RevokeExternalConnectivity(ctx, n.ID, eid)
+	return drv.RevokeExternalConnectivity(ctx, n.ID, ep.ID)
 }

@@ -77,18 +77,40 @@ func (c *Controller) disconnect(ctx context.Context, sb *Sandbox, ep *Endpoint) 
 	if err != nil {
 		return err
 	}
+	drv, err := c.driver(ctx, n.Driver)
+	if err != nil {
+		return err
+	}
+	var u undo.Stack
 	// A global endpoint's record goes first: with the cluster store unreachable the
 	// disconnect fails before anything changed.
 	if err := c.withdraw(ctx, &n, ep); err != nil {
 		return err
 	}
-	// The leave is not persisted on its own: the delete below is the one durable write.
-	// A crash in between restores the endpoint as joined and re-creates its interface.
-	if err := c.leave(ctx, sb, &n, ep, false); err != nil {
-		c.republish(ctx, &n, ep)
-		return err
+	u.Push(func() error { c.republish(ctx, &n, ep); return nil })
+	if err := c.unjoin(ctx, sb, &n, ep, &u); err != nil {
+		return u.Rollback(err)
 	}
-	return c.deleteEndpoint(ctx, &n, ep)
+	if err := drv.DeleteEndpoint(ctx, n.ID, ep.ID); err != nil {
+		return u.Rollback(err)
+	}
+	u.Push(func() error {
+		_, err := drv.CreateEndpoint(context.WithoutCancel(ctx), ep.driverConfig())
+		return err
+	})
+	// The deletion is the one durable write: a crash before it restores the endpoint
+	// as joined and re-creates its interface.
+	if err := c.store.Update(ctx, func(tx *store.Tx) error {
+		if err := tx.Delete(kindEndpoint, ep.ID); err != nil {
+			return err
+		}
+		return tx.Put(kindSandbox, sb.ID, sb)
+	}); err != nil {
+		return u.Rollback(err)
+	}
+	c.commitLeave(ctx, sb, ep, nil)
+	c.releaseAddrs(ctx, &n, ep)
+	return nil
 }
 
 // Leave disconnects endpoint epRef of network netRef from sandbox sbRef.
@@ -106,10 +128,7 @@ func (c *Controller) Leave(ctx context.Context, sbRef, netRef, epRef string) err
 	if ep.SandboxID != sb.ID {
 		return errdefs.Forbidden("endpoint %s is not joined to sandbox %s", ep.Name, sb.Name)
 	}
-	c.mu.Lock()
-	ep.Transient = false // left explicitly: the caller manages its lifetime now
-	c.mu.Unlock()
-	if err := c.leave(ctx, &sb, &n, ep, true); err != nil {
+	if err := c.leave(ctx, &sb, &n, ep); err != nil {
 		return err
 	}
 	c.republish(ctx, &n, ep) // no longer in a sandbox: no names
@@ -176,8 +195,7 @@ func (c *Controller) join(ctx context.Context, sb *Sandbox, n *Network, ep *Endp
 	if err := c.publish(ctx, n, &joined, &u); err != nil {
 		return u.Rollback(err)
 	}
-	eps := append(c.sandboxEndpoints(sb.ID), &joined)
-	if err := c.commitJoin(ctx, sb, eps, &joined, &u); err != nil {
+	if err := c.commitJoin(ctx, sb, &joined, &u); err != nil {
 		return u.Rollback(err)
 	}
 	c.mu.Lock()
@@ -215,7 +233,7 @@ func (c *Controller) attach(ctx context.Context, sb *Sandbox, n *Network, ep *En
 		ep.IfName = c.nextIfNameWithPrefix(sb.ID, res.DstPrefix)
 	}
 	if ep.Moved {
-		u.Push(func() error { return c.releaseInterface(context.WithoutCancel(ctx), sb, ep) })
+		u.Push(func() error { c.releaseInterface(context.WithoutCancel(ctx), sb, ep); return nil })
 	}
 	return c.os.ConfigureInterface(ctx, sb.Key, ep.iface(res.SrcName))
 }
@@ -231,13 +249,17 @@ func (ep *Endpoint) iface(src string) netns.Interface {
 }
 
 // commitJoin moves the default gateway if needed and persists the endpoint and sandbox.
-func (c *Controller) commitJoin(ctx context.Context, sb *Sandbox, eps []*Endpoint, ep *Endpoint, u *undo.Stack) error {
-	old := sb.GatewayEndpoint
-	if err := c.switchGateway(ctx, sb, eps); err != nil {
+func (c *Controller) commitJoin(ctx context.Context, sb *Sandbox, ep *Endpoint, u *undo.Stack) error {
+	eps := append(c.sandboxEndpoints(sb.ID), ep)
+	undoGateway, err := c.applyGateway(ctx, sb, c.planGateway(sb, eps))
+	if err != nil {
 		return err
 	}
-	before := c.sandboxEndpoints(sb.ID)
-	u.Push(func() error { return c.restoreGateway(context.WithoutCancel(ctx), sb, old, before) })
+	u.Push(undoGateway)
+	return c.persist(ctx, ep, sb)
+}
+
+func (c *Controller) persist(ctx context.Context, ep *Endpoint, sb *Sandbox) error {
 	return c.store.Update(ctx, func(tx *store.Tx) error {
 		if err := tx.Put(kindEndpoint, ep.ID, ep); err != nil {
 			return err
@@ -246,39 +268,54 @@ func (c *Controller) commitJoin(ctx context.Context, sb *Sandbox, eps []*Endpoin
 	})
 }
 
-func (c *Controller) leave(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint, persist bool) error {
+// leave makes ep leave sb and records it as not joined; on failure nothing changed.
+func (c *Controller) leave(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint) error {
+	var u undo.Stack
+	if err := c.unjoin(ctx, sb, n, ep, &u); err != nil {
+		return u.Rollback(err)
+	}
+	left := ep.unjoined()
+	left.Transient = false // left explicitly: the caller manages its lifetime now
+	if err := c.persist(ctx, &left, sb); err != nil {
+		return u.Rollback(err)
+	}
+	c.commitLeave(ctx, sb, ep, &left)
+	return nil
+}
+
+// unjoin does a leave's kernel work, pushing each step's undo on u: the gateway moves
+// to the best of sb's other endpoints (sb follows), then the driver's Leave.
+func (c *Controller) unjoin(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint, u *undo.Stack) error {
+	before := *sb
 	var rest []*Endpoint
 	for _, o := range c.sandboxEndpoints(sb.ID) {
 		if o.ID != ep.ID {
 			rest = append(rest, o)
 		}
 	}
-	if err := c.switchGateway(ctx, sb, rest); err != nil {
+	undoGateway, err := c.applyGateway(ctx, sb, c.planGateway(sb, rest))
+	if err != nil {
 		return err
 	}
-	if err := c.detach(ctx, sb, n, ep); err != nil {
-		return err
-	}
-	left := ep.unjoined()
-	if persist {
-		if err := c.store.Update(ctx, func(tx *store.Tx) error {
-			if err := tx.Put(kindEndpoint, ep.ID, &left); err != nil {
-				return err
-			}
-			return tx.Put(kindSandbox, sb.ID, sb)
-		}); err != nil {
-			return err
-		}
-	}
+	u.Push(undoGateway)
+	return c.detach(ctx, &before, n, ep, u)
+}
+
+// commitLeave puts a done leave in memory: ep becomes left (nil: it is deleted) and
+// the sandbox takes sb's gateway; then names are refreshed.
+func (c *Controller) commitLeave(ctx context.Context, sb *Sandbox, ep *Endpoint, left *Endpoint) {
 	c.mu.Lock()
-	c.replaceEndpointLocked(ep, left)
+	if left != nil {
+		c.replaceEndpointLocked(ep, *left)
+	} else {
+		c.removeEndpointLocked(ep)
+	}
 	c.sandboxes[sb.ID].GatewayEndpoint, c.sandboxes[sb.ID].Published = sb.GatewayEndpoint, sb.Published
 	c.mu.Unlock()
 	if c.dns != nil {
 		c.dns.Remove(ep.ID)
 	}
 	c.refreshNaming(ctx, sb)
-	return nil
 }
 
 // unjoined returns a copy of ep with the join state cleared.
@@ -289,7 +326,10 @@ func (ep *Endpoint) unjoined() Endpoint {
 	return e
 }
 
-func (c *Controller) detach(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint) error {
+// detach runs the driver's Leave and gives a moved-in interface back. Its undo joins
+// the endpoint again into before, the sandbox as it was before the leave (so the
+// driver is offered the port bindings it had).
+func (c *Controller) detach(ctx context.Context, before *Sandbox, n *Network, ep *Endpoint, u *undo.Stack) error {
 	drv, err := c.driver(ctx, n.Driver)
 	if err != nil {
 		return err
@@ -297,8 +337,19 @@ func (c *Controller) detach(ctx context.Context, sb *Sandbox, n *Network, ep *En
 	if err := drv.Leave(ctx, n.ID, ep.ID); err != nil {
 		return err
 	}
+	u.Push(func() error { return c.reattach(context.WithoutCancel(ctx), before, n, ep) })
 	if ep.Moved {
-		return c.releaseInterface(ctx, sb, ep)
+		c.releaseInterface(ctx, before, ep)
+	}
+	return nil
+}
+
+// reattach joins ep to sb again after a leave that is being undone.
+func (c *Controller) reattach(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint) error {
+	again := *ep
+	var u undo.Stack
+	if err := c.attach(ctx, sb, n, &again, &u); err != nil {
+		return u.Rollback(err)
 	}
 	return nil
 }
@@ -306,14 +357,15 @@ func (c *Controller) detach(ctx context.Context, sb *Sandbox, n *Network, ep *En
 // releaseInterface gives a moved-in interface back to the host under its original
 // name, after the driver's Leave (Docker's order). Records from before SrcName was
 // kept only know it was moved: that interface is deleted. A failure is logged, not
-// returned: the endpoint has left either way and the interface is gone from the
-// sandbox (deleted when it could not be handed back).
-func (c *Controller) releaseInterface(ctx context.Context, sb *Sandbox, ep *Endpoint) error {
+// returned: the endpoint has left either way.
+func (c *Controller) releaseInterface(ctx context.Context, sb *Sandbox, ep *Endpoint) {
+	var err error
 	if ep.SrcName == "" {
-		return c.os.RemoveInterface(ctx, sb.Key, ep.IfName)
+		err = c.os.RemoveInterface(ctx, sb.Key, ep.IfName)
+	} else {
+		err = c.os.ReleaseInterface(ctx, sb.Key, ep.IfName, ep.SrcName)
 	}
-	if err := c.os.ReleaseInterface(ctx, sb.Key, ep.IfName, ep.SrcName); err != nil {
-		c.log.WarnContext(ctx, "returning interface to the host", "sandbox", sb.Name, "endpoint", ep.Name, "err", err)
+	if err != nil {
+		c.log.WarnContext(ctx, "removing interface from the sandbox", "sandbox", sb.Name, "endpoint", ep.Name, "err", err)
 	}
-	return nil
 }

@@ -201,7 +201,7 @@ func (c *Controller) repairSandbox(ctx context.Context, sb *Sandbox, broken map[
 		}
 	}
 	sb.GatewayEndpoint = ""
-	if err := c.switchGateway(ctx, sb, eps); err != nil {
+	if _, err := c.applyGateway(ctx, sb, c.planGateway(sb, eps)); err != nil {
 		c.log.ErrorContext(ctx, "restoring default route", "sandbox", sb.Name, "err", err)
 	}
 	c.refreshNaming(ctx, sb)
@@ -216,7 +216,7 @@ func (c *Controller) rejoin(ctx context.Context, sb *Sandbox, ep *Endpoint) {
 		_ = drv.Leave(ctx, n.ID, ep.ID) // clear half-made interfaces
 	}
 	if ep.Moved {
-		_ = c.releaseInterface(ctx, sb, ep)
+		c.releaseInterface(ctx, sb, ep)
 	} else if ep.IfName != "" {
 		_ = c.os.RemoveInterface(ctx, sb.Key, ep.IfName)
 	}
