@@ -21,13 +21,7 @@ import (
 // socket) with the real pier binary: networks, sandboxes, and HTTP traffic between
 // two `pier run` sandboxes.
 func TestEndToEnd(t *testing.T) {
-	nstest.RequireRoot(t)
-	if _, err := os.Stat("../cmd/pierd"); errors.Is(err, os.ErrNotExist) {
-		t.Skip("cmd/pierd does not exist yet: nothing to test the CLI against")
-	}
-	if _, err := exec.LookPath("busybox"); err != nil {
-		t.Skip("busybox is not installed")
-	}
+	nstest.Require(t, "root", "nsenter", "busybox")
 	e := startEnv(t)
 
 	id := e.mustPier("network", "create", "app", "--subnet", "10.89.0.0/24")

@@ -111,7 +111,7 @@ func sandboxJSON(t *testing.T, sb types.SandboxInfo) string {
 // TestExecInSandbox runs commands in a real (pinned, fresh) network namespace with the
 // sandbox's files, through the re-executed test binary.
 func TestExecInSandbox(t *testing.T) {
-	nstest.RequireRoot(t)
+	nstest.Require(t, "root", "busybox")
 	sb := fakeSandbox(t)
 	f := newFakePierd(t, map[string]reply{"GET /pier/v1/sandboxes/web": {200, sandboxJSON(t, sb)}})
 	hostHosts, err := os.ReadFile("/etc/hosts")
@@ -149,7 +149,7 @@ func TestExecInSandbox(t *testing.T) {
 }
 
 func TestRunRemovesSandbox(t *testing.T) {
-	nstest.RequireRoot(t)
+	nstest.Require(t, "root")
 	sb := fakeSandbox(t)
 	f := newFakePierd(t, map[string]reply{
 		"POST /pier/v1/sandboxes":      {201, sandboxJSON(t, sb)},

@@ -14,10 +14,11 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/piernet/pier/api/types"
+	"github.com/piernet/pier/internal/nstest"
 )
 
 func TestDockerCLI(t *testing.T) {
-	requireDocker(t)
+	nstest.Require(t, "docker")
 	d := newPierd(t)
 	d.start()
 	if got := d.mustDocker("network", "ls", "--format", "{{.Name}} {{.Driver}}"); got != "bridge bridge\nhost host\nnone null" {
@@ -213,7 +214,7 @@ func TestMalformedRequests(t *testing.T) {
 }
 
 func TestRestart(t *testing.T) {
-	requireDocker(t)
+	nstest.Require(t, "docker")
 	d := newPierd(t)
 	d.start()
 	d.mustDocker("network", "create", "--subnet", "10.40.0.0/24", "app")
@@ -272,7 +273,7 @@ func TestSecondPierdRefused(t *testing.T) {
 }
 
 func TestConfigFileAndFlags(t *testing.T) {
-	requireDocker(t)
+	nstest.Require(t, "docker")
 	file := filepath.Join(t.TempDir(), "pierd.json")
 	if err := os.WriteFile(file, []byte(`{"default-address-pools":[{"base":"10.99.0.0/16","size":24}],"log-level":"warn"}`), 0o644); err != nil {
 		t.Fatal(err)

@@ -74,7 +74,7 @@ type pierd struct {
 
 func newPierd(t *testing.T, extra ...string) *pierd {
 	t.Helper()
-	nstest.RequireRoot(t)
+	nstest.Require(t, "root", "nsenter")
 	bin := pierdBinary(t)
 	hostNS, _ := nstest.NewPinned(t)
 	dir := t.TempDir()
@@ -245,13 +245,6 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-func requireDocker(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("docker"); err != nil {
-		t.Skip("the docker CLI is not installed")
-	}
 }
 
 // execOutput runs a command and returns its combined output.

@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -15,10 +16,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/piernet/pier/internal/nstest"
 )
 
 func TestTCPMutualTLS(t *testing.T) {
-	requireDocker(t)
+	nstest.Require(t, "docker")
 	certs := newCerts(t)
 	const addr = "tcp://127.0.0.1:2376"
 	d := newPierd(t, "-H", addr, "--tlsverify", "--tlscacert", certs.ca, "--tlscert", certs.serverCert, "--tlskey", certs.serverKey)
@@ -46,11 +49,16 @@ func TestTCPMutualTLS(t *testing.T) {
 	}
 }
 
+// TestPlainTCPRefused starts pierd in a test namespace, like every other daemon test:
+// were the refusal to regress, it would serve there, never on the machine's own
+// loopback or firewall.
 func TestPlainTCPRefused(t *testing.T) {
-	bin := pierdBinary(t)
-	out, err := exec.Command(bin, "--data-root", t.TempDir(), "-H", "tcp://127.0.0.1:2375").CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "refusing to serve the API on tcp://127.0.0.1:2375 without mutual TLS") {
-		t.Errorf("plain tcp: %v\n%s", err, out)
+	d := newPierd(t, "-H", "tcp://127.0.0.1:2375")
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "nsenter", d.args(d.sock)...).CombinedOutput()
+	if err == nil || ctx.Err() != nil || !strings.Contains(string(out), "refusing to serve the API on tcp://127.0.0.1:2375 without mutual TLS") {
+		t.Errorf("plain tcp: %v (timed out: %v)\n%s", err, ctx.Err() != nil, out)
 	}
 }
 

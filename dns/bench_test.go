@@ -13,6 +13,7 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"github.com/piernet/pier/internal/nstest"
 )
 
 // Performance of the local-answer path, three ways:
@@ -106,7 +107,7 @@ func localNames() []string {
 // startBaseline runs dnsmasq at 127.0.0.12 inside the sandbox, serving the
 // same 100 names from a hosts file, and waits until it answers.
 func startBaseline(b *testing.B, n *testNS) {
-	needTools(b, "dnsmasq")
+	nstest.Require(b, "dnsmasq")
 	dir := b.TempDir()
 	var hosts strings.Builder
 	for i := range 100 {
@@ -132,7 +133,7 @@ func startBaseline(b *testing.B, n *testNS) {
 // BenchmarkDNSPerf runs dnsperf inside the sandbox: local names and a cached
 // upstream name against pier, and the same local names against dnsmasq.
 func BenchmarkDNSPerf(b *testing.B) {
-	needTools(b, "nsenter", "dnsperf", "busybox")
+	nstest.Require(b, "nsenter", "dnsperf", "busybox")
 	w := perfWorld(b)
 	startBaseline(b, w.sb)
 	for _, tt := range []struct {
@@ -156,7 +157,7 @@ func BenchmarkDNSPerf(b *testing.B) {
 // BenchmarkLatency runs our load generator inside the sandbox with growing
 // numbers of outstanding queries, against pier and against dnsmasq.
 func BenchmarkLatency(b *testing.B) {
-	needTools(b, "nsenter", "busybox")
+	nstest.Require(b, "nsenter", "busybox")
 	w := perfWorld(b)
 	startBaseline(b, w.sb)
 	for _, server := range []struct{ name, addr string }{{"pier", ListenAddr.Addr().String()}, {"dnsmasq", baselineAddr}} {

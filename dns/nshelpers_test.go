@@ -133,20 +133,11 @@ func (n *testNS) exchange(t testing.TB, network, name string, qtype uint16) (*md
 	return m, rtt
 }
 
-func needTools(t testing.TB, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (.ci/run installs it)", tool)
-		}
-	}
-}
-
 // getent runs glibc's getent inside the namespace with a private resolv.conf
 // (and an nsswitch.conf that only asks DNS), in a private mount namespace.
 func (n *testNS) getent(t testing.TB, resolvConf string, args ...string) (string, error) {
 	t.Helper()
-	needTools(t, "nsenter", "unshare", "getent")
+	nstest.Require(t, "nsenter", "unshare", "getent")
 	dir := t.TempDir()
 	rc, nss := filepath.Join(dir, "resolv.conf"), filepath.Join(dir, "nsswitch.conf")
 	if err := os.WriteFile(rc, []byte(resolvConf), 0o644); err != nil {
@@ -163,7 +154,7 @@ func (n *testNS) getent(t testing.TB, resolvConf string, args ...string) (string
 // nslookup runs busybox nslookup against 127.0.0.11 inside the namespace.
 func (n *testNS) nslookup(t testing.TB, args ...string) (string, error) {
 	t.Helper()
-	needTools(t, "nsenter", "busybox")
+	nstest.Require(t, "nsenter", "busybox")
 	argv := append([]string{"--net=" + n.path, "--", "busybox", "nslookup"}, args...)
 	return n.run(t, "nsenter", append(argv, ListenAddr.Addr().String())...)
 }

@@ -40,9 +40,10 @@ func nft(t *testing.T, ns netns.NsHandle, args ...string) string {
 
 func runNft(t *testing.T, ns netns.NsHandle, args ...string) (string, error) {
 	t.Helper()
+	nstest.Require(t, "nft")
 	path, err := exec.LookPath("nft")
 	if err != nil {
-		t.Skip("nft binary not installed; it is needed only to dump rules for golden files")
+		t.Fatal(err)
 	}
 	var out, stderr bytes.Buffer
 	var runErr error

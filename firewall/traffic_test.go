@@ -3,13 +3,11 @@ package firewall
 import (
 	"bufio"
 	"net"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/piernet/pier/internal/netlab"
-	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
 )
 
@@ -43,7 +41,7 @@ func connect(t *testing.T, ns *netns.Namespace, addr string) string {
 func TestTraffic(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	l := netlab.New(t, netlab.Options{})
+	l := netlab.New(t, netlab.Options{BridgeNetfilter: true}) // ICC off on a bridge needs it
 	bridges := []Bridge{
 		{Name: "pier0", Subnets4: pfx("10.10.0.0/24"), ICC: true, Masquerade: true},
 		{Name: "br-off", Subnets4: pfx("10.20.0.0/24"), Masquerade: true},
@@ -68,19 +66,18 @@ func TestTraffic(t *testing.T) {
 		name     string
 		from     *netns.Namespace
 		to, want string // want: source address the server sees, "" = blocked
-		brnf     bool   // needs br_netfilter
 	}{
-		{"same bridge, ICC on, not masqueraded", a1, "10.10.0.3", "10.10.0.2", false},
-		{"same bridge, ICC off", c1, "10.20.0.3", "", true},
-		{"ICC off bridge to its gateway", c1, "10.20.0.1", "10.20.0.2", false},
-		{"between bridges", a1, "10.20.0.3", "", false},
-		{"between bridges, reverse", c1, "10.10.0.3", "", false},
-		{"to outside, masqueraded", a1, "192.168.100.2", "192.168.100.1", false},
-		{"ICC off bridge to outside", c1, "192.168.100.2", "192.168.100.1", false},
-		{"internal bridge, ICC on", i1, "10.30.0.3", "10.30.0.2", false},
-		{"internal bridge to outside", i1, "192.168.100.2", "", false},
-		{"internal bridge to other bridge", i1, "10.10.0.3", "", false},
-		{"unsolicited inbound from outside", out, "10.10.0.2", "", false},
+		{"same bridge, ICC on, not masqueraded", a1, "10.10.0.3", "10.10.0.2"},
+		{"same bridge, ICC off", c1, "10.20.0.3", ""},
+		{"ICC off bridge to its gateway", c1, "10.20.0.1", "10.20.0.2"},
+		{"between bridges", a1, "10.20.0.3", ""},
+		{"between bridges, reverse", c1, "10.10.0.3", ""},
+		{"to outside, masqueraded", a1, "192.168.100.2", "192.168.100.1"},
+		{"ICC off bridge to outside", c1, "192.168.100.2", "192.168.100.1"},
+		{"internal bridge, ICC on", i1, "10.30.0.3", "10.30.0.2"},
+		{"internal bridge to outside", i1, "192.168.100.2", ""},
+		{"internal bridge to other bridge", i1, "10.10.0.3", ""},
+		{"unsolicited inbound from outside", out, "10.10.0.2", ""},
 	}
 	// Control: without pier's table every connection goes through, so what
 	// is blocked below is blocked by the firewall.
@@ -100,13 +97,9 @@ func TestTraffic(t *testing.T) {
 	for _, b := range bridges {
 		l.Must(fw.SetBridge(ctx, b))
 	}
-	brnf := bridgeNetfilter(t, l.Host)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			if tc.brnf && !brnf {
-				t.Skip("bridged traffic bypasses the inet hooks: br_netfilter is off (net.bridge.bridge-nf-call-iptables)")
-			}
 			if got := connectExpecting(t, tc.from, tc.to, tc.want); got != tc.want {
 				t.Errorf("connect to %s: server saw %q, want %q (\"\" = blocked)", tc.to, got, tc.want)
 			}
@@ -129,10 +122,7 @@ func connectExpecting(t *testing.T, from *netns.Namespace, to, want string) stri
 func TestTrafficICCUpdate(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	l := netlab.New(t, netlab.Options{})
-	if !bridgeNetfilter(t, l.Host) {
-		t.Skip("br_netfilter is off (net.bridge.bridge-nf-call-iptables): ICC is not enforced for bridged traffic")
-	}
+	l := netlab.New(t, netlab.Options{BridgeNetfilter: true})
 	l.Bridge("br-x", "10.40.0.1/24")
 	x1 := l.Peer("vx1", "br-x", []string{"10.40.0.2/24"}, []string{"10.40.0.1"})
 	x2 := l.Peer("vx2", "br-x", []string{"10.40.0.3/24"}, []string{"10.40.0.1"})
@@ -150,12 +140,4 @@ func TestTrafficICCUpdate(t *testing.T) {
 			t.Errorf("ICC=%v: server saw %q, want %q", icc, got, want)
 		}
 	}
-}
-
-// bridgeNetfilter reports whether bridged IPv4 traffic crosses the inet hooks
-// in ns.
-func bridgeNetfilter(t *testing.T, ns *netns.Namespace) bool {
-	var b []byte
-	nstest.Do(t, ns.Handle, func() { b, _ = os.ReadFile("/proc/sys/net/bridge/bridge-nf-call-iptables") })
-	return strings.TrimSpace(string(b)) == "1"
 }

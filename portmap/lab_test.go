@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/piernet/pier/internal/netlab"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
 )
 
@@ -36,10 +37,7 @@ func newLab(t testing.TB, brNetfilter bool) *lab {
 	// Hairpin: what the bridge driver must do so that a container can reach
 	// its own published port through a host address when br_netfilter
 	// bridges the DNAT'd packet back out of its port.
-	l := &lab{Lab: netlab.New(t, netlab.Options{IPv6: true, Hairpin: true}), t: t}
-	v := map[bool]string{true: "1", false: "0"}[brNetfilter]
-	l.Sysctl(l.Host, "net/bridge/bridge-nf-call-iptables", v)
-	l.Sysctl(l.Host, "net/bridge/bridge-nf-call-ip6tables", v)
+	l := &lab{Lab: netlab.New(t, netlab.Options{IPv6: true, Hairpin: true, BridgeNetfilter: brNetfilter}), t: t}
 	l.outside = l.Uplink("uplink", []string{hostV4 + "/24", hostV6 + "/64"}, []string{outV4 + "/24", outV6 + "/64"})
 	return l
 }
@@ -68,9 +66,7 @@ func (l *lab) reachable(ns *netns.Namespace, addrs ...string) {
 // nft runs the nft binary in the host namespace through nsenter.
 func (l *lab) nft(args ...string) {
 	l.t.Helper()
-	if _, err := exec.LookPath("nft"); err != nil {
-		l.t.Skip("nft binary not installed (tests only)")
-	}
+	nstest.Require(l.t, "nft", "nsenter")
 	out, err := exec.Command("nsenter", append([]string{"--net=" + l.Host.Path, "nft"}, args...)...).CombinedOutput()
 	if err != nil {
 		l.t.Fatalf("nft %s: %v: %s", strings.Join(args, " "), err, out)

@@ -30,6 +30,11 @@ type Options struct {
 	// Hairpin puts bridge ports in hairpin mode, as the bridge driver does so that a
 	// container can reach its own published port through a host address.
 	Hairpin bool
+	// BridgeNetfilter makes bridged traffic in the host cross the inet hooks
+	// (net.bridge.bridge-nf-call-ip{,6}tables = 1); without it they are set to 0.
+	// Either way the lab needs the br_netfilter module, so that a lab never depends
+	// on the machine's defaults.
+	BridgeNetfilter bool
 }
 
 // Lab is a fresh host namespace that bridges and peers are added to.
@@ -43,10 +48,14 @@ type Lab struct {
 // New returns a lab with a fresh host namespace that forwards IPv4 (and IPv6 if asked).
 func New(t testing.TB, opts Options) *Lab {
 	t.Helper()
+	nstest.Require(t, "root", "br_netfilter")
 	l := &Lab{Host: NewNS(t), t: t, opts: opts}
 	if opts.IPv6 {
 		l.noDAD(l.Host)
 	}
+	v := map[bool]string{true: "1", false: "0"}[opts.BridgeNetfilter]
+	l.Sysctl(l.Host, "net/bridge/bridge-nf-call-iptables", v)
+	l.Sysctl(l.Host, "net/bridge/bridge-nf-call-ip6tables", v)
 	l.Sysctl(l.Host, "net/ipv4/ip_forward", "1")
 	if opts.IPv6 {
 		l.Sysctl(l.Host, "net/ipv6/conf/all/forwarding", "1")

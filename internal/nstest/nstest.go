@@ -5,6 +5,7 @@ package nstest
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -15,12 +16,39 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// RequireRoot skips the test unless it runs as root.
-func RequireRoot(t testing.TB) {
+// Require skips the test unless every prerequisite is present, or fails it when the
+// environment variable CI is set (.ci/run installs them all, so a missing one there is
+// a broken CI machine, not a reason to pass). A prerequisite is "root", "br_netfilter"
+// (the kernel module that makes bridged traffic cross the inet hooks) or the name of a
+// program that must be on PATH (nft, busybox, docker, ...).
+func Require(t testing.TB, prereqs ...string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces); run the suite with sudo or via .ci/run")
+	for _, p := range prereqs {
+		if why := missing(p); why != "" {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s (CI is set: .ci/run must provide it)", why)
+			}
+			t.Skipf("%s; .ci/run provides it", why)
+		}
 	}
+}
+
+func missing(prereq string) string {
+	switch prereq {
+	case "root":
+		if os.Geteuid() != 0 {
+			return "needs root (network namespaces)"
+		}
+	case "br_netfilter":
+		if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err != nil {
+			return "needs the br_netfilter kernel module (modprobe br_netfilter)"
+		}
+	default:
+		if _, err := exec.LookPath(prereq); err != nil {
+			return prereq + " is not installed"
+		}
+	}
+	return ""
 }
 
 // New returns a handle to a fresh network namespace that disappears when the test ends.
@@ -30,7 +58,7 @@ func RequireRoot(t testing.TB) {
 // IPv4-only.
 func New(t testing.TB) netns.NsHandle {
 	t.Helper()
-	RequireRoot(t)
+	Require(t, "root")
 	ns, err := create()
 	if err != nil {
 		t.Fatalf("creating test network namespace: %v", err)
