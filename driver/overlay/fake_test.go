@@ -83,7 +83,9 @@ func (k *fakeKernel) Owned(ctx context.Context) ([]OwnedLink, error) {
 	return out, nil
 }
 
-func (k *fakeKernel) UnderlayMTU(ctx context.Context, addr netip.Addr) (int, error) { return k.mtu, nil }
+func (k *fakeKernel) UnderlayMTU(ctx context.Context, addr netip.Addr) (int, error) {
+	return k.mtu, nil
+}
 
 func (k *fakeKernel) dump() string {
 	var lines []string
