@@ -31,6 +31,8 @@ type Config struct {
 	ID       string   // a stable daemon ID
 	DataRoot string   // DockerRootDir
 	Drivers  []string // network driver names (Plugins.Network)
+	// Cluster serves /pier/v1/nodes and /pier/v1/cluster; nil = not clustered.
+	Cluster Cluster
 }
 
 // Server serves the API. It is an http.Handler.
@@ -86,6 +88,9 @@ func (s *Server) routes() []route {
 		{"GET /pier/v1/sandboxes", s.listSandboxes},
 		{"GET /pier/v1/sandboxes/{ref}", s.inspectSandbox},
 		{"DELETE /pier/v1/sandboxes/{ref}", s.deleteSandbox},
+		{"GET /pier/v1/nodes", s.listNodes},
+		{"GET /pier/v1/nodes/{ref}", s.inspectNode},
+		{"GET /pier/v1/cluster", s.clusterInfo},
 	}
 }
 

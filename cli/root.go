@@ -80,7 +80,8 @@ pierd speaks the network part of the Docker Engine API, so "docker -H" works too
 	root.SetErr(opts.Err)
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageErr(cmd, err) })
 	a.addGlobalFlags(root)
-	root.AddCommand(a.networkCommand(), a.sandboxCommand(), a.execCommand(), a.runCommand(), a.portCommand(), a.enterCommand())
+	root.AddCommand(a.networkCommand(), a.sandboxCommand(), a.execCommand(), a.runCommand(), a.portCommand(), a.enterCommand(),
+		a.nodeCommand(), a.clusterCommand())
 	disableFlagsInUseLine(root) // usage lines say [OPTIONS], as docker's
 	return root
 }

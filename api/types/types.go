@@ -73,3 +73,29 @@ type SandboxEndpoint struct {
 	IPv6Gateway string
 	Aliases     []string
 }
+
+// NodeInfo is one node of the cluster (GET /pier/v1/nodes).
+type NodeInfo struct {
+	ID      string
+	Name    string
+	Address string // underlay (advertise) address
+	// State is "ready" (its lease is alive), "down" (its lease expired) or "left"
+	// (it shut down gracefully).
+	State      string
+	Self       bool   // the node answering this request
+	Version    string // pierd's version on that node
+	Endpoints  int    // its endpoints on global networks
+	EtcdMember bool   // it runs an embedded etcd member
+	// Capabilities are what the node's kernel offers for cluster features, e.g.
+	// {"wireguard": "userspace"}.
+	Capabilities map[string]string `json:",omitempty"`
+}
+
+// ClusterInfo is the reply of GET /pier/v1/cluster.
+type ClusterInfo struct {
+	NodeID   string
+	NodeName string
+	Store    []string // etcd client URLs in use
+	// Token is the join token (only from nodes holding an embedded etcd member).
+	Token string `json:",omitempty"`
+}

@@ -1,0 +1,297 @@
+package overlay
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/internal/netlab"
+	"github.com/piernet/pier/internal/nstest"
+	"github.com/piernet/pier/netns"
+)
+
+// twoHosts is two host namespaces joined by a veth underlay (192.0.2.1 and .2), each
+// with an overlay driver, and one network known to both.
+type twoHosts struct {
+	t      *testing.T
+	hosts  [2]*netns.Namespace
+	drv    [2]*Driver
+	under  [2]string // underlay interface names
+	nc     driver.NetworkConfig
+	vtep   [2]netip.Addr
+	sboxes [2]*netns.Namespace
+	eps    [2]driver.EndpointConfig
+	macs   [2]net.HardwareAddr
+}
+
+func newTwoHosts(t *testing.T) *twoHosts {
+	t.Helper()
+	nstest.RequireRoot(t)
+	h := &twoHosts{t: t, under: [2]string{"under0", "under1"}, vtep: [2]netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")}}
+	for i := range h.hosts {
+		h.hosts[i] = netlab.NewNS(t)
+	}
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = h.under[0]
+	must(t, h.hosts[0].NL.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: h.under[1], PeerNamespace: netlink.NsFd(int(h.hosts[1].Handle))}))
+	for i, ns := range h.hosts {
+		l, err := ns.NL.LinkByName(h.under[i])
+		must(t, err)
+		must(t, ns.NL.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: h.vtep[i].AsSlice(), Mask: net.CIDRMask(24, 32)}}))
+		must(t, ns.NL.LinkSetUp(l))
+		h.drv[i] = New(Options{Kernel: HostKernel{Host: ns}, Advertise: h.vtep[i]})
+	}
+	h.nc = driver.NetworkConfig{ID: "n1aaaaaaaaaaaaaaaaaaaa", Name: "ov", VNIs: []uint32{4242},
+		IPv4: []driver.IPAMData{{Pool: netip.MustParsePrefix("10.0.7.0/24")}}}
+	for i := range h.drv {
+		must(t, h.drv[i].CreateNetwork(t.Context(), h.nc))
+	}
+	return h
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// join creates and joins endpoint i (10.0.7.1i) on host i and configures its address
+// as the controller would.
+func (h *twoHosts) join(i int) {
+	t := h.t
+	t.Helper()
+	ctx := t.Context()
+	h.sboxes[i] = netlab.NewNS(t)
+	h.eps[i] = driver.EndpointConfig{NetworkID: h.nc.ID, EndpointID: fmt.Sprintf("e%daaaaaaaaaaaaaaaaaaaa", i),
+		Addr4: netip.MustParsePrefix(fmt.Sprintf("10.0.7.1%d/24", i))}
+	info, err := h.drv[i].CreateEndpoint(ctx, h.eps[i])
+	must(t, err)
+	h.macs[i] = info.MAC
+	_, err = h.drv[i].Join(ctx, driver.JoinRequest{NetworkID: h.nc.ID, EndpointID: h.eps[i].EndpointID, SandboxKey: h.sboxes[i].Path, IfName: "eth0"})
+	must(t, err)
+	sb := h.sboxes[i]
+	l, err := sb.NL.LinkByName("eth0")
+	must(t, err)
+	a := h.eps[i].Addr4
+	must(t, sb.NL.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), 32)}}))
+	must(t, sb.NL.LinkSetUp(l))
+	t.Cleanup(func() { _ = h.drv[i].Leave(ctx, h.nc.ID, h.eps[i].EndpointID) })
+}
+
+// peer tells host i about host j's endpoint.
+func (h *twoHosts) peer(i, j int, add bool) {
+	h.t.Helper()
+	p := driver.Peer{NetworkID: h.nc.ID, EndpointID: h.eps[j].EndpointID, Node: h.vtep[j], Addr4: h.eps[j].Addr4, MAC: h.macs[j]}
+	if add {
+		must(h.t, h.drv[i].AddPeer(h.t.Context(), p))
+	} else {
+		must(h.t, h.drv[i].RemovePeer(h.t.Context(), p))
+	}
+}
+
+func linkNames(t *testing.T, ns *netns.Namespace) map[string]netlink.Link {
+	t.Helper()
+	links, err := netns.Dump(ns.NL.LinkList)
+	must(t, err)
+	out := map[string]netlink.Link{}
+	for _, l := range links {
+		out[l.Attrs().Name] = l
+	}
+	return out
+}
+
+// echo serves TCP on addr in ns, echoing everything back.
+func echo(t *testing.T, ns *netns.Namespace, addr string) {
+	netlab.Serve(t, ns, addr, func(c net.Conn) {
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	})
+}
+
+// roundTrip sends size random bytes from ns to addr and checks the echo, retrying the
+// connection for up to 5 s (neighbour setup on a loaded machine).
+func roundTrip(t *testing.T, ns *netns.Namespace, addr string, size int) error {
+	t.Helper()
+	payload := make([]byte, size)
+	_, _ = rand.Read(payload)
+	deadline := time.Now().Add(5 * time.Second)
+	var err error
+	for time.Now().Before(deadline) {
+		var c net.Conn
+		if c, err = netlab.Dial(t, ns, "tcp", addr, time.Second); err != nil {
+			continue
+		}
+		err = exchange(c, payload)
+		c.Close()
+		if err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+func exchange(c net.Conn, payload []byte) error {
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(c)
+	if werr := <-errc; werr != nil {
+		return werr
+	}
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(got, payload) {
+		return fmt.Errorf("echo differs: got %d bytes, sent %d", len(got), len(payload))
+	}
+	return nil
+}
+
+func TestOverlayAcrossHosts(t *testing.T) {
+	h := newTwoHosts(t)
+	if _, ok := linkNames(t, h.hosts[0])["ovbr4242"]; ok {
+		t.Fatal("network extended to a host before any local join")
+	}
+	h.join(0)
+	h.join(1)
+	for i := range h.hosts {
+		links := linkNames(t, h.hosts[i])
+		vx, ok := links["ovvx4242"].(*netlink.Vxlan)
+		if !ok || vx.VxlanId != 4242 || vx.Port != DefaultPort || vx.Learning || links["ovbr4242"] == nil {
+			t.Fatalf("host %d devices: %+v", i, links["ovvx4242"])
+		}
+		eth0 := linkNames(t, h.sboxes[i])["eth0"]
+		if eth0.Attrs().MTU != 1500-overhead4 {
+			t.Fatalf("sandbox MTU %d, want %d", eth0.Attrs().MTU, 1500-overhead4)
+		}
+	}
+	echo(t, h.sboxes[1], "10.0.7.11:7000")
+	// Without peers nothing is learned or flooded: the other host is unreachable.
+	c, err := netlab.Dial(t, h.sboxes[0], "tcp", "10.0.7.11:7000", 700*time.Millisecond)
+	if err == nil {
+		c.Close()
+		t.Fatal("reached the other host's endpoint with no peers programmed")
+	}
+	h.peer(0, 1, true)
+	h.peer(1, 0, true)
+	capture := startCapture(t, h.hosts[1], h.under[1])
+	// 1 MB each way: the MTU is right, not only pings.
+	if err := roundTrip(t, h.sboxes[0], "10.0.7.11:7000", 1<<20); err != nil {
+		t.Fatalf("TCP across hosts: %v", err)
+	}
+	if vni, n := capture(); n == 0 || vni != 4242 {
+		t.Fatalf("on the underlay: %d VXLAN packets, VNI %d; want VNI 4242 on port %d", n, vni, DefaultPort)
+	}
+	// The peer withdrawn: unreachable again (its neighbour entry is gone).
+	h.peer(0, 1, false)
+	flushNeigh(t, h.sboxes[0])
+	if c, err := netlab.Dial(t, h.sboxes[0], "tcp", "10.0.7.11:7000", 700*time.Millisecond); err == nil {
+		c.Close()
+		t.Fatal("reached a withdrawn peer")
+	}
+	// Last leave withdraws the network from the host.
+	must(t, h.drv[0].Leave(t.Context(), h.nc.ID, h.eps[0].EndpointID))
+	for _, name := range []string{"ovbr4242", "ovvx4242"} {
+		if _, ok := linkNames(t, h.hosts[0])[name]; ok {
+			t.Fatalf("%s left on the host after its last endpoint left", name)
+		}
+	}
+}
+
+func flushNeigh(t *testing.T, ns *netns.Namespace) {
+	l, err := ns.NL.LinkByName("eth0")
+	must(t, err)
+	neighs, err := ns.NL.NeighList(l.Attrs().Index, unix.AF_INET)
+	must(t, err)
+	for _, n := range neighs {
+		_ = ns.NL.NeighDel(&n)
+	}
+}
+
+// startCapture reads frames on dev in ns until the returned function is called, which
+// reports the VNI of the last VXLAN packet seen on DefaultPort and how many there were.
+func startCapture(t *testing.T, ns *netns.Namespace, dev string) func() (uint32, int) {
+	t.Helper()
+	var fd int
+	var err error
+	nstest.Do(t, ns.Handle, func() {
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
+	})
+	must(t, err)
+	l, err := ns.NL.LinkByName(dev)
+	must(t, err)
+	must(t, unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: l.Attrs().Index}))
+	tv := unix.NsecToTimeval(int64(200 * time.Millisecond))
+	must(t, unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv))
+	type result struct {
+		vni uint32
+		n   int
+	}
+	stop, done := make(chan struct{}), make(chan result, 1)
+	go func() {
+		var r result
+		buf := make([]byte, 65536)
+		for {
+			select {
+			case <-stop:
+				done <- r
+				return
+			default:
+			}
+			n, _, err := unix.Recvfrom(fd, buf, 0)
+			if err != nil || n < 14+20+8+8 {
+				continue
+			}
+			if vni, ok := vxlanVNI(buf[:n]); ok {
+				r.vni, r.n = vni, r.n+1
+			}
+		}
+	}()
+	var res *result
+	t.Cleanup(func() { unix.Close(fd) })
+	return func() (uint32, int) {
+		if res == nil {
+			close(stop)
+			r := <-done
+			res = &r
+		}
+		return res.vni, res.n
+	}
+}
+
+// vxlanVNI parses an Ethernet/IPv4/UDP frame to DefaultPort and returns its VNI.
+func vxlanVNI(f []byte) (uint32, bool) {
+	if binary.BigEndian.Uint16(f[12:14]) != unix.ETH_P_IP {
+		return 0, false
+	}
+	ip := f[14:]
+	ihl := int(ip[0]&0x0f) * 4
+	if ip[9] != unix.IPPROTO_UDP || len(ip) < ihl+16 {
+		return 0, false
+	}
+	udp := ip[ihl:]
+	if binary.BigEndian.Uint16(udp[2:4]) != DefaultPort {
+		return 0, false
+	}
+	vx := udp[8:]
+	return binary.BigEndian.Uint32(vx[4:8]) >> 8, vx[0]&0x08 != 0
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
