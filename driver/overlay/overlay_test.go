@@ -36,7 +36,7 @@ type twoHosts struct {
 
 func newTwoHosts(t *testing.T) *twoHosts {
 	t.Helper()
-	nstest.RequireRoot(t)
+	nstest.Require(t, "root")
 	h := &twoHosts{t: t, under: [2]string{"under0", "under1"}, vtep: [2]netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")}}
 	for i := range h.hosts {
 		h.hosts[i] = netlab.NewNS(t)
