@@ -253,19 +253,22 @@ func TestRemoteIPAMRequiresMAC(t *testing.T) {
 	p.deleteAll()
 }
 
-// TestRemoteGlobalScopeUsesGlobalSpace: a driver declaring global data scope gets its
-// pools from the default IPAM's global address space (10.0.0.0/8 in /24s), as Docker.
-func TestRemoteGlobalScopeUsesGlobalSpace(t *testing.T) {
+// TestRemoteGlobalScopeNeedsCluster: a driver declaring global data scope would get a
+// "global" network that exists on this host only; without cluster mode it is refused
+// with a clear error, and the plugin is never asked to create anything.
+func TestRemoteGlobalScopeNeedsCluster(t *testing.T) {
 	p := newPluginEnv(t, 5*time.Second)
 	p.start("vethnet", "vethnet", "-scope", "global")
-	n := p.network(cnm.NetworkSpec{Name: "remote", Driver: "vethnet"})
-	if len(n.IPv4) != 1 || n.IPv4[0].Subnet.String() != "10.0.0.0/24" || n.Scope != "global" {
-		t.Fatalf("network = scope %s, pools %+v; want global scope and 10.0.0.0/24", n.Scope, n.IPv4)
+	_, err := p.s.Controller.CreateNetwork(t.Context(), cnm.NetworkSpec{Name: "remote", Driver: "vethnet"})
+	if !errdefs.Is(err, errdefs.KindInvalidArgument) || !strings.Contains(err.Error(), "cluster mode") {
+		t.Fatalf("global-scope plugin network without cluster mode: %v", err)
 	}
-	if got := p.state("vethnet")["spaces"]; !cmp.Equal(got, []string{"GlobalDefault 10.0.0.0/24"}) {
-		t.Errorf("address spaces the driver was told = %v", got)
+	if got := p.state("vethnet")["spaces"]; len(got) != 0 {
+		t.Errorf("the plugin was asked to create a network: %v", got)
 	}
-	p.deleteAll()
+	if _, err := p.s.Controller.Network(t.Context(), "remote"); !errdefs.Is(err, errdefs.KindNotFound) {
+		t.Errorf("refused network exists: %v", err)
+	}
 }
 
 // addrsOf lists the global addresses of interface name in the namespace at key.
