@@ -332,7 +332,7 @@ func TestGlobalNetworkAcrossNodes(t *testing.T) {
 	a := newNode(t, s, "h1", "192.0.2.1", "")
 	b := newNode(t, s, "h2", "192.0.2.2", "")
 
-	n, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv"})
+	n, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv", Attachable: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -428,7 +428,7 @@ func TestGlobalStoreDownFailsFastAndChangesNothing(t *testing.T) {
 	ctx := t.Context()
 	s := newFakeStore(t)
 	a := newNode(t, s, "h1", "192.0.2.1", "")
-	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv"}); err != nil {
+	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv", Attachable: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.c.CreateSandbox(ctx, SandboxSpec{Name: "web"}); err != nil {
@@ -463,7 +463,7 @@ func TestGlobalRestartReconcilesOwnRecords(t *testing.T) {
 	s := newFakeStore(t)
 	dir := t.TempDir()
 	a := newNode(t, s, "h1", "192.0.2.1", dir)
-	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv"}); err != nil {
+	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv", Attachable: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.c.CreateSandbox(ctx, SandboxSpec{Name: "web"}); err != nil {
@@ -525,5 +525,25 @@ func TestGlobalNetworkVNIs(t *testing.T) {
 	n3, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov3", Driver: "gdrv", Options: map[string]string{"vni": "4097"}})
 	if err != nil || fmt.Sprint(n3.VNIs) != "[4097]" {
 		t.Fatalf("released VNI not reusable: %v %v", n3.VNIs, err)
+	}
+}
+
+func TestGlobalNetworkNotAttachable(t *testing.T) {
+	ctx := t.Context()
+	a := newNode(t, newFakeStore(t), "h1", "192.0.2.1", "")
+	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "svc", Driver: "gdrv"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "att", Driver: "gdrv", Attachable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.c.CreateSandbox(ctx, SandboxSpec{Name: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.c.Connect(ctx, "svc", "web", EndpointSpec{}); !errdefs.Is(err, errdefs.KindForbidden) || !strings.Contains(err.Error(), "attachable") {
+		t.Fatalf("connect to a non-attachable global network: %v", err)
+	}
+	if _, err := a.c.Connect(ctx, "att", "web", EndpointSpec{}); err != nil {
+		t.Fatalf("connect to an attachable one: %v", err)
 	}
 }

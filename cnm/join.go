@@ -157,6 +157,9 @@ func (c *Controller) checkCanJoin(sb *Sandbox, n *Network) error {
 	if c.endpointOf(sb.ID, n.ID) != nil {
 		return errdefs.Forbidden("endpoint with name %s already exists in network %s", sb.Name, n.Name)
 	}
+	if err := checkAttachable(n); err != nil {
+		return err
+	}
 	hostNet := n.Driver == "host"
 	if hostNet != sb.HostNetwork {
 		return errdefs.Forbidden("sandbox %s: a sandbox sharing the host network stack cannot be connected to other networks, and other sandboxes cannot join network %s", sb.Name, n.Name)
