@@ -195,6 +195,13 @@ func (d *peerDriver) Capability() driver.Capability {
 	return driver.Capability{DataScope: driver.ScopeGlobal, ConnectivityScope: driver.ScopeGlobal}
 }
 
+// Join gives no gateway, as the overlay driver: the gateway bridge does.
+func (d *peerDriver) Join(ctx context.Context, req driver.JoinRequest) (driver.JoinResult, error) {
+	res, err := d.fakeDriver.Join(ctx, req)
+	res.Gateway4 = netip.Addr{}
+	return res, err
+}
+
 func (d *peerDriver) VNIRequest(opts map[string]string, subnets int) ([]uint32, int, error) {
 	if v, ok := opts["vni"]; ok {
 		var n uint32
@@ -332,7 +339,7 @@ func TestGlobalNetworkAcrossNodes(t *testing.T) {
 	a := newNode(t, s, "h1", "192.0.2.1", "")
 	b := newNode(t, s, "h2", "192.0.2.2", "")
 
-	n, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv"})
+	n, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv", Attachable: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -428,7 +435,7 @@ func TestGlobalStoreDownFailsFastAndChangesNothing(t *testing.T) {
 	ctx := t.Context()
 	s := newFakeStore(t)
 	a := newNode(t, s, "h1", "192.0.2.1", "")
-	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv"}); err != nil {
+	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv", Attachable: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.c.CreateSandbox(ctx, SandboxSpec{Name: "web"}); err != nil {
@@ -463,7 +470,7 @@ func TestGlobalRestartReconcilesOwnRecords(t *testing.T) {
 	s := newFakeStore(t)
 	dir := t.TempDir()
 	a := newNode(t, s, "h1", "192.0.2.1", dir)
-	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv"}); err != nil {
+	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv", Attachable: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.c.CreateSandbox(ctx, SandboxSpec{Name: "web"}); err != nil {
@@ -526,4 +533,73 @@ func TestGlobalNetworkVNIs(t *testing.T) {
 	if err != nil || fmt.Sprint(n3.VNIs) != "[4097]" {
 		t.Fatalf("released VNI not reusable: %v %v", n3.VNIs, err)
 	}
+}
+
+func TestGlobalNetworkNotAttachable(t *testing.T) {
+	ctx := t.Context()
+	a := newNode(t, newFakeStore(t), "h1", "192.0.2.1", "")
+	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "svc", Driver: "gdrv"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "att", Driver: "gdrv", Attachable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.c.CreateSandbox(ctx, SandboxSpec{Name: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.c.Connect(ctx, "svc", "web", EndpointSpec{}); !errdefs.Is(err, errdefs.KindForbidden) || !strings.Contains(err.Error(), "attachable") {
+		t.Fatalf("connect to a non-attachable global network: %v", err)
+	}
+	if _, err := a.c.Connect(ctx, "att", "web", EndpointSpec{}); err != nil {
+		t.Fatalf("connect to an attachable one: %v", err)
+	}
+}
+
+func TestGatewayBridgeForOverlayOnlySandboxes(t *testing.T) {
+	ctx := t.Context()
+	a := newNode(t, newFakeStore(t), "h1", "192.0.2.1", "")
+	for _, spec := range []NetworkSpec{gatewayBridgeSpec(), {Name: "ov", Driver: "gdrv", Attachable: true},
+		{Name: "inner", Driver: "gdrv", Attachable: true, Internal: true}, {Name: "lan"}} {
+		if _, err := a.c.CreateNetwork(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.c.CreateSandbox(ctx, SandboxSpec{Name: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	nets := func() string {
+		eps, err := a.c.SandboxEndpoints(ctx, "web")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sb, _ := a.c.Sandbox(ctx, "web")
+		var out []string
+		for _, ep := range eps {
+			n, _ := a.c.Network(ctx, ep.NetworkID)
+			name := n.Name
+			if ep.ID == sb.GatewayEndpoint {
+				name += "*"
+			}
+			out = append(out, name)
+		}
+		sort.Strings(out)
+		return strings.Join(out, " ")
+	}
+	step := func(what string, err error, want string) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if got := nets(); got != want {
+			t.Fatalf("after %s: networks %q, want %q (* = default gateway)", what, got, want)
+		}
+	}
+	_, err := a.c.Connect(ctx, "inner", "web", EndpointSpec{})
+	step("connect to an internal overlay", err, "inner")
+	_, err = a.c.Connect(ctx, "ov", "web", EndpointSpec{})
+	step("connect to an overlay", err, "inner ov pier_gwbridge*")
+	_, err = a.c.Connect(ctx, "lan", "web", EndpointSpec{})
+	step("connect to a bridge network", err, "inner lan* ov")
+	step("disconnect the bridge network", a.c.Disconnect(ctx, "lan", "web"), "inner ov pier_gwbridge*")
+	step("disconnect the overlay", a.c.Disconnect(ctx, "ov", "web"), "inner")
 }

@@ -90,6 +90,15 @@ func (c *Controller) deleteGlobalNetwork(ctx context.Context, n Network) error {
 	return nil
 }
 
+// checkAttachable refuses plain sandboxes on a global network created without
+// --attachable: as in Docker, only service tasks may join those.
+func checkAttachable(n *Network) error {
+	if n.global() && !n.Attachable {
+		return errdefs.Forbidden("network %s is not manually attachable: create it with --attachable to connect sandboxes to it", n.Name)
+	}
+	return nil
+}
+
 // publish records a local endpoint of a global network in the cluster store and pushes
 // its withdrawal onto u.
 func (c *Controller) publish(ctx context.Context, n *Network, ep *Endpoint, u *undo.Stack) error {

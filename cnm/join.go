@@ -25,7 +25,11 @@ func (c *Controller) Join(ctx context.Context, sbRef, netRef, epRef string) erro
 	if err != nil {
 		return err
 	}
-	return c.join(ctx, &sb, &n, ep)
+	if err := c.join(ctx, &sb, &n, ep); err != nil {
+		return err
+	}
+	c.syncGatewayBridge(ctx, sb.ID)
+	return nil
 }
 
 // Connect creates an endpoint on network netRef and joins it to sandbox sbRef, as
@@ -52,6 +56,7 @@ func (c *Controller) Connect(ctx context.Context, netRef, sbRef string, spec End
 		c.forgetEndpoint(context.WithoutCancel(ctx), &n, ep)
 		return Endpoint{}, err
 	}
+	c.syncGatewayBridge(ctx, sb.ID)
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return *ep, nil
@@ -69,7 +74,11 @@ func (c *Controller) Disconnect(ctx context.Context, netRef, sbRef string) error
 	if ep == nil {
 		return errdefs.Forbidden("sandbox %s is not connected to network %s", sb.Name, n.Name)
 	}
-	return c.disconnect(ctx, &sb, ep)
+	if err := c.disconnect(ctx, &sb, ep); err != nil {
+		return err
+	}
+	c.syncGatewayBridge(ctx, sb.ID)
+	return nil
 }
 
 func (c *Controller) disconnect(ctx context.Context, sb *Sandbox, ep *Endpoint) error {
@@ -132,6 +141,7 @@ func (c *Controller) Leave(ctx context.Context, sbRef, netRef, epRef string) err
 		return err
 	}
 	c.republish(ctx, &n, ep) // no longer in a sandbox: no names
+	c.syncGatewayBridge(ctx, sb.ID)
 	return nil
 }
 
@@ -156,6 +166,9 @@ func (c *Controller) endpointOf(sid, nid string) *Endpoint {
 func (c *Controller) checkCanJoin(sb *Sandbox, n *Network) error {
 	if c.endpointOf(sb.ID, n.ID) != nil {
 		return errdefs.Forbidden("endpoint with name %s already exists in network %s", sb.Name, n.Name)
+	}
+	if err := checkAttachable(n); err != nil {
+		return err
 	}
 	hostNet := n.Driver == "host"
 	if hostNet != sb.HostNetwork {

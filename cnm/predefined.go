@@ -23,6 +23,9 @@ func (c *Controller) EnsurePredefined(ctx context.Context, withBridge bool) erro
 				"com.docker.network.bridge.default_bridge": "true",
 			}})
 	}
+	if c.cluster != nil {
+		specs = append(specs, gatewayBridgeSpec())
+	}
 	for _, spec := range specs {
 		if _, err := c.Network(ctx, spec.Name); err == nil {
 			continue
