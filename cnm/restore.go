@@ -176,15 +176,17 @@ func (c *Controller) restoreEndpoint(ctx context.Context, n *Network, ep *Endpoi
 	return intact && err == nil
 }
 
+// reserveAddrs replays the endpoint's recorded addresses on an IPAM that forgot them.
+// What it reserved stays reserved when another address fails: the record holds all
+// of them, so none may go to another endpoint.
 func (c *Controller) reserveAddrs(ctx context.Context, n *Network, ep *Endpoint) error {
 	if !c.needsReplay(ctx, n) {
 		return nil
 	}
-	var u undo.Stack
 	var errs []error
 	mac, _ := net.ParseMAC(ep.MAC)
 	for _, a := range ep.ipamAddrs(n) {
-		_, err := c.allocateAddr(ctx, n, a.pools, a.addr.Addr(), mac, &u)
+		_, _, err := c.requestAddr(ctx, n, a.pools, a.addr.Addr(), mac)
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
