@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
@@ -295,3 +296,90 @@ func vxlanVNI(f []byte) (uint32, bool) {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// TestManyPeers programs 5,000 peers on one host without any sysctl tuning (Docker's
+// overlay broke near 1,000 when its neighbour entries hit gc_thresh3) and checks the
+// last one still works end to end.
+func TestManyPeers(t *testing.T) {
+	h := newTwoHosts(t)
+	h.join(0)
+	h.join(1)
+	const n = 5000
+	for i := range n {
+		p := driver.Peer{NetworkID: h.nc.ID, EndpointID: fmt.Sprintf("x%d", i), Node: netip.MustParseAddr("192.0.2.99"),
+			Addr4: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 8),
+			MAC:   net.HardwareAddr{2, 0x43, 0, 0, byte(i >> 8), byte(i)}}
+		if err := h.drv[0].AddPeer(t.Context(), p); err != nil {
+			t.Fatalf("peer %d: %v", i, err)
+		}
+	}
+	h.peer(0, 1, true)
+	h.peer(1, 0, true)
+	vx, err := h.hosts[0].NL.LinkByName("ovvx4242")
+	must(t, err)
+	neighs, err := h.hosts[0].NL.NeighList(vx.Attrs().Index, unix.AF_INET)
+	must(t, err)
+	if len(neighs) != n+1 {
+		t.Fatalf("%d neighbour entries on the VXLAN device, want %d", len(neighs), n+1)
+	}
+	echo(t, h.sboxes[1], "10.0.7.11:7001")
+	if err := roundTrip(t, h.sboxes[0], "10.0.7.11:7001", 64<<10); err != nil {
+		t.Fatalf("TCP across hosts with %d peers: %v", n, err)
+	}
+}
+
+// BenchmarkAddPeer measures programming one more peer with N already programmed
+// (the overlay issue's goal: join cost flat, ratio ≤ 1.2 between N=1,000 and N=10).
+func BenchmarkAddPeer(b *testing.B) {
+	for _, existing := range []int{10, 1000, 5000} {
+		b.Run(fmt.Sprintf("N=%d", existing), func(b *testing.B) {
+			benchAddPeer(b, existing)
+		})
+	}
+}
+
+func benchAddPeer(b *testing.B, existing int) {
+	nstest.Require(b, "root")
+	host := netlab.NewNS(b)
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = "under0"
+	if err := host.NL.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "under1"}); err != nil {
+		b.Fatal(err)
+	}
+	l, _ := host.NL.LinkByName("under0")
+	_ = host.NL.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP{192, 0, 2, 1}, Mask: net.CIDRMask(24, 32)}})
+	_ = host.NL.LinkSetUp(l)
+	d := New(Options{Kernel: HostKernel{Host: host}, Advertise: netip.MustParseAddr("192.0.2.1")})
+	nc := driver.NetworkConfig{ID: "bench", Name: "bench", VNIs: []uint32{4300}}
+	ctx := context.Background()
+	if err := d.CreateNetwork(ctx, nc); err != nil {
+		b.Fatal(err)
+	}
+	sb := netlab.NewNS(b)
+	if _, err := d.CreateEndpoint(ctx, driver.EndpointConfig{NetworkID: nc.ID, EndpointID: "local0000000"}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := d.Join(ctx, driver.JoinRequest{NetworkID: nc.ID, EndpointID: "local0000000", SandboxKey: sb.Path, IfName: "eth0"}); err != nil {
+		b.Fatal(err)
+	}
+	peer := func(i int) driver.Peer {
+		return driver.Peer{NetworkID: nc.ID, EndpointID: fmt.Sprintf("x%d", i), Node: netip.MustParseAddr("192.0.2.99"),
+			Addr4: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 8),
+			MAC:   net.HardwareAddr{2, 0x43, 0, byte(i >> 16), byte(i >> 8), byte(i)}}
+	}
+	for i := range existing {
+		if err := d.AddPeer(ctx, peer(i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		p := peer(existing + 1 + i%50000)
+		if err := d.AddPeer(ctx, p); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		_ = d.RemovePeer(ctx, p)
+		b.StartTimer()
+	}
+}
