@@ -2,9 +2,8 @@ package cluster
 
 import (
 	"context"
-	"encoding/binary"
-	"hash/fnv"
 	"math/big"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 
@@ -190,16 +189,17 @@ func checkUsable(p globalPool, a netip.Addr) error {
 	return nil
 }
 
-// anyAddress takes a free address: it lists the pool's taken ones and tries to create
-// candidates from a per-node starting point, so nodes allocating at once rarely race
-// for the same address; a lost race just moves on.
+// anyAddress takes a free address: it lists the pool's taken ones once, then tries
+// to create candidates from a random starting point, so requests racing from many
+// nodes rarely want the same address; a lost race moves on to the next candidate, and
+// the list is read again only after many lost races.
 func (g globalIPAM) anyAddress(ctx context.Context, p globalPool, owner string) (netip.Prefix, error) {
 	from := p.Subnet
 	if p.IPRange.IsValid() {
 		from = p.IPRange
 	}
 	prefix := prefAddrs + escape(p.ID) + "/"
-	for range 50 {
+	for range 5 {
 		used, _, err := g.c.kv.List(ctx, prefix, 0)
 		if err != nil {
 			return netip.Prefix{}, storeErr(err)
@@ -210,29 +210,30 @@ func (g globalIPAM) anyAddress(ctx context.Context, p globalPool, owner string) 
 				taken[a] = true
 			}
 		}
-		cand, ok := freeAddr(from, p.Subnet, taken, g.c.o.NodeID)
-		if !ok {
-			return netip.Prefix{}, errdefs.Unavailable("no available addresses on network %q (subnet %s)", p.Network, from)
-		}
-		created, _, err := Create(ctx, g.c.kv, addrKey(p.ID, cand), []byte(owner), 0)
-		if err != nil {
-			return netip.Prefix{}, storeErr(err)
-		}
-		if created {
-			return netip.PrefixFrom(cand, p.Subnet.Bits()), nil
+		for range 20 {
+			cand, ok := freeAddr(from, p.Subnet, taken)
+			if !ok {
+				return netip.Prefix{}, errdefs.Unavailable("no available addresses on network %q (subnet %s)", p.Network, from)
+			}
+			created, _, err := Create(ctx, g.c.kv, addrKey(p.ID, cand), []byte(owner), 0)
+			if err != nil {
+				return netip.Prefix{}, storeErr(err)
+			}
+			if created {
+				return netip.PrefixFrom(cand, p.Subnet.Bits()), nil
+			}
+			taken[cand] = true
 		}
 	}
 	return netip.Prefix{}, errdefs.Unavailable("could not allocate an address on network %q: too much contention, try again", p.Network)
 }
 
-// freeAddr scans r (inside subnet) from a node-specific offset for an address not in
-// taken, skipping the subnet's network and broadcast addresses.
-func freeAddr(r, subnet netip.Prefix, taken map[netip.Addr]bool, node string) (netip.Addr, bool) {
+// freeAddr scans r (inside subnet) from a random offset for an address not in taken,
+// skipping the subnet's network and broadcast addresses.
+func freeAddr(r, subnet netip.Prefix, taken map[netip.Addr]bool) (netip.Addr, bool) {
 	hostBits := r.Addr().BitLen() - r.Bits()
 	size := uint64(1) << min(hostBits, 20) // scan at most 2^20 addresses
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(node))
-	start := binary.BigEndian.Uint64(h.Sum(nil)) % size
+	start := rand.Uint64N(size)
 	first := r.Masked().Addr()
 	for i := uint64(0); i < size; i++ {
 		a := addN(first, (start+i)%size)

@@ -40,6 +40,7 @@ type Config struct {
 	DefaultBridge       bool                  `json:"default-bridge"`
 	DefaultAddressPools []ipam.PredefinedPool `json:"default-address-pools"`
 	LogLevel            string                `json:"log-level"`
+	ClusterConfig                             // the cluster settings (top-level keys, as Docker's daemon.json)
 
 	LogOutput io.Writer `json:"-"` // default os.Stderr
 }
@@ -99,6 +100,7 @@ func newFlagSet() (*flag.FlagSet, *flagValues) {
 	fs.BoolVar(&v.c.DefaultBridge, "default-bridge", true, "create the default network \"bridge\" (bridge pier0)")
 	fs.Var((*poolsFlag)(&v.c.DefaultAddressPools), "default-address-pool", "automatic subnets come from `base=CIDR,size=N` (repeatable)")
 	fs.StringVar(&v.c.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	v.c.ClusterConfig.register(fs)
 	return fs, v
 }
 
@@ -147,6 +149,8 @@ func (v *flagValues) apply(name string, cfg *Config) {
 		cfg.DefaultAddressPools = v.c.DefaultAddressPools
 	case "log-level":
 		cfg.LogLevel = v.c.LogLevel
+	default:
+		v.c.ClusterConfig.apply(name, &cfg.ClusterConfig)
 	}
 }
 
@@ -210,8 +214,10 @@ func (c *Config) Validate() error {
 		}
 		c.DefaultAddressPools[i] = pp
 	}
-	_, err := listenSpecs(*c)
-	return err
+	if _, err := listenSpecs(*c); err != nil {
+		return err
+	}
+	return c.ClusterConfig.Validate()
 }
 
 func parseLevel(s string) (slog.Level, error) {

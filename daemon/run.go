@@ -40,8 +40,19 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err != nil {
 		return err
 	}
-	st, err := stack.Open(ctx, stack.Options{DataRoot: cfg.DataRoot, ExecRoot: cfg.ExecRoot,
-		DefaultPools: cfg.DefaultAddressPools, Logger: log})
+	opts := stack.Options{DataRoot: cfg.DataRoot, ExecRoot: cfg.ExecRoot, DefaultPools: cfg.DefaultAddressPools, Logger: log}
+	if cfg.ClusterConfig.Enabled() {
+		if err := os.MkdirAll(cfg.DataRoot, 0o700); err != nil {
+			return fmt.Errorf("creating data root: %w", err)
+		}
+		co, closeStore, err := openCluster(ctx, cfg, engineID(cfg.DataRoot, log))
+		if err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, closeStore()) }()
+		opts.Cluster = co
+	}
+	st, err := stack.Open(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("opening pier state in %s: %w", cfg.DataRoot, err)
 	}
@@ -49,8 +60,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := st.Controller.EnsurePredefined(ctx, cfg.DefaultBridge); err != nil {
 		return fmt.Errorf("creating predefined networks: %w", err)
 	}
-	srv := api.New(api.Config{Controller: st.Controller, Logger: log, Version: Version,
-		ID: engineID(cfg.DataRoot, log), DataRoot: cfg.DataRoot, Drivers: st.Controller.DriverNames()})
+	acfg := api.Config{Controller: st.Controller, Logger: log, Version: Version,
+		ID: engineID(cfg.DataRoot, log), DataRoot: cfg.DataRoot, Drivers: st.Controller.DriverNames()}
+	if st.ClusterView != nil {
+		acfg.Cluster = st.ClusterView
+	}
+	srv := api.New(acfg)
 	return serve(ctx, log, srv, specs, tlsCfg)
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/piernet/pier/cluster"
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/dns"
 	"github.com/piernet/pier/driver"
@@ -44,6 +45,24 @@ type Options struct {
 	PluginDirs plugin.Dirs
 	// PluginTimeout bounds every plugin call (default plugin.DefaultTimeout).
 	PluginTimeout time.Duration
+	// Cluster, when set, joins a cluster: global-scope networks, the overlay driver,
+	// other nodes' endpoints. Nil = single host.
+	Cluster *ClusterOptions
+}
+
+// ClusterOptions are what the stack needs to join a cluster.
+type ClusterOptions struct {
+	KV        cluster.KV // the cluster store
+	Endpoints []string   // shown by the API
+	NodeID    string
+	NodeName  string
+	Advertise netip.Addr // underlay address (the VXLAN source)
+	TTL       time.Duration
+	VXLANPort int
+	Version   string
+	// EtcdMember and Token describe an embedded etcd member, when this node runs one.
+	EtcdMember bool
+	Token      func() string
 }
 
 // Stack is an opened single-host pier stack.
@@ -52,7 +71,11 @@ type Stack struct {
 	Firewall   *firewall.Firewall
 	Host       *netns.Namespace
 
+	// ClusterView is what the API shows of the cluster (nil on a single host).
+	ClusterView *ClusterView
+
 	store   *store.Store
+	cluster *cluster.Cluster
 	nsm     *netns.Manager
 	drivers io.Closer
 	dns     *dns.Server
@@ -114,11 +137,18 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 	if err := s.dns.Start(context.WithoutCancel(ctx)); err != nil {
 		return err
 	}
+	var seam cnm.Cluster
+	if o.Cluster != nil {
+		if seam, err = s.joinCluster(ctx, o, reg); err != nil {
+			return err
+		}
+	}
 	s.Controller, err = cnm.New(ctx, cnm.Config{ExecRoot: o.ExecRoot, Store: s.store, Drivers: reg, IPAM: alloc,
-		Plugins: plugins, DNS: s.dns, OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf})
+		Plugins: plugins, DNS: s.dns, OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf, Cluster: seam})
 	if err != nil {
 		return err
 	}
+	s.Controller.Start(ctx) // other nodes' changes, in cluster mode
 	if err := s.Firewall.Reconcile(ctx); err != nil {
 		return err
 	}
@@ -190,9 +220,16 @@ func machineID(dataRoot string) string {
 	return dataRoot
 }
 
-// Close releases handles; kernel state and records stay for the next Open.
+// Close releases handles; kernel state and records stay for the next Open. A
+// clustered node leaves the cluster gracefully (its peers see it as left at once).
 func (s *Stack) Close() error {
 	var errs []error
+	if s.Controller != nil {
+		s.Controller.Close()
+	}
+	if s.cluster != nil {
+		errs = append(errs, s.cluster.Close(context.Background()))
+	}
 	if s.dns != nil {
 		errs = append(errs, s.dns.Close())
 	}
