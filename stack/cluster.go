@@ -46,7 +46,9 @@ func (s clusterSeam) AllocateVNIs(ctx context.Context, nid string, want []uint32
 	return s.c.AllocateVNIs(ctx, nid, want, n)
 }
 
-func (s clusterSeam) ReleaseVNIs(ctx context.Context, nid string) error { return s.c.ReleaseVNIs(ctx, nid) }
+func (s clusterSeam) ReleaseVNIs(ctx context.Context, nid string) error {
+	return s.c.ReleaseVNIs(ctx, nid)
+}
 
 // Watch translates the cluster's subscription; node addresses come from the view.
 func (s clusterSeam) Watch(ctx context.Context) (cnm.ClusterState, <-chan cnm.ClusterEvent, error) {
