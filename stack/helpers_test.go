@@ -36,7 +36,8 @@ func newEnv(t *testing.T) *env { return newEnvTB(t) }
 // newEnvB is newEnv for benchmarks.
 func newEnvB(b *testing.B) *env { return newEnvTB(b) }
 
-func newEnvTB(t testing.TB) *env {
+// newEnvTB builds a test host; setup runs before the stack opens (cluster options).
+func newEnvTB(t testing.TB, setup ...func(*env)) *env {
 	t.Helper()
 	hostPath, _ := nstest.NewPinned(t)
 	upLoopback(t, hostPath) // a real host has loopback up
@@ -46,6 +47,9 @@ func newEnvTB(t testing.TB) *env {
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}}
 	if err := os.WriteFile(e.opts.HostResolvConf, []byte("nameserver 192.0.2.53\nsearch example.test\n"), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range setup {
+		f(e)
 	}
 	e.open()
 	t.Cleanup(e.teardown)

@@ -1,0 +1,194 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/piernet/pier/cluster"
+	"github.com/piernet/pier/cluster/clustertest"
+	"github.com/piernet/pier/cnm"
+	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/nstest"
+	"github.com/piernet/pier/netns"
+)
+
+// clusterHosts are n test hosts on one underlay (a veth pair or a bridge in the
+// first host's namespace... here: a lab namespace with a bridge), each a clustered
+// stack on one embedded etcd.
+func clusterHosts(t *testing.T, n int) []*env {
+	t.Helper()
+	nstest.Require(t, "root")
+	etcd := clustertest.Start(t)
+	labPath, _ := nstest.NewPinned(t)
+	lab, err := netns.Open(labPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "lab0"}}
+	if err := lab.NL.LinkAdd(br); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.NL.LinkSetUp(br); err != nil {
+		t.Fatal(err)
+	}
+	var hosts []*env
+	for i := range n {
+		addr := netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)})
+		name := fmt.Sprintf("h%d", i+1)
+		hosts = append(hosts, newEnvTB(t, func(e *env) {
+			underlay(t, lab, e.hostPath, name, addr)
+			e.opts.Cluster = &ClusterOptions{KV: cluster.NewEtcdKV(etcd.Client(t)), NodeID: "node-" + name, NodeName: name,
+				Advertise: addr, TTL: 1500 * time.Millisecond, Version: "test"}
+		}))
+		if err := hosts[i].s.Controller.EnsurePredefined(t.Context(), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { deleteClusterState(t, hosts) }) // before each host's own teardown
+	return hosts
+}
+
+// deleteClusterState removes every sandbox on every host, then the global networks
+// (once, from the first host), and waits until no host lists them.
+func deleteClusterState(t *testing.T, hosts []*env) {
+	ctx := context.Background()
+	for _, h := range hosts {
+		for _, sb := range h.s.Controller.Sandboxes(ctx) {
+			if err := h.s.Controller.DeleteSandbox(ctx, sb.ID, true); err != nil {
+				t.Errorf("cleanup: deleting sandbox %s: %v", sb.Name, err)
+			}
+		}
+	}
+	for _, n := range hosts[0].s.Controller.Networks(ctx) {
+		if n.Scope == "global" {
+			if err := hosts[0].s.Controller.DeleteNetwork(ctx, n.ID); err != nil && !errdefs.Is(err, errdefs.KindNotFound) {
+				t.Errorf("cleanup: deleting network %s: %v", n.Name, err)
+			}
+		}
+	}
+	for _, h := range hosts {
+		deadline := time.Now().Add(5 * time.Second)
+		for hasGlobal(h) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if hasGlobal(h) {
+			t.Errorf("cleanup: global networks still listed on a host")
+		}
+	}
+}
+
+func hasGlobal(h *env) bool {
+	for _, n := range h.s.Controller.Networks(context.Background()) {
+		if n.Scope == "global" {
+			return true
+		}
+	}
+	return false
+}
+
+// underlay connects the host namespace at hostPath to the lab bridge with addr/24.
+func underlay(t *testing.T, lab *netns.Namespace, hostPath, name string, addr netip.Addr) {
+	t.Helper()
+	host, err := netns.Open(hostPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	br, err := lab.NL.LinkByName("lab0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "lab-" + name, MasterIndex: br.Attrs().Index}, PeerName: "eth0",
+		PeerNamespace: netlink.NsFd(int(host.Handle))}
+	if err := lab.NL.LinkAdd(veth); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.NL.LinkSetUp(veth); err != nil {
+		t.Fatal(err)
+	}
+	eth0, err := host.NL.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := host.NL.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := host.NL.LinkSetUp(eth0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOverlayAcrossClusterHosts(t *testing.T) {
+	hosts := clusterHosts(t, 3)
+	ctx := t.Context()
+	ov := hosts[0].network(cnm.NetworkSpec{Name: "ov", Driver: "overlay", Attachable: true})
+	if ov.Scope != "global" || len(ov.VNIs) != 1 || ov.VNIs[0] != 4096 {
+		t.Fatalf("overlay created as %+v", ov)
+	}
+	for _, h := range hosts[1:] {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			n, err := h.s.Controller.Network(ctx, "ov")
+			if err == nil && n.ID == ov.ID && n.Scope == "global" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("network ov not seen on another host: %v", err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	// Lazy extension: no overlay devices before a local endpoint.
+	if got := strings.Join(links(t, hosts[2].hostPath), " "); strings.Contains(got, "ovbr") {
+		t.Fatalf("host 3 has overlay devices with no endpoint: %s", got)
+	}
+	web := hosts[0].sandbox("web", "ov")
+	cli := hosts[1].sandbox("cli", "ov")
+	webAddr := hosts[0].addr("web", "ov", false)
+	listen(t, web.Key)
+	// By address and by name, across hosts, through the embedded DNS.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := dialEcho(cli.Key, webAddr, time.Second)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("TCP from host 2 to host 1's sandbox %s: %v", webAddr, err)
+		}
+	}
+	addrs, err := lookup(t, hosts[1], cli, "web")
+	if err != nil || len(addrs) != 1 || addrs[0] != webAddr.String() {
+		t.Fatalf("web resolved on host 2 as %v, %v; want %s", addrs, err, webAddr)
+	}
+	// The overlay-only sandbox got the gateway bridge for its way out.
+	if got := strings.Join(links(t, web.Key), " "); !strings.Contains(got, "eth1") {
+		t.Fatalf("overlay-only sandbox links: %s (want a gateway bridge interface)", got)
+	}
+	// Deleting is refused on any host while an endpoint exists, naming its node.
+	if err := hosts[2].s.Controller.DeleteNetwork(ctx, "ov"); !errdefs.Is(err, errdefs.KindForbidden) || !strings.Contains(err.Error(), "h1") {
+		t.Fatalf("delete on host 3 while h1 and h2 have endpoints: %v", err)
+	}
+	// The sandbox leaves: its name stops resolving on host 2.
+	if err := hosts[0].s.Controller.DeleteSandbox(ctx, "web", true); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		if _, err := lookup(t, hosts[1], cli, "web"); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("web still resolves on host 2 after it was removed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
