@@ -129,7 +129,7 @@ func TestKernelSelfHealsBigTable(t *testing.T) {
 	}
 	start := time.Now()
 	nft(t, ns, "flush", "ruleset")
-	waitFor(t, time.Second, "10,000 ports restored", func() bool { return dumpNow(t, ns) == want })
+	waitFor(t, 10*time.Second, "10,000 ports restored", func() bool { return dumpNow(t, ns) == want })
 	t.Logf("10,000 ports restored after %v", time.Since(start).Round(time.Millisecond))
 	if diff := cmp.Diff(want, dump(t, ns)); diff != "" {
 		t.Fatal(diff)
