@@ -111,19 +111,9 @@ func (c *Cluster) register(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	nameKey := prefNodeNames + escape(c.o.NodeName)
-	held, ok, err := c.kv.Get(ctx, nameKey)
+	held, takeover, err := nameHolder(ctx, c.kv, c.o.NodeID, c.o.NodeName)
 	if err != nil {
-		return storeErr(err)
-	}
-	var takeover string
-	if ok && string(held.Value) != c.o.NodeID {
-		other := string(held.Value)
-		if _, alive, err := c.kv.Get(ctx, prefAlive+other); err != nil {
-			return storeErr(err)
-		} else if alive {
-			return errdefs.Conflict("node name %s is held by a live node (%s): choose another --node-name", c.o.NodeName, short(other))
-		}
-		takeover = other
+		return err
 	}
 	lease, err := c.kv.Grant(ctx, c.o.TTL)
 	if err != nil {
@@ -153,6 +143,35 @@ func (c *Cluster) register(ctx context.Context) error {
 	}
 	c.lease.Store(int64(lease))
 	return nil
+}
+
+// CheckName reads whether name is free for node id (or held by a node that is not
+// alive, which id may take over). A read-only pre-flight for pierd's start; Start
+// decides race-free.
+func CheckName(ctx context.Context, kv KV, id, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	_, _, err := nameHolder(ctx, kv, id, name)
+	return err
+}
+
+// nameHolder returns the name key as read and the ID of a dead node holding the name
+// ("" if none); Conflict when a live node other than id holds it.
+func nameHolder(ctx context.Context, kv KV, id, name string) (KeyValue, string, error) {
+	held, ok, err := kv.Get(ctx, prefNodeNames+escape(name))
+	if err != nil {
+		return held, "", storeErr(err)
+	}
+	if !ok || string(held.Value) == id {
+		return held, "", nil
+	}
+	other := string(held.Value)
+	if _, alive, err := kv.Get(ctx, prefAlive+other); err != nil {
+		return held, "", storeErr(err)
+	} else if alive {
+		return held, "", errdefs.Conflict("node name %s is held by a live node (%s): choose another --node-name", name, short(other))
+	}
+	return held, other, nil
 }
 
 // dropNodeEndpoints deletes the endpoint records of a node that will not return.

@@ -60,7 +60,12 @@ func openCluster(ctx context.Context, cfg Config, nodeID string) (*stack.Cluster
 			return nil, nil, fmt.Errorf("no --node-name and no hostname: %w", err)
 		}
 	}
-	o := &stack.ClusterOptions{KV: cluster.NewEtcdKV(cli), Endpoints: cfg.Store, NodeID: nodeID, NodeName: name,
+	kv := cluster.NewEtcdKV(cli)
+	if err := cluster.CheckName(ctx, kv, nodeID, name); err != nil {
+		cli.Close()
+		return nil, nil, err
+	}
+	o := &stack.ClusterOptions{KV: kv, Endpoints: cfg.Store, NodeID: nodeID, NodeName: name,
 		Advertise: adv, TTL: cfg.TTL(), VXLANPort: cfg.VXLANPort, Version: Version}
 	return o, cli.Close, nil
 }

@@ -177,6 +177,28 @@ func TestLabCluster(t *testing.T) {
 	}
 	ok(t)(sh(t, l, "h1", "ping", "-c1", "-W5", "192.0.2.3"))
 
+	// A pierd with a bad cluster setting fails at start with a clear message and
+	// writes nothing: a store on a closed port, a node name a live node holds.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--cluster-store", "etcd://192.0.2.254:1", "--node-name", "h9"}, "cannot reach the cluster store"},
+		{[]string{"--cluster-store", l.StoreURL(), "--node-name", "h1"}, "held by a live node"},
+		{[]string{"--cluster-store", l.StoreURL(), "--cluster-advertise", "198.51.100.7", "--node-name", "h9"}, "no interface of this host has that address"},
+	} {
+		data := filepath.Join(t.TempDir(), "data")
+		args := append([]string{l.Pierd, "--data-root", data, "--exec-root", filepath.Join(t.TempDir(), "exec"),
+			"-H", "unix://" + filepath.Join(t.TempDir(), "x.sock"), "--cluster-advertise", "192.0.2.3"}, tc.args...)
+		out, err := sh(t, l, "h3", args...)
+		if err == nil || !strings.Contains(out, tc.want) {
+			t.Errorf("pierd %v: %v\n%s\nwant an error containing %q", tc.args, err, out, tc.want)
+		}
+		if _, err := os.Stat(filepath.Join(data, "pier.db")); err == nil {
+			t.Errorf("pierd %v wrote its store despite failing", tc.args)
+		}
+	}
+
 	// A second lab of the same name is refused.
 	if _, err := Up(context.Background(), Options{Name: "t", Root: filepath.Dir(l.Dir), Pierd: l.Pierd}); !errdefs.Is(err, errdefs.KindConflict) {
 		t.Fatalf("second lab with the same name: %v", err)
