@@ -40,6 +40,7 @@ type Config struct {
 	DefaultBridge       bool                  `json:"default-bridge"`
 	DefaultAddressPools []ipam.PredefinedPool `json:"default-address-pools"`
 	LogLevel            string                `json:"log-level"`
+	ClusterConfig                             // cluster-* settings, flat in the file (cluster_config.go)
 
 	LogOutput io.Writer `json:"-"` // default os.Stderr
 }
@@ -99,6 +100,7 @@ func newFlagSet() (*flag.FlagSet, *flagValues) {
 	fs.BoolVar(&v.c.DefaultBridge, "default-bridge", true, "create the default network \"bridge\" (bridge pier0)")
 	fs.Var((*poolsFlag)(&v.c.DefaultAddressPools), "default-address-pool", "automatic subnets come from `base=CIDR,size=N` (repeatable)")
 	fs.StringVar(&v.c.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	addClusterFlags(fs, &v.c.ClusterConfig)
 	return fs, v
 }
 
@@ -147,6 +149,8 @@ func (v *flagValues) apply(name string, cfg *Config) {
 		cfg.DefaultAddressPools = v.c.DefaultAddressPools
 	case "log-level":
 		cfg.LogLevel = v.c.LogLevel
+	default:
+		applyCluster(name, &v.c.ClusterConfig, &cfg.ClusterConfig)
 	}
 }
 
@@ -209,6 +213,9 @@ func (c *Config) Validate() error {
 			return err
 		}
 		c.DefaultAddressPools[i] = pp
+	}
+	if err := c.ClusterConfig.validate(); err != nil {
+		return err
 	}
 	_, err := listenSpecs(*c)
 	return err
