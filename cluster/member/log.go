@@ -18,6 +18,9 @@ var noise = []string{
 	"http: Server closed",
 	"use of closed network connection",
 	"server closed",
+	// a joiner waits (and says why in its error if it gives up)
+	"rejecting member add request; local member has not been connected to majority peers",
+	"retrying of unary invoker failed",
 	// start-up notes on every member, not actionable
 	"Running http and grpc server on single port",
 	"simple token is not cryptographically signed",

@@ -43,7 +43,10 @@ func testOptions(t *testing.T, name string) Options {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 func startInit(t *testing.T, o Options) *Member {
 	t.Helper()
@@ -193,10 +196,12 @@ func etcdctl(t *testing.T, o Options, m *Member) {
 func TestJoinThreeMembersThenClientsSurviveAMemberLoss(t *testing.T) {
 	oa := testOptions(t, "a")
 	a := startInit(t, oa)
-	b := startJoin(t, joinOptions(t, "b", oa, a.Token()))
+	ob := joinOptions(t, "b", oa, a.Token())
+	b := startJoin(t, ob)
 	oc := joinOptions(t, "c", oa, a.Token())
 	c := startJoin(t, oc)
-	d := startJoin(t, joinOptions(t, "d", oa, a.Token()))
+	// The 4th node joins through the 2nd member's join service: every member serves joins.
+	d := startJoin(t, joinOptions(t, "d", ob, a.Token()))
 	if !b.IsMember() || !c.IsMember() || d.IsMember() {
 		t.Fatalf("members: b %v c %v d %v, want true true false", b.IsMember(), c.IsMember(), d.IsMember())
 	}
@@ -213,6 +218,11 @@ func TestJoinThreeMembersThenClientsSurviveAMemberLoss(t *testing.T) {
 	cd := client(t, d.ClientConfig())
 	if err := putGet(t.Context(), cd, "/from-d", "1"); err != nil {
 		t.Fatalf("client-only node: %v", err)
+	}
+
+	// A name already held by a member is refused.
+	if _, err := Join(t.Context(), joinOptions(t, "b", oa, a.Token())); !errdefs.Is(err, errdefs.KindConflict) {
+		t.Fatalf("join with a member's name: %v, want a conflict", err)
 	}
 
 	// Lose one member: the two others keep a quorum.
