@@ -2,18 +2,18 @@ package daemon
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
+	"errors"
 	"fmt"
-	"net"
+	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/piernet/pier/cluster"
+	"github.com/piernet/pier/cluster/member"
 	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/stack"
 )
@@ -21,125 +21,83 @@ import (
 // dialTimeout bounds reaching the cluster store at start.
 const dialTimeout = 5 * time.Second
 
-// openCluster connects to the cluster store and returns the stack's cluster options
-// and a closer for the client. Nothing is written here: an unreachable store or a bad
-// advertise address fails before pierd changes anything.
-func openCluster(ctx context.Context, cfg Config, nodeID string) (*stack.ClusterOptions, func() error, error) {
-	adv, err := AdvertiseAddr(cfg.Advertise)
+// clusterDir holds the node's cluster files (CA, certificates, token, the embedded
+// etcd member's data) under the data root.
+func clusterDir(dataRoot string) string { return filepath.Join(dataRoot, "cluster") }
+
+// openCluster sets up this node's part of the cluster store (an embedded member on
+// --cluster-init/--cluster-join, or an external etcd), checks it answers and that the
+// node name is free, and returns the stack's cluster options and a closer. Bad input
+// fails before pierd writes anything to its own store.
+func openCluster(ctx context.Context, cfg Config, nodeID string, log *slog.Logger) (_ *stack.ClusterOptions, closeFn func() error, err error) {
+	adv, err := AdvertiseAddr(cfg.ClusterAdvertise)
 	if err != nil {
 		return nil, nil, err
-	}
-	tlsCfg, err := storeTLS(cfg.ClusterConfig)
-	if err != nil {
-		return nil, nil, err
-	}
-	var eps []string
-	for _, e := range cfg.Store {
-		hp, _ := storeHostPort(e) // validated
-		scheme := "http://"
-		if tlsCfg != nil {
-			scheme = "https://"
-		}
-		eps = append(eps, scheme+hp)
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: dialTimeout, TLS: tlsCfg, Logger: zap.NewNop(),
-		DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second})
-	if err != nil {
-		return nil, nil, errdefs.Unavailable("cluster store %v: %v", cfg.Store, err)
-	}
-	pctx, cancel := context.WithTimeout(ctx, dialTimeout)
-	defer cancel()
-	if _, err := cli.Get(pctx, cluster.Root, clientv3.WithCountOnly()); err != nil {
-		cli.Close()
-		return nil, nil, errdefs.Unavailable("cannot reach the cluster store at %v: %v", cfg.Store, err)
 	}
 	name := cfg.NodeName
 	if name == "" {
 		if name, err = os.Hostname(); err != nil {
-			cli.Close()
 			return nil, nil, fmt.Errorf("no --node-name and no hostname: %w", err)
 		}
 	}
+	m, err := startMember(ctx, cfg, name, adv, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = m.Close()
+		}
+	}()
+	cli, err := clientv3.New(m.ClientConfig())
+	if err != nil {
+		return nil, nil, errdefs.Unavailable("cluster store %v: %v", m.ClientURLs(), err)
+	}
+	closeAll := func() error { return errors.Join(cli.Close(), m.Close()) }
+	pctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	if _, err = cli.Get(pctx, cluster.Root, clientv3.WithCountOnly()); err != nil {
+		cli.Close()
+		return nil, nil, errdefs.Unavailable("cannot reach the cluster store at %v: %v", m.ClientURLs(), err)
+	}
 	kv := cluster.NewEtcdKV(cli)
-	if err := cluster.CheckName(ctx, kv, nodeID, name); err != nil {
+	if err = cluster.CheckName(ctx, kv, nodeID, name); err != nil {
 		cli.Close()
 		return nil, nil, err
 	}
-	o := &stack.ClusterOptions{KV: kv, Endpoints: cfg.Store, NodeID: nodeID, NodeName: name,
-		Advertise: adv, TTL: cfg.TTL(), VXLANPort: cfg.VXLANPort, Version: Version}
-	return o, cli.Close, nil
+	o := &stack.ClusterOptions{KV: kv, Endpoints: m.ClientURLs(), NodeID: nodeID, NodeName: name, Advertise: adv,
+		TTL: cfg.NodeTTL(), VXLANPort: cfg.VXLANPort(), Version: Version, EtcdMember: m.IsMember()}
+	if m.IsMember() {
+		o.Token = m.Token
+	}
+	return o, closeAll, nil
 }
 
-// AdvertiseAddr resolves --cluster-advertise: an IP address, or an interface whose
-// first global address (IPv4 preferred) is used.
-func AdvertiseAddr(s string) (netip.Addr, error) {
-	if a, err := netip.ParseAddr(s); err == nil {
-		if a.IsUnspecified() {
-			return netip.Addr{}, errdefs.InvalidArgument("--cluster-advertise %s: other nodes cannot reach an unspecified address", s)
+// startMember runs the node's embedded etcd member or client settings.
+func startMember(ctx context.Context, cfg Config, name string, adv netip.Addr, log *slog.Logger) (*member.Member, error) {
+	o := member.Options{DataDir: clusterDir(cfg.DataRoot), Name: name, Advertise: adv, Logger: log}
+	switch {
+	case cfg.ClusterInit:
+		return member.Init(ctx, o)
+	case cfg.ClusterJoin != "":
+		tok, err := cfg.JoinToken()
+		if err != nil && !resumable(o.DataDir) {
+			return nil, err
 		}
-		if !hasAddr(a) {
-			return netip.Addr{}, errdefs.InvalidArgument("--cluster-advertise %s: no interface of this host has that address", s)
-		}
-		return a.Unmap(), nil
+		o.JoinURL, o.Token = cfg.ClusterJoin, tok
+		return member.Join(ctx, o)
 	}
-	ifc, err := net.InterfaceByName(s)
+	eps, err := cfg.StoreEndpoints()
 	if err != nil {
-		return netip.Addr{}, errdefs.InvalidArgument("--cluster-advertise %q is neither an IP address nor an interface of this host", s)
+		return nil, err
 	}
-	addrs, _ := ifc.Addrs()
-	var v6 netip.Addr
-	for _, a := range addrs {
-		p, err := netip.ParsePrefix(a.String())
-		if err != nil || !p.Addr().IsGlobalUnicast() {
-			continue
-		}
-		if p.Addr().Is4() {
-			return p.Addr(), nil
-		}
-		if !v6.IsValid() {
-			v6 = p.Addr()
-		}
-	}
-	if v6.IsValid() {
-		return v6, nil
-	}
-	return netip.Addr{}, errdefs.InvalidArgument("--cluster-advertise %s: the interface has no global address", s)
+	return member.External(member.ExternalOptions{Endpoints: eps, CACert: cfg.ClusterStoreCACert, Cert: cfg.ClusterStoreCert,
+		Key: cfg.ClusterStoreKey, Logger: log})
 }
 
-func hasAddr(want netip.Addr) bool {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return false
-	}
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Unmap() == want.Unmap() {
-			return true
-		}
-	}
-	return false
-}
-
-func storeTLS(c ClusterConfig) (*tls.Config, error) {
-	if c.StoreCACert == "" && c.StoreCert == "" {
-		return nil, nil
-	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if c.StoreCACert != "" {
-		pem, err := os.ReadFile(c.StoreCACert)
-		if err != nil {
-			return nil, fmt.Errorf("reading --cluster-store-cacert: %w", err)
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, errdefs.InvalidArgument("--cluster-store-cacert %s holds no PEM certificate", c.StoreCACert)
-		}
-	}
-	if c.StoreCert != "" {
-		cert, err := tls.LoadX509KeyPair(c.StoreCert, c.StoreKey)
-		if err != nil {
-			return nil, errdefs.InvalidArgument("--cluster-store-cert/--cluster-store-key: %v", err)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
-	}
-	return cfg, nil
+// resumable reports whether a joined node's cluster files exist: it restarts without
+// a token.
+func resumable(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, member.FileState))
+	return err == nil
 }

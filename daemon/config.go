@@ -40,7 +40,7 @@ type Config struct {
 	DefaultBridge       bool                  `json:"default-bridge"`
 	DefaultAddressPools []ipam.PredefinedPool `json:"default-address-pools"`
 	LogLevel            string                `json:"log-level"`
-	ClusterConfig                             // the cluster settings (top-level keys, as Docker's daemon.json)
+	ClusterConfig                             // cluster-* settings, flat in the file (cluster_config.go)
 
 	LogOutput io.Writer `json:"-"` // default os.Stderr
 }
@@ -100,7 +100,7 @@ func newFlagSet() (*flag.FlagSet, *flagValues) {
 	fs.BoolVar(&v.c.DefaultBridge, "default-bridge", true, "create the default network \"bridge\" (bridge pier0)")
 	fs.Var((*poolsFlag)(&v.c.DefaultAddressPools), "default-address-pool", "automatic subnets come from `base=CIDR,size=N` (repeatable)")
 	fs.StringVar(&v.c.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
-	v.c.ClusterConfig.register(fs)
+	addClusterFlags(fs, &v.c.ClusterConfig)
 	return fs, v
 }
 
@@ -150,7 +150,7 @@ func (v *flagValues) apply(name string, cfg *Config) {
 	case "log-level":
 		cfg.LogLevel = v.c.LogLevel
 	default:
-		v.c.ClusterConfig.apply(name, &cfg.ClusterConfig)
+		applyCluster(name, &v.c.ClusterConfig, &cfg.ClusterConfig)
 	}
 }
 
@@ -214,10 +214,11 @@ func (c *Config) Validate() error {
 		}
 		c.DefaultAddressPools[i] = pp
 	}
-	if _, err := listenSpecs(*c); err != nil {
+	if err := c.ClusterConfig.validate(); err != nil {
 		return err
 	}
-	return c.ClusterConfig.Validate()
+	_, err := listenSpecs(*c)
+	return err
 }
 
 func parseLevel(s string) (slog.Level, error) {

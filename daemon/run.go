@@ -45,7 +45,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		if err := os.MkdirAll(cfg.DataRoot, 0o700); err != nil {
 			return fmt.Errorf("creating data root: %w", err)
 		}
-		co, closeStore, err := openCluster(ctx, cfg, engineID(cfg.DataRoot, log))
+		co, closeStore, err := openCluster(ctx, cfg, engineID(cfg.DataRoot, log), log)
 		if err != nil {
 			return err
 		}
