@@ -24,6 +24,9 @@ func Init(ctx context.Context, o Options) (*Member, error) {
 	if m, ok, err := resumeIfSetUp(ctx, o); ok || err != nil {
 		return m, err
 	}
+	if err := ValidateName(o.Name); err != nil {
+		return nil, err
+	}
 	if err := o.needAdvertise(); err != nil {
 		return nil, err
 	}

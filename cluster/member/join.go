@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -74,7 +75,7 @@ func checkSameCluster(o Options, tok Token, tokErr error) error {
 	if tokErr != nil {
 		return nil
 	}
-	crt, err := os.ReadFile(o.DataDir + "/" + FileCACert)
+	crt, err := os.ReadFile(filepath.Join(o.DataDir, FileCACert))
 	if err != nil {
 		return nil // nothing set up yet (or Join reports the real problem later)
 	}

@@ -2,6 +2,7 @@ package member
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -132,17 +133,26 @@ func TestInitServesOnlyMutualTLS(t *testing.T) {
 	noCert := m.ClientTLS()
 	noCert.Certificates = nil
 	c2 := client(t, clientv3.Config{Endpoints: m.ClientURLs(), TLS: noCert})
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 	defer cancel()
 	if _, err := c2.Get(ctx, "/k"); err == nil {
 		t.Fatal("read without a client certificate succeeded")
+	}
+	// The reason is the missing certificate (not, say, a closed port).
+	conn, err := tls.Dial("tcp", strings.TrimPrefix(m.ClientURLs()[0], "https://"), noCert)
+	if err == nil {
+		_, err = conn.Read(make([]byte, 1))
+		conn.Close()
+	}
+	if err == nil || !strings.Contains(err.Error(), "certificate required") {
+		t.Fatalf("TLS without a client certificate: %v, want \"certificate required\"", err)
 	}
 	if _, err := c2.Put(ctx, "/k", "x"); err == nil {
 		t.Fatal("write without a client certificate succeeded")
 	}
 	// Plain text is not served at all.
 	plain := client(t, clientv3.Config{Endpoints: []string{strings.Replace(m.ClientURLs()[0], "https", "http", 1)}})
-	ctx2, cancel2 := context.WithTimeout(t.Context(), 2*time.Second)
+	ctx2, cancel2 := context.WithTimeout(t.Context(), time.Second)
 	defer cancel2()
 	if _, err := plain.Get(ctx2, "/k"); err == nil {
 		t.Fatal("plain-text read succeeded")
@@ -175,7 +185,7 @@ func etcdctl(t *testing.T, o Options, m *Member) {
 		t.Log("etcdctl not installed: skipping the etcdctl checks")
 		return
 	}
-	base := []string{"--endpoints", m.ClientURLs()[0], "--cacert", filepath.Join(o.DataDir, FileCACert), "--dial-timeout", "2s", "--command-timeout", "3s"}
+	base := []string{"--endpoints", m.ClientURLs()[0], "--cacert", filepath.Join(o.DataDir, FileCACert), "--dial-timeout", "1s", "--command-timeout", "2s"}
 	run := func(extra ...string) (string, error) {
 		cmd := exec.CommandContext(t.Context(), path, append(append([]string(nil), base...), extra...)...)
 		cmd.Env = append(os.Environ(), "ETCDCTL_API=3")
@@ -201,7 +211,8 @@ func TestJoinThreeMembersThenClientsSurviveAMemberLoss(t *testing.T) {
 	oc := joinOptions(t, "c", oa, a.Token())
 	c := startJoin(t, oc)
 	// The 4th node joins through the 2nd member's join service: every member serves joins.
-	d := startJoin(t, joinOptions(t, "d", ob, a.Token()))
+	od := joinOptions(t, "d", ob, a.Token())
+	d := startJoin(t, od)
 	if !b.IsMember() || !c.IsMember() || d.IsMember() {
 		t.Fatalf("members: b %v c %v d %v, want true true false", b.IsMember(), c.IsMember(), d.IsMember())
 	}
@@ -218,6 +229,23 @@ func TestJoinThreeMembersThenClientsSurviveAMemberLoss(t *testing.T) {
 	cd := client(t, d.ClientConfig())
 	if err := putGet(t.Context(), cd, "/from-d", "1"); err != nil {
 		t.Fatalf("client-only node: %v", err)
+	}
+
+	// The client-only node restarts from its data dir, without a token.
+	d.Close()
+	od.Token = ""
+	d2 := startJoin(t, od)
+	if d2.IsMember() || len(d2.ClientURLs()) != 3 {
+		t.Fatalf("restarted client-only node: member %v endpoints %v", d2.IsMember(), d2.ClientURLs())
+	}
+	if err := putGet(t.Context(), client(t, d2.ClientConfig()), "/from-d", "again"); err != nil {
+		t.Fatalf("restarted client-only node: %v", err)
+	}
+	// A token of another cluster is refused on that data dir.
+	other := Token{Fingerprint: strings.Repeat("a", 52), Secret: strings.Repeat("b", 52)}
+	od.Token = other.String()
+	if _, err := Join(t.Context(), od); !errdefs.Is(err, errdefs.KindConflict) {
+		t.Fatalf("join of a set-up data dir with another cluster's token: %v, want a conflict", err)
 	}
 
 	// A name already held by a member is refused.

@@ -62,6 +62,25 @@ func TestValidateName(t *testing.T) {
 	}
 }
 
+func TestInitBadOptions(t *testing.T) {
+	for name, o := range map[string]Options{
+		"no data dir":  {Name: "a", Advertise: netip.MustParseAddr("192.0.2.1")},
+		"bad name":     {DataDir: filepath.Join(t.TempDir(), "x"), Name: "a b", Advertise: netip.MustParseAddr("192.0.2.1")},
+		"no advertise": {DataDir: filepath.Join(t.TempDir(), "x"), Name: "a"},
+		"unspecified":  {DataDir: filepath.Join(t.TempDir(), "x"), Name: "a", Advertise: netip.MustParseAddr("0.0.0.0")},
+		"bad port":     {DataDir: filepath.Join(t.TempDir(), "x"), Name: "a", Advertise: netip.MustParseAddr("192.0.2.1"), ClientPort: 70000},
+	} {
+		if _, err := Init(t.Context(), o); !errdefs.Is(err, errdefs.KindInvalidArgument) {
+			t.Errorf("%s: Init = %v, want an invalid argument", name, err)
+		}
+		if o.DataDir != "" {
+			if _, err := os.Stat(o.DataDir); !os.IsNotExist(err) {
+				t.Errorf("%s: data dir created: %v", name, err)
+			}
+		}
+	}
+}
+
 func TestExternal(t *testing.T) {
 	m, err := External(ExternalOptions{Endpoints: []string{"etcd://192.0.2.1:2379", "192.0.2.2:2379"}})
 	if err != nil {
