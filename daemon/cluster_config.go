@@ -199,7 +199,10 @@ func AdvertiseAddr(ifaceOrIP string) (netip.Addr, error) {
 		return netip.Addr{}, err
 	}
 	if a, err := netip.ParseAddr(ifaceOrIP); err == nil {
-		return a, nil
+		if !hostHas(a) {
+			return netip.Addr{}, errdefs.InvalidArgument("--cluster-advertise %s: no interface of this host has that address", a)
+		}
+		return a.Unmap(), nil
 	}
 	ifi, err := net.InterfaceByName(ifaceOrIP)
 	if err != nil {
@@ -301,4 +304,18 @@ func applyCluster(name string, v, c *ClusterConfig) bool {
 		return false
 	}
 	return true
+}
+
+// hostHas reports whether an interface of this host (network namespace) has a.
+func hostHas(a netip.Addr) bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, x := range addrs {
+		if p, err := netip.ParsePrefix(x.String()); err == nil && p.Addr().Unmap() == a.Unmap() {
+			return true
+		}
+	}
+	return false
 }

@@ -125,8 +125,11 @@ func TestJoinToken(t *testing.T) {
 }
 
 func TestAdvertiseAddr(t *testing.T) {
-	if a, err := AdvertiseAddr("192.0.2.7"); err != nil || a != netip.MustParseAddr("192.0.2.7") {
-		t.Fatalf("IP: %v %v", a, err)
+	if a, err := AdvertiseAddr("127.0.0.1"); err != nil || a != netip.MustParseAddr("127.0.0.1") {
+		t.Fatalf("an address of this host: %v %v", a, err)
+	}
+	if _, err := AdvertiseAddr("192.0.2.7"); err == nil || !strings.Contains(err.Error(), "no interface of this host") {
+		t.Fatalf("an address this host does not have: %v", err)
 	}
 	if _, err := AdvertiseAddr("nosuchif0"); !errdefs.Is(err, errdefs.KindNotFound) {
 		t.Fatalf("missing interface: %v", err)

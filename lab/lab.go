@@ -1,7 +1,10 @@
 // Package lab builds a pier cluster on one machine: simulated hosts, each a network
 // namespace with an underlay address from 192.0.2.0/24 on a bridge inside a lab
-// namespace, each running its own pierd, all sharing a cluster store that runs in the
-// lab namespace. It is what `pier lab` runs and the harness of every multi-host test.
+// namespace, each running its own pierd. By default h1 starts the cluster
+// (--cluster-init: an embedded etcd member) and the others join it with its token
+// (--cluster-join; the first three become etcd members); with External, the cluster
+// store is Debian's etcd running in the lab namespace (--cluster-store). It is what
+// `pier lab` runs and the harness of every multi-host test.
 //
 // Nothing touches the machine's own interfaces, routes or firewall: every address is
 // on the lab bridge, inside namespaces the lab made; the cluster store listens on the
@@ -50,7 +53,10 @@ type Options struct {
 	Hosts int    // default 3
 	Root  string // parent of the lab's state directory; default DefaultRoot
 	Pierd string // the pierd binary; default next to this executable, else $PATH
-	Etcd  string // the etcd binary (Debian's etcd-server); default $PATH
+	// External runs the cluster store as an external etcd (Debian's etcd-server) in the
+	// lab namespace instead of embedded members.
+	External bool
+	Etcd     string // the etcd binary for External; default $PATH
 	// PierdArgs are extra pierd flags for every host (e.g. a shorter --cluster-node-ttl).
 	PierdArgs []string
 }
@@ -76,13 +82,19 @@ type Lab struct {
 	Hosts    []Host
 	Pierd    string
 	Etcd     string
+	External bool
 	Args     []string
 
 	procs map[int]*exec.Cmd // children of this process, reaped on kill
 }
 
-// StoreURL is the cluster store every host's pierd uses.
-func (l *Lab) StoreURL() string { return fmt.Sprintf("etcd://%s:%d", ClientAddr, storePort) }
+// StoreURL is the cluster store's URL: the external etcd, or h1's embedded member.
+func (l *Lab) StoreURL() string {
+	if l.External {
+		return fmt.Sprintf("etcd://%s:%d", ClientAddr, storePort)
+	}
+	return fmt.Sprintf("etcd://%s:%d", l.Hosts[0].Addr, storePort)
+}
 
 func (o *Options) defaults() error {
 	if o.Name == "" {
@@ -104,8 +116,10 @@ func (o *Options) defaults() error {
 	if o.Pierd, err = findBinary(o.Pierd, "pierd"); err != nil {
 		return err
 	}
-	if o.Etcd, err = findBinary(o.Etcd, "etcd"); err != nil {
-		return errdefs.NotFound("the lab's cluster store needs etcd: apt-get install etcd-server (%v)", err)
+	if o.External {
+		if o.Etcd, err = findBinary(o.Etcd, "etcd"); err != nil {
+			return errdefs.NotFound("an external cluster store needs etcd: apt-get install etcd-server (%v)", err)
+		}
 	}
 	return nil
 }
@@ -145,7 +159,7 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", dir, err)
 	}
-	l = &Lab{Name: o.Name, Dir: dir, Pierd: o.Pierd, Etcd: o.Etcd, Args: o.PierdArgs, procs: map[int]*exec.Cmd{}}
+	l = &Lab{Name: o.Name, Dir: dir, Pierd: o.Pierd, Etcd: o.Etcd, External: o.External, Args: o.PierdArgs, procs: map[int]*exec.Cmd{}}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, l.Down())
@@ -155,8 +169,10 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 	if err := l.buildNetwork(o.Hosts); err != nil {
 		return l, err
 	}
-	if err := l.startStore(ctx); err != nil {
-		return l, err
+	if l.External {
+		if err := l.startStore(ctx); err != nil {
+			return l, err
+		}
 	}
 	for i := range l.Hosts {
 		if err := l.startPierd(ctx, &l.Hosts[i]); err != nil {
@@ -336,9 +352,20 @@ func (l *Lab) dialOK(ctx context.Context, addr string) bool {
 
 func (l *Lab) pierdArgs(h *Host) []string {
 	args := []string{"--data-root", h.Data, "--exec-root", h.Exec, "-H", "unix://" + h.Socket,
-		"--cluster-store", l.StoreURL(), "--cluster-advertise", h.Addr.String(), "--node-name", h.Name}
+		"--cluster-advertise", h.Addr.String(), "--node-name", h.Name}
+	switch {
+	case l.External:
+		args = append(args, "--cluster-store", l.StoreURL())
+	case h.Name == l.Hosts[0].Name:
+		args = append(args, "--cluster-init")
+	default:
+		args = append(args, "--cluster-join", l.StoreURL(), "--cluster-token-file", l.TokenFile())
+	}
 	return append(args, l.Args...)
 }
+
+// TokenFile is where h1 keeps the cluster's join token (embedded members).
+func (l *Lab) TokenFile() string { return filepath.Join(l.Hosts[0].Data, "cluster", "token") }
 
 // startPierd starts a host's pierd and waits until its API answers.
 func (l *Lab) startPierd(ctx context.Context, h *Host) error {

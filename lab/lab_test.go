@@ -52,17 +52,22 @@ func TestMain(m *testing.M) {
 }
 
 // up builds a lab of n hosts under a temporary root and tears it down at the end.
-func up(t *testing.T, n int) *Lab {
+func up(t *testing.T, n int, external ...bool) *Lab {
 	t.Helper()
-	nstest.Require(t, "root", "nsenter", "etcd", "docker")
+	nstest.Require(t, "root", "nsenter", "docker")
 	bin := binaries(t)
 	root, err := os.MkdirTemp("", "plab")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(root) })
-	l, err := Up(t.Context(), Options{Name: "t", Hosts: n, Root: root, Pierd: filepath.Join(bin, "pierd"),
-		PierdArgs: []string{"--cluster-node-ttl", "1.5s"}})
+	o := Options{Name: "t", Hosts: n, Root: root, Pierd: filepath.Join(bin, "pierd"),
+		PierdArgs: []string{"--cluster-node-ttl", "1.5s"}}
+	if len(external) > 0 && external[0] {
+		nstest.Require(t, "etcd")
+		o.External = true
+	}
+	l, err := Up(t.Context(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,8 +189,9 @@ func TestLabCluster(t *testing.T) {
 		want string
 	}{
 		{[]string{"--cluster-store", "etcd://192.0.2.254:1", "--node-name", "h9"}, "cannot reach the cluster store"},
-		{[]string{"--cluster-store", l.StoreURL(), "--node-name", "h1"}, "held by a live node"},
-		{[]string{"--cluster-store", l.StoreURL(), "--cluster-advertise", "198.51.100.7", "--node-name", "h9"}, "no interface of this host has that address"},
+		{[]string{"--cluster-join", l.StoreURL(), "--cluster-token-file", l.TokenFile(), "--node-name", "h1"}, "h1"},
+		{[]string{"--cluster-join", l.StoreURL(), "--cluster-token", "PIER1-AAAA-BBBB", "--node-name", "h9"}, "token"},
+		{[]string{"--cluster-join", l.StoreURL(), "--cluster-token-file", l.TokenFile(), "--cluster-advertise", "198.51.100.7", "--node-name", "h9"}, "no interface of this host has that address"},
 	} {
 		data := filepath.Join(t.TempDir(), "data")
 		args := append([]string{l.Pierd, "--data-root", data, "--exec-root", filepath.Join(t.TempDir(), "exec"),
@@ -229,8 +235,22 @@ func TestLabDownRemovesEverything(t *testing.T) {
 	}
 }
 
+// TestLabExternalStore runs the lab on an external etcd (Debian's etcd-server, in the
+// lab namespace) instead of embedded members.
+func TestLabExternalStore(t *testing.T) {
+	l := up(t, 2, true)
+	ok(t)(sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "--attachable", "ov"))
+	poll(t, "ov on h2", 5*time.Second, func() bool {
+		out, _ := sh(t, l, "h2", "docker", "network", "ls", "--filter", "name=ov", "--format", "{{.Scope}}")
+		return out == "global"
+	})
+	ok(t)(pier(t, l, "h1", "sandbox", "create", "--network", "ov", "--name", "web"))
+	ok(t)(pier(t, l, "h2", "sandbox", "create", "--network", "ov", "--name", "cli"))
+	ok(t)(pier(t, l, "h2", "exec", "cli", "--", "ping", "-c1", "-W5", "web"))
+}
+
 func TestLabUpFailingHalfWayCleansUp(t *testing.T) {
-	nstest.Require(t, "root", "nsenter", "etcd")
+	nstest.Require(t, "root", "nsenter")
 	root := t.TempDir()
 	// A pierd that cannot start: the lab must not stay half-built.
 	_, err := Up(t.Context(), Options{Name: "bad", Hosts: 2, Root: root, Pierd: "/bin/false"})
