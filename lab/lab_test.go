@@ -180,7 +180,7 @@ func TestLabCluster(t *testing.T) {
 	if err := l.Heal("h3"); err != nil {
 		t.Fatal(err)
 	}
-	ok(t)(sh(t, l, "h1", "ping", "-c1", "-W5", "192.0.2.3"))
+	ok(t)(sh(t, l, "h1", "ping", "-c1", "-w5", "192.0.2.3")) // -w: retry until a reply (ARP after the link comes back)
 
 	// A pierd with a bad cluster setting fails at start with a clear message and
 	// writes nothing: a store on a closed port, a node name a live node holds.

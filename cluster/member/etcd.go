@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -16,6 +17,18 @@ import (
 // etcdMember is a running embedded etcd member.
 type etcdMember struct {
 	e *embed.Etcd
+}
+
+// waitVoter waits until the member has applied its own promotion.
+func (m *etcdMember) waitVoter(ctx context.Context) error {
+	for m.e.Server.IsLearner() {
+		select {
+		case <-ctx.Done():
+			return errdefs.Unavailable("waiting for this etcd member's promotion to apply: %v", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // peer is one entry of etcd's initial cluster.

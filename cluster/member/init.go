@@ -170,6 +170,12 @@ func startMember(ctx context.Context, o Options, st state, clusterState string, 
 			m.Close()
 			return nil, err
 		}
+		// The promotion is decided by the others; this member serves clients only
+		// once it has applied it ("rpc not supported for learner" until then).
+		if err := em.waitVoter(ctx); err != nil {
+			m.Close()
+			return nil, err
+		}
 	}
 	if err := m.serveJoins(o, st, c); err != nil {
 		m.Close()
