@@ -184,6 +184,11 @@ func (s *Server) inspectSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	n, err := s.c.Processes(ctx, sb)
+	if err != nil {
+		return err
+	}
+	info.Processes = &n
 	writeJSON(w, http.StatusOK, info)
 	return nil
 }

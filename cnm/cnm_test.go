@@ -181,3 +181,31 @@ func TestPluginDstPrefixNamesTheInterface(t *testing.T) {
 		t.Fatalf("sandbox interfaces:\n%s", r.os.dump())
 	}
 }
+
+func TestDeleteSandboxWithProcesses(t *testing.T) {
+	r := newRig(t)
+	ctx := t.Context()
+	sb, err := r.c.CreateSandbox(ctx, SandboxSpec{Name: "s"})
+	r.must(t, err)
+	r.os.procs[sb.Key] = 2
+	if n, err := r.c.Processes(ctx, sb); n != 2 || err != nil {
+		t.Errorf("Processes = %d, %v; want 2", n, err)
+	}
+	err = r.c.DeleteSandbox(ctx, "s", false)
+	if !errdefs.Is(err, errdefs.KindConflict) || !strings.Contains(err.Error(), "sandbox s has 2 process(es) running in it") {
+		t.Fatalf("delete without force: %v, want Conflict naming the processes", err)
+	}
+	if _, err := r.c.Sandbox(ctx, "s"); err != nil || !r.os.Exists(sb.Key) {
+		t.Fatalf("refused delete removed the sandbox: %v", err)
+	}
+	r.os.failOn = "StopProcesses"
+	if err := r.c.DeleteSandbox(ctx, "s", true); err == nil || !r.os.Exists(sb.Key) {
+		t.Fatalf("forced delete with failing process stop: %v; the namespace must stay", err)
+	}
+	r.os.failOn = ""
+	r.os.procs[sb.Key] = 2
+	r.must(t, r.c.DeleteSandbox(ctx, "s", true))
+	if r.os.procs[sb.Key] != 0 || r.os.Exists(sb.Key) {
+		t.Errorf("after forced delete: %d processes, namespace exists %v", r.os.procs[sb.Key], r.os.Exists(sb.Key))
+	}
+}

@@ -41,7 +41,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return err
 	}
 	st, err := stack.Open(ctx, stack.Options{DataRoot: cfg.DataRoot, ExecRoot: cfg.ExecRoot,
-		DefaultPools: cfg.DefaultAddressPools, Logger: log})
+		DefaultPools: cfg.DefaultAddressPools, Logger: log, StopGrace: time.Duration(cfg.SandboxStopTimeout) * time.Second})
 	if err != nil {
 		return fmt.Errorf("opening pier state in %s: %w", cfg.DataRoot, err)
 	}

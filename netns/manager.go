@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -48,8 +49,9 @@ type DefaultRoute struct {
 // Manager creates sandbox namespaces pinned under Dir and configures them. It caches
 // open namespaces; Close releases them. Safe for concurrent use.
 type Manager struct {
-	dir  string
-	host *Namespace
+	dir   string
+	host  *Namespace
+	procs Procs
 
 	mu   sync.Mutex // guards open
 	open map[string]*Namespace
@@ -95,6 +97,28 @@ func (m *Manager) Destroy(ctx context.Context, key string) error {
 	}
 	m.mu.Unlock()
 	return Remove(key)
+}
+
+// Processes returns how many processes run in the sandbox namespace with key (0 for
+// the host's: its processes are not the sandbox's).
+func (m *Manager) Processes(ctx context.Context, key string) (int, error) {
+	if key == m.HostKey() {
+		return 0, nil
+	}
+	pids, err := m.procs.In(key)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	return len(pids), err
+}
+
+// StopProcesses ends the processes in the sandbox namespace with key (SIGTERM, then
+// SIGKILL after grace) and returns how many there were. The host's are never touched.
+func (m *Manager) StopProcesses(ctx context.Context, key string, grace time.Duration) (int, error) {
+	if key == m.HostKey() {
+		return 0, nil
+	}
+	return m.procs.Stop(ctx, key, grace)
 }
 
 // Pinned lists the keys of all namespaces pinned under the manager's directory.

@@ -44,6 +44,9 @@ type Options struct {
 	PluginDirs plugin.Dirs
 	// PluginTimeout bounds every plugin call (default plugin.DefaultTimeout).
 	PluginTimeout time.Duration
+	// StopGrace is how long sandbox rm -f waits after SIGTERM before SIGKILL (zero =
+	// cnm.DefaultStopGrace).
+	StopGrace time.Duration
 }
 
 // Stack is an opened single-host pier stack.
@@ -115,7 +118,7 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 		return err
 	}
 	s.Controller, err = cnm.New(ctx, cnm.Config{ExecRoot: o.ExecRoot, Store: s.store, Drivers: reg, IPAM: alloc,
-		Plugins: plugins, DNS: s.dns, OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf})
+		Plugins: plugins, DNS: s.dns, OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf, StopGrace: o.StopGrace})
 	if err != nil {
 		return err
 	}

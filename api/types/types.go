@@ -48,6 +48,9 @@ type SandboxInfo struct {
 	Created     time.Time
 	Endpoints   []SandboxEndpoint
 	Ports       []PortBinding // the actual bindings of the requested ports
+	// Processes is how many processes run in the sandbox's namespace (set by inspect
+	// only; a host-network sandbox has none of its own).
+	Processes *int `json:",omitempty"`
 }
 
 // PortBinding is one published port: HostIP:HostPort on the host reaches
