@@ -107,4 +107,3 @@ func waitFor(t *testing.T, ok func() bool, format string, args ...any) {
 	}
 	t.Fatalf("timed out waiting for "+format, args...)
 }
-
