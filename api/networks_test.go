@@ -99,7 +99,7 @@ func TestNetworkBadInput(t *testing.T) {
 		{"wrong JSON type", "POST", "/networks/create", `{"Name":7}`, 400, "invalid JSON body: json: cannot unmarshal number"},
 		{"empty body", "POST", "/networks/create", ``, 400, "request body is empty"},
 		{"no name", "POST", "/networks/create", `{"Driver":"bridge"}`, 400, "network name is required"},
-		{"bad name", "POST", "/networks/create", `{"Name":"a b"}`, 400, `invalid network name "a b"`},
+		{"blank name", "POST", "/networks/create", `{"Name":" "}`, 400, `network name is required`},
 		{"unknown driver", "POST", "/networks/create", `{"Name":"x","Driver":"foo"}`, 404, `plugin "foo" not found`},
 		{"unknown IPAM driver", "POST", "/networks/create", `{"Name":"x","IPAM":{"Driver":"dhcp"}}`, 404, `"dhcp" not found`},
 		{"bad CIDR", "POST", "/networks/create", `{"Name":"x","IPAM":{"Config":[{"Subnet":"10.0.0/8"}]}}`, 400, `invalid CIDR prefix "10.0.0/8"`},

@@ -28,8 +28,17 @@ func TestLookupByIDPrefixAndName(t *testing.T) {
 		!strings.Contains(err.Error(), "network with name app already exists") {
 		t.Errorf("duplicate name: %v", err)
 	}
-	if _, err := r.c.CreateNetwork(ctx, NetworkSpec{Name: "bad name"}); !errdefs.Is(err, errdefs.KindInvalidArgument) {
-		t.Errorf("bad name: %v", err)
+	for _, name := range []string{"test 01", "réseau", "a/b", strings.Repeat("n", 129)} {
+		if _, err := r.c.CreateNetwork(ctx, NetworkSpec{Name: name}); err != nil {
+			t.Errorf("network name %q (Docker accepts it): %v", name, err)
+		}
+	}
+	if _, err := r.c.CreateNetwork(ctx, NetworkSpec{Name: " \t"}); !errdefs.Is(err, errdefs.KindInvalidArgument) || !strings.Contains(err.Error(), "must not be blank") {
+		t.Errorf("blank name: %v", err)
+	}
+	_, err = r.c.CreateSandbox(ctx, SandboxSpec{Name: strings.Repeat("s", 129)})
+	if !errdefs.Is(err, errdefs.KindInvalidArgument) || !strings.Contains(err.Error(), "129 characters is too long (at most 128") {
+		t.Errorf("129-character sandbox name: %v, want told it is too long", err)
 	}
 }
 
