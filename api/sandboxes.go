@@ -75,7 +75,11 @@ func decodeConnection(n types.SandboxNetwork) (connection, error) {
 	if err != nil {
 		return connection{}, err
 	}
-	return connection{network: n.Network, spec: cnm.EndpointSpec{Addr4: a4, Addr6: a6, Aliases: n.Aliases, Links: n.Links}}, nil
+	ll, err := parseLinkLocal(n.LinkLocalIPs)
+	if err != nil {
+		return connection{}, err
+	}
+	return connection{network: n.Network, spec: cnm.EndpointSpec{Addr4: a4, Addr6: a6, Aliases: n.Aliases, Links: n.Links, LinkLocal: ll}}, nil
 }
 
 // parseExtraHost parses docker's --add-host value, "host:ip" (or "host=ip").

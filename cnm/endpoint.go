@@ -27,6 +27,9 @@ type EndpointSpec struct {
 	Links    []string
 	MAC      net.HardwareAddr
 	Priority int // gateway priority: higher wins
+	// LinkLocal are extra link-local addresses for the interface (Docker's
+	// IPAMConfig.LinkLocalIPs); the API checks they are link-local.
+	LinkLocal []netip.Addr
 }
 
 // Endpoint is an endpoint record. Values returned by the controller are copies.
@@ -39,12 +42,13 @@ type Endpoint struct {
 	Addr6     netip.Prefix `json:",omitempty"`
 	// DriverAddr4/6: the address was assigned by the driver (CreateEndpoint filled a
 	// family the IPAM gave none of), so it is never released to or replayed on the IPAM.
-	DriverAddr4 bool     `json:",omitempty"`
-	DriverAddr6 bool     `json:",omitempty"`
-	MAC         string   `json:",omitempty"`
-	Aliases     []string `json:",omitempty"`
-	Links       []Link   `json:",omitempty"`
-	Priority    int      `json:",omitempty"`
+	DriverAddr4 bool         `json:",omitempty"`
+	DriverAddr6 bool         `json:",omitempty"`
+	MAC         string       `json:",omitempty"`
+	Aliases     []string     `json:",omitempty"`
+	Links       []Link       `json:",omitempty"`
+	LinkLocal   []netip.Addr `json:",omitempty"`
+	Priority    int          `json:",omitempty"`
 	// Transient endpoints live only while joined: Connect creates them, Disconnect
 	// deletes them. A restart finding one unjoined finishes the interrupted operation
 	// by deleting it.
@@ -101,7 +105,7 @@ func (c *Controller) createEndpoint(ctx context.Context, n *Network, spec Endpoi
 		return nil, err
 	}
 	ep := &Endpoint{ID: NewID(), Name: spec.Name, NetworkID: n.ID, Created: time.Now().UTC(),
-		Aliases: spec.Aliases, Priority: spec.Priority, Transient: transient}
+		Aliases: spec.Aliases, Priority: spec.Priority, Transient: transient, LinkLocal: spec.LinkLocal}
 	if spec.MAC != nil {
 		ep.MAC = spec.MAC.String()
 	}

@@ -27,6 +27,9 @@ type Interface struct {
 	Addr4  netip.Prefix
 	Addr6  netip.Prefix
 	Routes []Route
+	// LinkLocal are extra link-local addresses (Docker's LinkLocalIPs), 169.254.0.0/16
+	// or fe80::/64 prefixes.
+	LinkLocal []netip.Prefix
 	// NoLinkLocal6 skips the IPv6 link-local address (for interfaces without IPv6): no
 	// DAD, MLD or router solicitations flooded over the bridge at every join.
 	NoLinkLocal6 bool
@@ -225,7 +228,7 @@ func (m *Manager) moveIn(ns *Namespace, src, dst string) error {
 }
 
 func (n *Namespace) addAddrs(link netlink.Link, ifc Interface) error {
-	for _, p := range []netip.Prefix{ifc.Addr4, ifc.Addr6} {
+	for _, p := range append([]netip.Prefix{ifc.Addr4, ifc.Addr6}, ifc.LinkLocal...) {
 		if !p.IsValid() {
 			continue
 		}

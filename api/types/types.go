@@ -33,6 +33,8 @@ type SandboxNetwork struct {
 	IPv4Address string // static address; "" = allocate
 	IPv6Address string
 	Aliases     []string
+	// LinkLocalIPs are extra link-local addresses (169.254.0.0/16, fe80::/10).
+	LinkLocalIPs []string `json:",omitempty"`
 	// Links are docker's --link values, "sandbox[:alias]".
 	Links []string `json:",omitempty"`
 }
@@ -75,4 +77,7 @@ type SandboxEndpoint struct {
 	Gateway     string
 	IPv6Gateway string
 	Aliases     []string
+	// LinkLocalIPs are the endpoint's extra link-local addresses (Docker's
+	// IPAMConfig.LinkLocalIPs).
+	LinkLocalIPs []string `json:",omitempty"`
 }
