@@ -230,12 +230,19 @@ func (c *Controller) allocateAddrs(ctx context.Context, n *Network, ep *Endpoint
 		return err
 	}
 	mac, _ := net.ParseMAC(ep.MAC)
-	var err error
-	if ep.Addr4, err = c.allocateAddr(ctx, n, n.IPv4, spec.Addr4, mac, u); err != nil {
-		return err
+	for _, a := range []struct {
+		addr  *netip.Prefix
+		pools []Pool
+		want  netip.Addr
+	}{{&ep.Addr4, n.IPv4, spec.Addr4}, {&ep.Addr6, n.IPv6, spec.Addr6}} {
+		addr, release, err := c.requestAddr(ctx, n, a.pools, a.want, mac)
+		if err != nil {
+			return err
+		}
+		*a.addr = addr
+		u.Push(release)
 	}
-	ep.Addr6, err = c.allocateAddr(ctx, n, n.IPv6, spec.Addr6, mac, u)
-	return err
+	return nil
 }
 
 // ensureMACForIPAM gives the endpoint a random MAC when its network's IPAM driver
@@ -262,27 +269,29 @@ func randomMAC() net.HardwareAddr {
 	return m
 }
 
-func (c *Controller) allocateAddr(ctx context.Context, n *Network, pools []Pool, want netip.Addr, mac net.HardwareAddr, u *undo.Stack) (netip.Prefix, error) {
+// requestAddr asks the network's IPAM for want (zero: any address) in pools and
+// returns it with the function that releases it. No pools: no address.
+func (c *Controller) requestAddr(ctx context.Context, n *Network, pools []Pool, want netip.Addr, mac net.HardwareAddr) (netip.Prefix, func() error, error) {
+	none := func() error { return nil }
 	if len(pools) == 0 {
 		if want.IsValid() {
-			return netip.Prefix{}, errdefs.InvalidArgument("network %s has no subnet for address %s", n.Name, want)
+			return netip.Prefix{}, none, errdefs.InvalidArgument("network %s has no subnet for address %s", n.Name, want)
 		}
-		return netip.Prefix{}, nil
+		return netip.Prefix{}, none, nil
 	}
 	p, ok := poolFor(pools, want)
 	if !ok {
-		return netip.Prefix{}, errdefs.InvalidArgument("address %s is not in any subnet of network %s", want, n.Name)
+		return netip.Prefix{}, none, errdefs.InvalidArgument("address %s is not in any subnet of network %s", want, n.Name)
 	}
 	alloc, err := c.allocator(ctx, n.IPAMDriver)
 	if err != nil {
-		return netip.Prefix{}, err
+		return netip.Prefix{}, none, err
 	}
 	addr, err := alloc.RequestAddress(ctx, ipam.AddressRequest{PoolID: p.PoolID, Addr: want, MAC: mac})
 	if err != nil {
-		return netip.Prefix{}, err
+		return netip.Prefix{}, none, err
 	}
-	u.Push(func() error { return alloc.ReleaseAddress(context.WithoutCancel(ctx), p.PoolID, addr.Addr()) })
-	return addr, nil
+	return addr, func() error { return alloc.ReleaseAddress(context.WithoutCancel(ctx), p.PoolID, addr.Addr()) }, nil
 }
 
 func (ep *Endpoint) driverConfig() driver.EndpointConfig {

@@ -2,10 +2,8 @@ package cnm
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
-	"sort"
 	"strings"
 
 	"github.com/piernet/pier/driver"
@@ -79,12 +77,34 @@ func (c *Controller) disconnect(ctx context.Context, sb *Sandbox, ep *Endpoint) 
 	if err != nil {
 		return err
 	}
-	// The leave is not persisted on its own: the delete below is the one durable write.
-	// A crash in between restores the endpoint as joined and re-creates its interface.
-	if err := c.leave(ctx, sb, &n, ep, false); err != nil {
+	drv, err := c.driver(ctx, n.Driver)
+	if err != nil {
 		return err
 	}
-	return c.deleteEndpoint(ctx, &n, ep)
+	var u undo.Stack
+	if err := c.unjoin(ctx, sb, &n, ep, &u); err != nil {
+		return u.Rollback(err)
+	}
+	if err := drv.DeleteEndpoint(ctx, n.ID, ep.ID); err != nil {
+		return u.Rollback(err)
+	}
+	u.Push(func() error {
+		_, err := drv.CreateEndpoint(context.WithoutCancel(ctx), ep.driverConfig())
+		return err
+	})
+	// The deletion is the one durable write: a crash before it restores the endpoint
+	// as joined and re-creates its interface.
+	if err := c.store.Update(ctx, func(tx *store.Tx) error {
+		if err := tx.Delete(kindEndpoint, ep.ID); err != nil {
+			return err
+		}
+		return tx.Put(kindSandbox, sb.ID, sb)
+	}); err != nil {
+		return u.Rollback(err)
+	}
+	c.commitLeave(ctx, sb, ep, nil)
+	c.releaseAddrs(ctx, &n, ep)
+	return nil
 }
 
 // Leave disconnects endpoint epRef of network netRef from sandbox sbRef.
@@ -102,10 +122,7 @@ func (c *Controller) Leave(ctx context.Context, sbRef, netRef, epRef string) err
 	if ep.SandboxID != sb.ID {
 		return errdefs.Forbidden("endpoint %s is not joined to sandbox %s", ep.Name, sb.Name)
 	}
-	c.mu.Lock()
-	ep.Transient = false // left explicitly: the caller manages its lifetime now
-	c.mu.Unlock()
-	return c.leave(ctx, &sb, &n, ep, true)
+	return c.leave(ctx, &sb, &n, ep)
 }
 
 func (c *Controller) sandboxAndNetwork(ctx context.Context, sbRef, netRef string) (Sandbox, Network, error) {
@@ -165,8 +182,7 @@ func (c *Controller) join(ctx context.Context, sb *Sandbox, n *Network, ep *Endp
 	if err := c.attach(ctx, sb, n, &joined, &u); err != nil {
 		return u.Rollback(err)
 	}
-	eps := append(c.sandboxEndpoints(sb.ID), &joined)
-	if err := c.commitJoin(ctx, sb, eps, &joined, &u); err != nil {
+	if err := c.commitJoin(ctx, sb, &joined, &u); err != nil {
 		return u.Rollback(err)
 	}
 	c.mu.Lock()
@@ -175,15 +191,6 @@ func (c *Controller) join(ctx context.Context, sb *Sandbox, n *Network, ep *Endp
 	c.mu.Unlock()
 	c.refreshNaming(ctx, sb)
 	return nil
-}
-
-// refreshNaming updates what names depend on after a join or leave: the embedded DNS
-// (records and listener) and the sandbox's files.
-func (c *Controller) refreshNaming(ctx context.Context, sb *Sandbox) {
-	if err := c.syncDNS(ctx, sb); err != nil {
-		c.log.ErrorContext(ctx, "updating embedded DNS", "sandbox", sb.Name, "err", err)
-	}
-	c.refreshFiles(ctx, sb)
 }
 
 // attach runs the driver's Join and configures the interface inside the sandbox.
@@ -213,7 +220,7 @@ func (c *Controller) attach(ctx context.Context, sb *Sandbox, n *Network, ep *En
 		ep.IfName = c.nextIfNameWithPrefix(sb.ID, res.DstPrefix)
 	}
 	if ep.Moved {
-		u.Push(func() error { return c.releaseInterface(context.WithoutCancel(ctx), sb, ep) })
+		u.Push(func() error { c.releaseInterface(context.WithoutCancel(ctx), sb, ep); return nil })
 	}
 	return c.os.ConfigureInterface(ctx, sb.Key, ep.iface(res.SrcName))
 }
@@ -236,13 +243,17 @@ func (ep *Endpoint) iface(src string) netns.Interface {
 }
 
 // commitJoin moves the default gateway if needed and persists the endpoint and sandbox.
-func (c *Controller) commitJoin(ctx context.Context, sb *Sandbox, eps []*Endpoint, ep *Endpoint, u *undo.Stack) error {
-	old := sb.GatewayEndpoint
-	if err := c.switchGateway(ctx, sb, eps); err != nil {
+func (c *Controller) commitJoin(ctx context.Context, sb *Sandbox, ep *Endpoint, u *undo.Stack) error {
+	eps := append(c.sandboxEndpoints(sb.ID), ep)
+	undoGateway, err := c.applyGateway(ctx, sb, c.planGateway(sb, eps))
+	if err != nil {
 		return err
 	}
-	before := c.sandboxEndpoints(sb.ID)
-	u.Push(func() error { return c.restoreGateway(context.WithoutCancel(ctx), sb, old, before) })
+	u.Push(undoGateway)
+	return c.persist(ctx, ep, sb)
+}
+
+func (c *Controller) persist(ctx context.Context, ep *Endpoint, sb *Sandbox) error {
 	return c.store.Update(ctx, func(tx *store.Tx) error {
 		if err := tx.Put(kindEndpoint, ep.ID, ep); err != nil {
 			return err
@@ -251,45 +262,54 @@ func (c *Controller) commitJoin(ctx context.Context, sb *Sandbox, eps []*Endpoin
 	})
 }
 
-func (c *Controller) restoreGateway(ctx context.Context, sb *Sandbox, old string, eps []*Endpoint) error {
-	err := c.switchGateway(ctx, sb, eps)
-	sb.GatewayEndpoint = old
-	return err
+// leave makes ep leave sb and records it as not joined; on failure nothing changed.
+func (c *Controller) leave(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint) error {
+	var u undo.Stack
+	if err := c.unjoin(ctx, sb, n, ep, &u); err != nil {
+		return u.Rollback(err)
+	}
+	left := ep.unjoined()
+	left.Transient = false // left explicitly: the caller manages its lifetime now
+	if err := c.persist(ctx, &left, sb); err != nil {
+		return u.Rollback(err)
+	}
+	c.commitLeave(ctx, sb, ep, &left)
+	return nil
 }
 
-func (c *Controller) leave(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint, persist bool) error {
+// unjoin does a leave's kernel work, pushing each step's undo on u: the gateway moves
+// to the best of sb's other endpoints (sb follows), then the driver's Leave.
+func (c *Controller) unjoin(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint, u *undo.Stack) error {
+	before := *sb
 	var rest []*Endpoint
 	for _, o := range c.sandboxEndpoints(sb.ID) {
 		if o.ID != ep.ID {
 			rest = append(rest, o)
 		}
 	}
-	if err := c.switchGateway(ctx, sb, rest); err != nil {
+	undoGateway, err := c.applyGateway(ctx, sb, c.planGateway(sb, rest))
+	if err != nil {
 		return err
 	}
-	if err := c.detach(ctx, sb, n, ep); err != nil {
-		return err
-	}
-	left := ep.unjoined()
-	if persist {
-		if err := c.store.Update(ctx, func(tx *store.Tx) error {
-			if err := tx.Put(kindEndpoint, ep.ID, &left); err != nil {
-				return err
-			}
-			return tx.Put(kindSandbox, sb.ID, sb)
-		}); err != nil {
-			return err
-		}
-	}
+	u.Push(undoGateway)
+	return c.detach(ctx, &before, n, ep, u)
+}
+
+// commitLeave puts a done leave in memory: ep becomes left (nil: it is deleted) and
+// the sandbox takes sb's gateway; then names are refreshed.
+func (c *Controller) commitLeave(ctx context.Context, sb *Sandbox, ep *Endpoint, left *Endpoint) {
 	c.mu.Lock()
-	c.replaceEndpointLocked(ep, left)
+	if left != nil {
+		c.replaceEndpointLocked(ep, *left)
+	} else {
+		c.removeEndpointLocked(ep)
+	}
 	c.sandboxes[sb.ID].GatewayEndpoint, c.sandboxes[sb.ID].Published = sb.GatewayEndpoint, sb.Published
 	c.mu.Unlock()
 	if c.dns != nil {
 		c.dns.Remove(ep.ID)
 	}
 	c.refreshNaming(ctx, sb)
-	return nil
 }
 
 // unjoined returns a copy of ep with the join state cleared.
@@ -300,7 +320,10 @@ func (ep *Endpoint) unjoined() Endpoint {
 	return e
 }
 
-func (c *Controller) detach(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint) error {
+// detach runs the driver's Leave and gives a moved-in interface back. Its undo joins
+// the endpoint again into before, the sandbox as it was before the leave (so the
+// driver is offered the port bindings it had).
+func (c *Controller) detach(ctx context.Context, before *Sandbox, n *Network, ep *Endpoint, u *undo.Stack) error {
 	drv, err := c.driver(ctx, n.Driver)
 	if err != nil {
 		return err
@@ -308,8 +331,19 @@ func (c *Controller) detach(ctx context.Context, sb *Sandbox, n *Network, ep *En
 	if err := drv.Leave(ctx, n.ID, ep.ID); err != nil {
 		return err
 	}
+	u.Push(func() error { return c.reattach(context.WithoutCancel(ctx), before, n, ep) })
 	if ep.Moved {
-		return c.releaseInterface(ctx, sb, ep)
+		c.releaseInterface(ctx, before, ep)
+	}
+	return nil
+}
+
+// reattach joins ep to sb again after a leave that is being undone.
+func (c *Controller) reattach(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint) error {
+	again := *ep
+	var u undo.Stack
+	if err := c.attach(ctx, sb, n, &again, &u); err != nil {
+		return u.Rollback(err)
 	}
 	return nil
 }
@@ -317,172 +351,15 @@ func (c *Controller) detach(ctx context.Context, sb *Sandbox, n *Network, ep *En
 // releaseInterface gives a moved-in interface back to the host under its original
 // name, after the driver's Leave (Docker's order). Records from before SrcName was
 // kept only know it was moved: that interface is deleted. A failure is logged, not
-// returned: the endpoint has left either way and the interface is gone from the
-// sandbox (deleted when it could not be handed back).
-func (c *Controller) releaseInterface(ctx context.Context, sb *Sandbox, ep *Endpoint) error {
+// returned: the endpoint has left either way.
+func (c *Controller) releaseInterface(ctx context.Context, sb *Sandbox, ep *Endpoint) {
+	var err error
 	if ep.SrcName == "" {
-		return c.os.RemoveInterface(ctx, sb.Key, ep.IfName)
+		err = c.os.RemoveInterface(ctx, sb.Key, ep.IfName)
+	} else {
+		err = c.os.ReleaseInterface(ctx, sb.Key, ep.IfName, ep.SrcName)
 	}
-	if err := c.os.ReleaseInterface(ctx, sb.Key, ep.IfName, ep.SrcName); err != nil {
-		c.log.WarnContext(ctx, "returning interface to the host", "sandbox", sb.Name, "endpoint", ep.Name, "err", err)
-	}
-	return nil
-}
-
-func (c *Controller) refreshFiles(ctx context.Context, sb *Sandbox) {
-	if err := c.writeFiles(sb); err != nil {
-		c.log.WarnContext(ctx, "updating sandbox files", "sandbox", sb.Name, "err", err)
-	}
-}
-
-// nextIfName returns <prefix><N> with the lowest N unused in the sandbox.
-func (c *Controller) nextIfName(sid string, n *Network) string {
-	prefix := n.Options["com.docker.network.container_iface_prefix"]
-	if prefix == "" {
-		prefix = "eth"
-	}
-	return c.nextIfNameWithPrefix(sid, prefix)
-}
-
-// nextIfNameWithPrefix returns <prefix><N> with the lowest N unused in the sandbox.
-func (c *Controller) nextIfNameWithPrefix(sid, prefix string) string {
-	used := map[int]bool{}
-	for _, ep := range c.sandboxEndpoints(sid) {
-		used[ifIndex(ep.IfName)] = ep.IfName != ""
-	}
-	i := 0
-	for used[i] {
-		i++
-	}
-	return fmt.Sprintf("%s%d", prefix, i)
-}
-
-// gatewayCandidate is what the gateway order looks at.
-type gatewayCandidate struct {
-	ep       *Endpoint
-	internal bool
-	netName  string
-}
-
-// orderGateway sorts candidates: explicit priority (higher first), then non-internal,
-// then has-gateway, then network name.
-func orderGateway(cs []gatewayCandidate) {
-	sort.SliceStable(cs, func(i, j int) bool {
-		a, b := cs[i], cs[j]
-		if a.ep.Priority != b.ep.Priority {
-			return a.ep.Priority > b.ep.Priority
-		}
-		if a.internal != b.internal {
-			return !a.internal
-		}
-		if a.ep.hasGateway() != b.ep.hasGateway() {
-			return a.ep.hasGateway()
-		}
-		return a.netName < b.netName
-	})
-}
-
-// selectGateway returns the endpoint that should provide the default route, or nil.
-func (c *Controller) selectGateway(eps []*Endpoint) *Endpoint {
-	var cs []gatewayCandidate
-	for _, ep := range eps {
-		n := c.networkByID(ep.NetworkID)
-		if n == nil {
-			continue
-		}
-		cs = append(cs, gatewayCandidate{ep: ep, internal: n.Internal, netName: n.Name})
-	}
-	orderGateway(cs)
-	if len(cs) == 0 || !cs[0].ep.hasGateway() {
-		return nil
-	}
-	return cs[0].ep
-}
-
-// switchGateway points the sandbox's default route at the best of eps and moves
-// external connectivity along with it. It updates sb.GatewayEndpoint.
-func (c *Controller) switchGateway(ctx context.Context, sb *Sandbox, eps []*Endpoint) error {
-	best := c.selectGateway(eps)
-	bestID := ""
-	if best != nil {
-		bestID = best.ID
-	}
-	if bestID == sb.GatewayEndpoint {
-		return nil
-	}
-	route := netns.DefaultRoute{}
-	if best != nil {
-		route = netns.DefaultRoute{IfName: best.IfName, GW4: best.Gateway4, GW6: best.Gateway6}
-	}
-	if !sb.HostNetwork {
-		if err := c.os.SetDefaultRoute(ctx, sb.Key, route); err != nil {
-			return err
-		}
-	}
-	if err := c.externalConnectivity(ctx, sb.GatewayEndpoint, false); err != nil {
-		return err
-	}
-	sb.Published = nil
-	if err := c.externalConnectivity(ctx, bestID, true); err != nil {
-		return err
-	}
-	sb.GatewayEndpoint = bestID
-	c.recordPublished(ctx, sb, best)
-	return nil
-}
-
-// recordPublished keeps the port bindings the gateway endpoint's driver made.
-func (c *Controller) recordPublished(ctx context.Context, sb *Sandbox, gw *Endpoint) {
-	if gw == nil || len(sb.Ports) == 0 {
-		return
-	}
-	n := c.networkByID(gw.NetworkID)
-	if n == nil {
-		return
-	}
-	if drv, err := c.driver(ctx, n.Driver); err == nil {
-		if pp, ok := drv.(driver.PortPublisher); ok {
-			sb.Published = pp.PublishedPorts(gw.ID)
-		}
-	}
-}
-
-// checkPorts refuses to join a sandbox with published ports to a network whose driver
-// cannot publish them (macvlan, ipvlan, plugins); host and none ignore ports, as in Docker.
-func (c *Controller) checkPorts(ctx context.Context, sb *Sandbox, n *Network) error {
-	if len(sb.Ports) == 0 || n.Internal || n.Driver == "host" || n.Driver == "null" {
-		return nil
-	}
-	drv, err := c.driver(ctx, n.Driver)
 	if err != nil {
-		return err
+		c.log.WarnContext(ctx, "removing interface from the sandbox", "sandbox", sb.Name, "endpoint", ep.Name, "err", err)
 	}
-	if _, ok := drv.(driver.PortPublisher); !ok {
-		return errdefs.Forbidden("network %s (driver %s) does not publish ports: reach sandbox %s at its own address, or publish on a bridge network", n.Name, n.Driver, sb.Name)
-	}
-	return nil
-}
-
-func (c *Controller) externalConnectivity(ctx context.Context, eid string, program bool) error {
-	if eid == "" {
-		return nil
-	}
-	c.mu.RLock()
-	ep, ok := c.endpoints[eid]
-	c.mu.RUnlock()
-	if !ok {
-		return nil
-	}
-	n, err := c.Network(ctx, ep.NetworkID)
-	if err != nil {
-		return err
-	}
-	drv, err := c.driver(ctx, n.Driver)
-	if err != nil {
-		return err
-	}
-	if program {
-		return drv.ProgramExternalConnectivity(ctx, n.ID, eid)
-	}
-	return drv.RevokeExternalConnectivity(ctx, n.ID, eid)
 }

@@ -176,15 +176,17 @@ func (c *Controller) restoreEndpoint(ctx context.Context, n *Network, ep *Endpoi
 	return intact && err == nil
 }
 
+// reserveAddrs replays the endpoint's recorded addresses on an IPAM that forgot them.
+// What it reserved stays reserved when another address fails: the record holds all
+// of them, so none may go to another endpoint.
 func (c *Controller) reserveAddrs(ctx context.Context, n *Network, ep *Endpoint) error {
 	if !c.needsReplay(ctx, n) {
 		return nil
 	}
-	var u undo.Stack
 	var errs []error
 	mac, _ := net.ParseMAC(ep.MAC)
 	for _, a := range ep.ipamAddrs(n) {
-		_, err := c.allocateAddr(ctx, n, a.pools, a.addr.Addr(), mac, &u)
+		_, _, err := c.requestAddr(ctx, n, a.pools, a.addr.Addr(), mac)
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -201,7 +203,7 @@ func (c *Controller) repairSandbox(ctx context.Context, sb *Sandbox, broken map[
 		}
 	}
 	sb.GatewayEndpoint = ""
-	if err := c.switchGateway(ctx, sb, eps); err != nil {
+	if _, err := c.applyGateway(ctx, sb, c.planGateway(sb, eps)); err != nil {
 		c.log.ErrorContext(ctx, "restoring default route", "sandbox", sb.Name, "err", err)
 	}
 	c.refreshNaming(ctx, sb)
@@ -216,7 +218,7 @@ func (c *Controller) rejoin(ctx context.Context, sb *Sandbox, ep *Endpoint) {
 		_ = drv.Leave(ctx, n.ID, ep.ID) // clear half-made interfaces
 	}
 	if ep.Moved {
-		_ = c.releaseInterface(ctx, sb, ep)
+		c.releaseInterface(ctx, sb, ep)
 	} else if ep.IfName != "" {
 		_ = c.os.RemoveInterface(ctx, sb.Key, ep.IfName)
 	}

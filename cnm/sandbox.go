@@ -6,8 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"sort"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/piernet/pier/errdefs"
@@ -116,53 +114,6 @@ func (c *Controller) destroySandboxOS(ctx context.Context, sb *Sandbox, cause er
 	return cause
 }
 
-// writeFiles renders the sandbox's hosts, resolv.conf and hostname files.
-func (c *Controller) writeFiles(sb *Sandbox) error {
-	cfg := etcfiles.Config{Hostname: sb.Hostname, Names: []string{sb.Hostname, sb.Name},
-		ExtraHosts: sb.ExtraHosts, DNS: sb.DNS, DNSSearch: sb.DNSSearch, DNSOptions: sb.DNSOptions,
-		EmbeddedDNS: c.dnsActive[sb.ID]}
-	for _, ep := range c.sandboxEndpoints(sb.ID) {
-		for _, p := range []netip.Prefix{ep.Addr4, ep.Addr6} {
-			if p.IsValid() {
-				cfg.Addrs = append(cfg.Addrs, p.Addr())
-			}
-		}
-		cfg.ExtraHosts = append(cfg.ExtraHosts, c.legacyLinkHosts(ep)...)
-	}
-	return etcfiles.Write(c.sandboxDir(sb.ID), c.hostResolv(), cfg)
-}
-
-// legacyLinkHosts are the /etc/hosts lines of ep's links on a predefined network
-// (the default bridge has no embedded DNS: Docker writes "addr alias name" there).
-// A linked sandbox not on that network gets no line.
-func (c *Controller) legacyLinkHosts(ep *Endpoint) []etcfiles.HostEntry {
-	if len(ep.Links) == 0 {
-		return nil
-	}
-	if n := c.networkByID(ep.NetworkID); n == nil || !n.Predefined {
-		return nil
-	}
-	var out []etcfiles.HostEntry
-	for _, l := range ep.Links {
-		c.mu.RLock()
-		target, err := lookup(c.sandboxes, "sandbox", l.Sandbox)
-		c.mu.RUnlock()
-		if err != nil {
-			continue
-		}
-		other := c.endpointOf(target.ID, ep.NetworkID)
-		if other == nil || !other.Addr4.IsValid() {
-			continue
-		}
-		names := l.Alias
-		if l.Alias != target.Name {
-			names += " " + target.Name
-		}
-		out = append(out, etcfiles.HostEntry{Name: names, Addr: other.Addr4.Addr()})
-	}
-	return out
-}
-
 // Sandbox returns the sandbox with the given ID, name or unique ID prefix.
 func (c *Controller) Sandbox(ctx context.Context, ref string) (Sandbox, error) {
 	c.mu.RLock()
@@ -214,12 +165,6 @@ func (c *Controller) sandboxEndpointsLocked(sid string) []*Endpoint {
 	}
 	sort.Slice(eps, func(i, j int) bool { return ifIndex(eps[i].IfName) < ifIndex(eps[j].IfName) })
 	return eps
-}
-
-func ifIndex(name string) int {
-	i := strings.LastIndexFunc(name, func(r rune) bool { return r < '0' || r > '9' })
-	n, _ := strconv.Atoi(name[i+1:])
-	return n
 }
 
 // DeleteSandbox removes a sandbox. With endpoints still joined or processes running in

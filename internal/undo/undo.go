@@ -2,7 +2,12 @@
 // successful step; on failure run them in reverse and join their errors.
 package undo
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/piernet/pier/errdefs"
+)
 
 // Stack holds undo functions. The zero value is ready to use.
 type Stack struct{ fns []func() error }
@@ -24,11 +29,19 @@ func (s *Stack) Undo() error {
 }
 
 // Rollback runs Undo and joins its error after cause; use as `return u.Rollback(err)`.
+// The undo errors come wrapped as "rollback: …" and keep their identity: errors.Is
+// and errors.As find them as well as the cause. The result's kind (errdefs.KindOf)
+// is the cause's: a cause of no kind is marked Internal when the rollback failed, so
+// that an undo error's kind cannot stand in for it.
 func (s *Stack) Rollback(cause error) error {
-	if err := s.Undo(); err != nil {
-		return errors.Join(cause, errors.New("rollback: "+err.Error()))
+	err := s.Undo()
+	if err == nil {
+		return cause
 	}
-	return cause
+	if errdefs.KindOf(cause) == errdefs.KindUnknown {
+		cause = errdefs.Wrap(errdefs.KindInternal, cause)
+	}
+	return errors.Join(cause, fmt.Errorf("rollback: %w", err))
 }
 
 // Release forgets the recorded functions (the operation succeeded).
