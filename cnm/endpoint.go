@@ -186,9 +186,10 @@ type pooledAddr struct {
 	addr  netip.Prefix
 }
 
-// resolveLinks checks --link values ("sandbox[:alias]") against existing sandboxes.
-// On a predefined network (legacy links, written to /etc/hosts) the linked sandbox
-// must be on that network already, as Docker requires.
+// resolveLinks checks --link values ("sandbox[:alias]"). On a user-defined network the
+// target need not exist yet (Docker stores the link; DNS resolves it once the target
+// is there). On a predefined network (legacy links, written to /etc/hosts) the linked
+// sandbox must exist and be on that network already, as Docker requires.
 func (c *Controller) resolveLinks(n *Network, links []string) ([]Link, error) {
 	var out []Link
 	for _, l := range links {
@@ -202,6 +203,15 @@ func (c *Controller) resolveLinks(n *Network, links []string) ([]Link, error) {
 		c.mu.RLock()
 		sb, err := lookup(c.sandboxes, "sandbox", target)
 		c.mu.RUnlock()
+		if err != nil && !n.Predefined {
+			// As Docker on user-defined networks: the link is stored and the embedded DNS
+			// answers it whenever a sandbox of that name is on a shared network.
+			if err := validName("sandbox", target); err != nil {
+				return nil, errdefs.InvalidArgument("invalid link %q: %v", l, err)
+			}
+			out = append(out, Link{Sandbox: target, Alias: alias})
+			continue
+		}
 		if err != nil {
 			return nil, errdefs.NotFound("could not find sandbox for link %s: %v", target, err)
 		}
