@@ -121,6 +121,7 @@ func TestNetworkBadInput(t *testing.T) {
 		{"connect IP outside subnet", "POST", "/networks/app/connect", `{"Container":"free","EndpointConfig":{"IPAMConfig":{"IPv4Address":"192.0.2.1"}}}`, 400, "address 192.0.2.1 is not in any subnet of network app"},
 		{"connect IP taken", "POST", "/networks/app/connect", `{"Container":"free","EndpointConfig":{"IPAMConfig":{"IPv4Address":"` + webIP + `"}}}`, 409, "already"},
 		{"connect bad MAC", "POST", "/networks/app/connect", `{"Container":"free","EndpointConfig":{"MacAddress":"zz"}}`, 400, `invalid MAC address "zz"`},
+		{"connect LinkLocalIPs not link-local", "POST", "/networks/app/connect", `{"Container":"free","EndpointConfig":{"IPAMConfig":{"LinkLocalIPs":["10.0.0.1"]}}}`, 400, "invalid link-local address 10.0.0.1 in LinkLocalIPs: it must be in 169.254.0.0/16 or fe80::/10"},
 		{"connect link to nothing on the default bridge", "POST", "/networks/bridge/connect", `{"Container":"free","EndpointConfig":{"Links":["ghost:b"]}}`, 404, "could not find sandbox for link ghost"},
 		{"connect bad link", "POST", "/networks/app/connect", `{"Container":"free","EndpointConfig":{"Links":[":b"]}}`, 400, `invalid link ":b"`},
 		{"disconnect not connected", "POST", "/networks/bridge/disconnect", `{"Container":"web"}`, 403, "sandbox web is not connected to network bridge"},
