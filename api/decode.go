@@ -1,8 +1,10 @@
 package api
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/piernet/pier/cnm"
@@ -179,8 +181,30 @@ func decodeConnect(data []byte) (connectSpec, error) {
 		if err != nil {
 			return connectSpec{}, err
 		}
+		if c.spec.LinkLocal, err = parseLinkLocal(ec.IPAMConfig.LinkLocalIPs); err != nil {
+			return connectSpec{}, err
+		}
 	}
 	return c, nil
+}
+
+// parseLinkLocal parses LinkLocalIPs: link-local unicast addresses only.
+func parseLinkLocal(ss []string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, s := range ss {
+		a, err := ipam.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("LinkLocalIPs: %w", err)
+		}
+		if !a.IsLinkLocalUnicast() {
+			return nil, errdefs.InvalidArgument("invalid link-local address %s in LinkLocalIPs: it must be in 169.254.0.0/16 or fe80::/10", a)
+		}
+		if slices.Contains(out, a) {
+			return nil, errdefs.InvalidArgument("link-local address %s is given twice in LinkLocalIPs", a)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }
 
 func parseMAC(s string) (net.HardwareAddr, error) {

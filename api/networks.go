@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/moby/moby/api/types/network"
@@ -69,6 +70,19 @@ func (s *Server) deleteNetwork(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// networkAction serves POST /networks/NAME/connect and /disconnect for network names
+// that contain "/" (Docker accepts them and its clients do not escape them).
+func (s *Server) networkAction(w http.ResponseWriter, r *http.Request) error {
+	path := r.PathValue("path")
+	for suffix, h := range map[string]handlerFunc{"/connect": s.connect, "/disconnect": s.disconnect} {
+		if id, ok := strings.CutSuffix(path, suffix); ok && id != "" {
+			r.SetPathValue("id", id)
+			return h(w, r)
+		}
+	}
+	return errdefs.NotFound("page not found")
 }
 
 func (s *Server) connect(w http.ResponseWriter, r *http.Request) error {

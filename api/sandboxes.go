@@ -75,7 +75,11 @@ func decodeConnection(n types.SandboxNetwork) (connection, error) {
 	if err != nil {
 		return connection{}, err
 	}
-	return connection{network: n.Network, spec: cnm.EndpointSpec{Addr4: a4, Addr6: a6, Aliases: n.Aliases, Links: n.Links}}, nil
+	ll, err := parseLinkLocal(n.LinkLocalIPs)
+	if err != nil {
+		return connection{}, err
+	}
+	return connection{network: n.Network, spec: cnm.EndpointSpec{Addr4: a4, Addr6: a6, Aliases: n.Aliases, Links: n.Links, LinkLocal: ll}}, nil
 }
 
 // parseExtraHost parses docker's --add-host value, "host:ip" (or "host=ip").
@@ -184,6 +188,11 @@ func (s *Server) inspectSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	n, err := s.c.Processes(ctx, sb)
+	if err != nil {
+		return err
+	}
+	info.Processes = &n
 	writeJSON(w, http.StatusOK, info)
 	return nil
 }

@@ -50,6 +50,10 @@ func TestSandboxCreate(t *testing.T) {
 	}
 	var byID types.SandboxInfo
 	e.must(200, "GET", "/v1.41/pier/v1/sandboxes/"+web.ID[:10], nil).decode(t, &byID)
+	if byID.Processes == nil || *byID.Processes != 0 {
+		t.Errorf("inspect Processes = %v, want 0", byID.Processes)
+	}
+	byID.Processes = nil // inspect only
 	if diff := cmp.Diff(web, byID); diff != "" {
 		t.Errorf("inspect by ID prefix (-create +inspect):\n%s", diff)
 	}

@@ -78,9 +78,10 @@ func (s *Server) routes() []route {
 		{"GET /version", s.version},
 		{"GET /info", s.info},
 		{"GET /networks", s.listNetworks},
-		{"GET /networks/{id}", s.inspectNetwork},
+		{"GET /networks/{id...}", s.inspectNetwork}, // network names may contain "/"
 		{"POST /networks/create", s.createNetwork},
-		{"DELETE /networks/{id}", s.deleteNetwork},
+		{"DELETE /networks/{id...}", s.deleteNetwork},
+		{"POST /networks/{path...}", s.networkAction}, // connect/disconnect of a name with "/"
 		{"POST /networks/{id}/connect", s.connect},
 		{"POST /networks/{id}/disconnect", s.disconnect},
 		{"POST /networks/prune", s.pruneNetworks},

@@ -55,7 +55,15 @@ func sandboxEndpoint(ep cnm.Endpoint, netName string) types.SandboxEndpoint {
 	return types.SandboxEndpoint{Network: netName, NetworkID: ep.NetworkID, EndpointID: ep.ID,
 		IfName: ep.IfName, MacAddress: ep.MAC, IPv4Address: prefixString(ep.Addr4),
 		IPv6Address: prefixString(ep.Addr6), Gateway: addrString(ep.Gateway4),
-		IPv6Gateway: addrString(ep.Gateway6), Aliases: aliases}
+		IPv6Gateway: addrString(ep.Gateway6), Aliases: aliases, LinkLocalIPs: addrStrings(ep.LinkLocal)}
+}
+
+func addrStrings(as []netip.Addr) []string {
+	var out []string
+	for _, a := range as {
+		out = append(out, a.String())
+	}
+	return out
 }
 
 func prefixString(p netip.Prefix) string {

@@ -114,7 +114,7 @@ type pierResult struct {
 	code     int
 }
 
-func startEnv(t *testing.T) *env {
+func startEnv(t *testing.T, pierdArgs ...string) *env {
 	t.Helper()
 	dir := t.TempDir()
 	for _, pkg := range []string{"pier", "pierd"} {
@@ -131,8 +131,8 @@ func startEnv(t *testing.T) *env {
 		t.Fatalf("loopback up in the host namespace: %v %s", err, out)
 	}
 	log := e.logFile("pierd.log")
-	cmd := exec.Command("nsenter", "--net="+hostNS, "--", filepath.Join(dir, "pierd"),
-		"--data-root", filepath.Join(dir, "data"), "--exec-root", e.execRoot, "-H", "unix://"+e.sock)
+	cmd := exec.Command("nsenter", append([]string{"--net=" + hostNS, "--", filepath.Join(dir, "pierd"),
+		"--data-root", filepath.Join(dir, "data"), "--exec-root", e.execRoot, "-H", "unix://" + e.sock}, pierdArgs...)...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

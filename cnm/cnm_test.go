@@ -28,8 +28,17 @@ func TestLookupByIDPrefixAndName(t *testing.T) {
 		!strings.Contains(err.Error(), "network with name app already exists") {
 		t.Errorf("duplicate name: %v", err)
 	}
-	if _, err := r.c.CreateNetwork(ctx, NetworkSpec{Name: "bad name"}); !errdefs.Is(err, errdefs.KindInvalidArgument) {
-		t.Errorf("bad name: %v", err)
+	for _, name := range []string{"test 01", "réseau", "a/b", strings.Repeat("n", 129)} {
+		if _, err := r.c.CreateNetwork(ctx, NetworkSpec{Name: name}); err != nil {
+			t.Errorf("network name %q (Docker accepts it): %v", name, err)
+		}
+	}
+	if _, err := r.c.CreateNetwork(ctx, NetworkSpec{Name: " \t"}); !errdefs.Is(err, errdefs.KindInvalidArgument) || !strings.Contains(err.Error(), "must not be blank") {
+		t.Errorf("blank name: %v", err)
+	}
+	_, err = r.c.CreateSandbox(ctx, SandboxSpec{Name: strings.Repeat("s", 129)})
+	if !errdefs.Is(err, errdefs.KindInvalidArgument) || !strings.Contains(err.Error(), "129 characters is too long (at most 128") {
+		t.Errorf("129-character sandbox name: %v, want told it is too long", err)
 	}
 }
 
@@ -179,5 +188,33 @@ func TestPluginDstPrefixNamesTheInterface(t *testing.T) {
 	}
 	if _, ok := r.os.ns[sb.Key]["ens0"]; !ok {
 		t.Fatalf("sandbox interfaces:\n%s", r.os.dump())
+	}
+}
+
+func TestDeleteSandboxWithProcesses(t *testing.T) {
+	r := newRig(t)
+	ctx := t.Context()
+	sb, err := r.c.CreateSandbox(ctx, SandboxSpec{Name: "s"})
+	r.must(t, err)
+	r.os.procs[sb.Key] = 2
+	if n, err := r.c.Processes(ctx, sb); n != 2 || err != nil {
+		t.Errorf("Processes = %d, %v; want 2", n, err)
+	}
+	err = r.c.DeleteSandbox(ctx, "s", false)
+	if !errdefs.Is(err, errdefs.KindConflict) || !strings.Contains(err.Error(), "sandbox s has 2 process(es) running in it") {
+		t.Fatalf("delete without force: %v, want Conflict naming the processes", err)
+	}
+	if _, err := r.c.Sandbox(ctx, "s"); err != nil || !r.os.Exists(sb.Key) {
+		t.Fatalf("refused delete removed the sandbox: %v", err)
+	}
+	r.os.failOn = "StopProcesses"
+	if err := r.c.DeleteSandbox(ctx, "s", true); err == nil || !r.os.Exists(sb.Key) {
+		t.Fatalf("forced delete with failing process stop: %v; the namespace must stay", err)
+	}
+	r.os.failOn = ""
+	r.os.procs[sb.Key] = 2
+	r.must(t, r.c.DeleteSandbox(ctx, "s", true))
+	if r.os.procs[sb.Key] != 0 || r.os.Exists(sb.Key) {
+		t.Errorf("after forced delete: %d processes, namespace exists %v", r.os.procs[sb.Key], r.os.Exists(sb.Key))
 	}
 }

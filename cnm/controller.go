@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/errdefs"
@@ -37,6 +38,10 @@ type SandboxOS interface {
 	RemoveInterface(ctx context.Context, key, name string) error
 	ReleaseInterface(ctx context.Context, key, name, srcName string) error
 	SetDefaultRoute(ctx context.Context, key string, r netns.DefaultRoute) error
+	// Processes counts the processes running in the namespace; StopProcesses ends them
+	// (SIGTERM, SIGKILL after grace) and returns how many there were.
+	Processes(ctx context.Context, key string) (int, error)
+	StopProcesses(ctx context.Context, key string, grace time.Duration) (int, error)
 }
 
 // Plugins resolves network and IPAM drivers that are not built in (Docker plugins).
@@ -60,7 +65,13 @@ type Config struct {
 	// Cluster, when set, puts the controller in cluster mode: global-scope networks,
 	// the global address space and other nodes' endpoints come from it.
 	Cluster Cluster
+	// StopGrace is how long a forced sandbox delete waits after SIGTERM before it
+	// SIGKILLs the sandbox's processes (default DefaultStopGrace).
+	StopGrace time.Duration
 }
+
+// DefaultStopGrace is Config.StopGrace's default.
+const DefaultStopGrace = 5 * time.Second
 
 // Controller is the CNM controller.
 type Controller struct {
@@ -72,6 +83,7 @@ type Controller struct {
 	os         SandboxOS
 	log        *slog.Logger
 	resolvPath string
+	stopGrace  time.Duration
 
 	opMu      sync.Mutex      // serialises mutating operations
 	dnsActive map[string]bool // sandboxes with a DNS listener; guarded by opMu
@@ -104,12 +116,15 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = DefaultStopGrace
+	}
 	if cfg.HostResolvConf == "" {
 		cfg.HostResolvConf = "/etc/resolv.conf"
 	}
 	c := &Controller{execRoot: cfg.ExecRoot, store: cfg.Store, drivers: cfg.Drivers, plugins: cfg.Plugins, dns: cfg.DNS, dnsActive: map[string]bool{},
 		ipams: map[string]ipam.Allocator{IPAMDefault: cfg.IPAM, IPAMNull: nullIPAM{}},
-		os:    cfg.OS, log: cfg.Logger.With("component", "controller"), resolvPath: cfg.HostResolvConf,
+		os:    cfg.OS, log: cfg.Logger.With("component", "controller"), resolvPath: cfg.HostResolvConf, stopGrace: cfg.StopGrace,
 		networks: map[string]*Network{}, endpoints: map[string]*Endpoint{}, epIndex: newEndpointIndex(),
 		sandboxes: map[string]*Sandbox{}, remote: map[string]map[string]*RemoteEndpoint{}, cluster: cfg.Cluster}
 	var st ClusterState

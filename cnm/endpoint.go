@@ -27,6 +27,9 @@ type EndpointSpec struct {
 	Links    []string
 	MAC      net.HardwareAddr
 	Priority int // gateway priority: higher wins
+	// LinkLocal are extra link-local addresses for the interface (Docker's
+	// IPAMConfig.LinkLocalIPs); the API checks they are link-local.
+	LinkLocal []netip.Addr
 }
 
 // Endpoint is an endpoint record. Values returned by the controller are copies.
@@ -39,12 +42,13 @@ type Endpoint struct {
 	Addr6     netip.Prefix `json:",omitempty"`
 	// DriverAddr4/6: the address was assigned by the driver (CreateEndpoint filled a
 	// family the IPAM gave none of), so it is never released to or replayed on the IPAM.
-	DriverAddr4 bool     `json:",omitempty"`
-	DriverAddr6 bool     `json:",omitempty"`
-	MAC         string   `json:",omitempty"`
-	Aliases     []string `json:",omitempty"`
-	Links       []Link   `json:",omitempty"`
-	Priority    int      `json:",omitempty"`
+	DriverAddr4 bool         `json:",omitempty"`
+	DriverAddr6 bool         `json:",omitempty"`
+	MAC         string       `json:",omitempty"`
+	Aliases     []string     `json:",omitempty"`
+	Links       []Link       `json:",omitempty"`
+	LinkLocal   []netip.Addr `json:",omitempty"`
+	Priority    int          `json:",omitempty"`
 	// Transient endpoints live only while joined: Connect creates them, Disconnect
 	// deletes them. A restart finding one unjoined finishes the interrupted operation
 	// by deleting it.
@@ -101,7 +105,7 @@ func (c *Controller) createEndpoint(ctx context.Context, n *Network, spec Endpoi
 		return nil, err
 	}
 	ep := &Endpoint{ID: NewID(), Name: spec.Name, NetworkID: n.ID, Created: time.Now().UTC(),
-		Aliases: spec.Aliases, Priority: spec.Priority, Transient: transient}
+		Aliases: spec.Aliases, Priority: spec.Priority, Transient: transient, LinkLocal: spec.LinkLocal}
 	if spec.MAC != nil {
 		ep.MAC = spec.MAC.String()
 	}
@@ -185,9 +189,10 @@ type pooledAddr struct {
 	addr  netip.Prefix
 }
 
-// resolveLinks checks --link values ("sandbox[:alias]") against existing sandboxes.
-// On a predefined network (legacy links, written to /etc/hosts) the linked sandbox
-// must be on that network already, as Docker requires.
+// resolveLinks checks --link values ("sandbox[:alias]"). On a user-defined network the
+// target need not exist yet (Docker stores the link; DNS resolves it once the target
+// is there). On a predefined network (legacy links, written to /etc/hosts) the linked
+// sandbox must exist and be on that network already, as Docker requires.
 func (c *Controller) resolveLinks(n *Network, links []string) ([]Link, error) {
 	var out []Link
 	for _, l := range links {
@@ -201,6 +206,15 @@ func (c *Controller) resolveLinks(n *Network, links []string) ([]Link, error) {
 		c.mu.RLock()
 		sb, err := lookup(c.sandboxes, "sandbox", target)
 		c.mu.RUnlock()
+		if err != nil && !n.Predefined {
+			// As Docker on user-defined networks: the link is stored and the embedded DNS
+			// answers it whenever a sandbox of that name is on a shared network.
+			if err := validName("sandbox", target); err != nil {
+				return nil, errdefs.InvalidArgument("invalid link %q: %v", l, err)
+			}
+			out = append(out, Link{Sandbox: target, Alias: alias})
+			continue
+		}
 		if err != nil {
 			return nil, errdefs.NotFound("could not find sandbox for link %s: %v", target, err)
 		}

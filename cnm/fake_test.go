@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/ipam"
@@ -70,12 +71,13 @@ type fakeOS struct {
 	mu     sync.Mutex
 	ns     map[string]map[string]netns.Interface // key -> ifname -> interface
 	routes map[string]netns.DefaultRoute
-	failOn string // method name that fails
+	procs  map[string]int // key -> processes running in it
+	failOn string         // method name that fails
 	faults *faults
 }
 
 func newFakeOS() *fakeOS {
-	return &fakeOS{ns: map[string]map[string]netns.Interface{}, routes: map[string]netns.DefaultRoute{}}
+	return &fakeOS{ns: map[string]map[string]netns.Interface{}, routes: map[string]netns.DefaultRoute{}, procs: map[string]int{}}
 }
 
 func (f *fakeOS) HostKey() string { return "/host" }
@@ -176,6 +178,20 @@ func (f *fakeOS) SetDefaultRoute(ctx context.Context, key string, r netns.Defaul
 	}
 	f.routes[key] = r
 	return nil
+}
+
+func (f *fakeOS) Processes(ctx context.Context, key string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.procs[key], nil
+}
+
+func (f *fakeOS) StopProcesses(ctx context.Context, key string, grace time.Duration) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.procs[key]
+	delete(f.procs, key)
+	return n, f.fail("StopProcesses")
 }
 
 // dump prints every namespace's interfaces and default route, sorted.

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/piernet/pier/errdefs"
 )
@@ -18,9 +19,29 @@ func NewID() string {
 
 var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
 
+// maxNameLen bounds sandbox and endpoint names: they become DNS names and /etc/hosts
+// entries (DNS names are at most 255 bytes with the network domain).
+const maxNameLen = 128
+
 func validName(kind, name string) error {
-	if !nameRE.MatchString(name) || len(name) > 128 {
+	if len(name) > maxNameLen {
+		return errdefs.InvalidArgument("invalid %s name: %d characters is too long (at most %d: the name is served by DNS and written to /etc/hosts)", kind, len(name), maxNameLen)
+	}
+	if !nameRE.MatchString(name) {
 		return errdefs.InvalidArgument("invalid %s name %q: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed", kind, name)
+	}
+	return nil
+}
+
+// validNetworkName accepts what Docker accepts: any name that is not blank. pier uses
+// network names only as labels (never as interface or file names), so there is no
+// other limit; invalid UTF-8 is refused because it cannot round-trip through JSON.
+func validNetworkName(name string) error {
+	if strings.TrimSpace(name) == "" {
+		return errdefs.InvalidArgument("invalid network name %q: it must not be blank", name)
+	}
+	if !utf8.ValidString(name) {
+		return errdefs.InvalidArgument("invalid network name %q: it is not valid UTF-8", name)
 	}
 	return nil
 }

@@ -258,6 +258,13 @@ func (ep *Endpoint) iface(src string) netns.Interface {
 	for _, r := range ep.Routes {
 		ifc.Routes = append(ifc.Routes, netns.Route{Dst: r.Destination, Via: r.NextHop})
 	}
+	for _, a := range ep.LinkLocal {
+		bits := 16 // as Docker: 169.254.0.0/16, fe80::/64
+		if a.Is6() {
+			bits = 64
+		}
+		ifc.LinkLocal = append(ifc.LinkLocal, netip.PrefixFrom(a, bits))
+	}
 	return ifc
 }
 

@@ -117,7 +117,7 @@ func (c *Controller) CreateNetwork(ctx context.Context, spec NetworkSpec) (Netwo
 }
 
 func (c *Controller) prepareNetwork(ctx context.Context, spec NetworkSpec) (*Network, driver.Driver, error) {
-	if err := validName("network", spec.Name); err != nil {
+	if err := validNetworkName(spec.Name); err != nil {
 		return nil, nil, err
 	}
 	if spec.Driver == "" {

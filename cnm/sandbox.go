@@ -2,6 +2,7 @@ package cnm
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"sort"
@@ -166,13 +167,24 @@ func (c *Controller) sandboxEndpointsLocked(sid string) []*Endpoint {
 	return eps
 }
 
-// DeleteSandbox removes a sandbox. With endpoints still joined it is refused unless
-// force is set, in which case they leave and (when created by Connect) are deleted.
+// DeleteSandbox removes a sandbox. With endpoints still joined or processes running in
+// it, it is refused unless force is set; then the processes are stopped (SIGTERM,
+// SIGKILL after the grace period, as docker rm -f) and the endpoints leave and (when
+// created by Connect) are deleted.
 func (c *Controller) DeleteSandbox(ctx context.Context, ref string, force bool) error {
+	if force {
+		// Outside opMu: the grace period must not stall every other operation.
+		if err := c.stopProcesses(ctx, ref); err != nil {
+			return err
+		}
+	}
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
 	sb, err := c.Sandbox(ctx, ref)
 	if err != nil {
+		return err
+	}
+	if err := c.refuseBusy(ctx, sb, force); err != nil {
 		return err
 	}
 	eps := c.sandboxEndpoints(sb.ID)
@@ -185,6 +197,43 @@ func (c *Controller) DeleteSandbox(ctx context.Context, ref string, force bool) 
 		}
 	}
 	return c.deleteSandbox(ctx, &sb)
+}
+
+func (c *Controller) stopProcesses(ctx context.Context, ref string) error {
+	sb, err := c.Sandbox(ctx, ref)
+	if err != nil {
+		return err
+	}
+	n, err := c.os.StopProcesses(ctx, sb.Key, c.stopGrace)
+	if err != nil {
+		return fmt.Errorf("stopping the processes of sandbox %s: %w", sb.Name, err)
+	}
+	if n > 0 {
+		c.log.Info("stopped sandbox processes", "sandbox", sb.Name, "processes", n)
+	}
+	return nil
+}
+
+// refuseBusy refuses to delete a sandbox with processes in it, unless force is set: then
+// it stops those that entered since stopProcesses without a grace period.
+func (c *Controller) refuseBusy(ctx context.Context, sb Sandbox, force bool) error {
+	if force {
+		_, err := c.os.StopProcesses(ctx, sb.Key, 0)
+		return err
+	}
+	n, err := c.os.Processes(ctx, sb.Key)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		return errdefs.Conflict("sandbox %s has %d process(es) running in it: stop them first or force", sb.Name, n)
+	}
+	return nil
+}
+
+// Processes returns how many processes run in the sandbox's namespace.
+func (c *Controller) Processes(ctx context.Context, sb Sandbox) (int, error) {
+	return c.os.Processes(ctx, sb.Key)
 }
 
 func (c *Controller) deleteSandbox(ctx context.Context, sb *Sandbox) error {

@@ -25,6 +25,8 @@ const (
 	DefaultDataRoot = "/var/lib/pier"
 	DefaultExecRoot = "/run/pier"
 	DefaultHost     = "unix:///run/pier/pier.sock"
+
+	DefaultSandboxStopTimeout = 5 // seconds
 )
 
 // Config is pierd's configuration. The JSON names are those of the --config file
@@ -41,6 +43,9 @@ type Config struct {
 	DefaultAddressPools []ipam.PredefinedPool `json:"default-address-pools"`
 	LogLevel            string                `json:"log-level"`
 	ClusterConfig                             // cluster-* settings, flat in the file (cluster_config.go)
+	// SandboxStopTimeout is how many seconds a forced sandbox delete waits after
+	// SIGTERM before it SIGKILLs the sandbox's processes.
+	SandboxStopTimeout int `json:"sandbox-stop-timeout"`
 
 	LogOutput io.Writer `json:"-"` // default os.Stderr
 }
@@ -48,7 +53,7 @@ type Config struct {
 // Defaults returns the embedded defaults: pierd needs no configuration.
 func Defaults() Config {
 	return Config{DataRoot: DefaultDataRoot, ExecRoot: DefaultExecRoot, Hosts: []string{DefaultHost},
-		DefaultBridge: true, LogLevel: "info"}
+		DefaultBridge: true, LogLevel: "info", SandboxStopTimeout: DefaultSandboxStopTimeout}
 }
 
 // ParseArgs builds the configuration from the command line: defaults, then the
@@ -101,6 +106,8 @@ func newFlagSet() (*flag.FlagSet, *flagValues) {
 	fs.Var((*poolsFlag)(&v.c.DefaultAddressPools), "default-address-pool", "automatic subnets come from `base=CIDR,size=N` (repeatable)")
 	fs.StringVar(&v.c.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	addClusterFlags(fs, &v.c.ClusterConfig)
+	fs.IntVar(&v.c.SandboxStopTimeout, "sandbox-stop-timeout", DefaultSandboxStopTimeout,
+		"`seconds` sandbox rm -f waits after SIGTERM before it SIGKILLs the sandbox's processes")
 	return fs, v
 }
 
@@ -149,6 +156,8 @@ func (v *flagValues) apply(name string, cfg *Config) {
 		cfg.DefaultAddressPools = v.c.DefaultAddressPools
 	case "log-level":
 		cfg.LogLevel = v.c.LogLevel
+	case "sandbox-stop-timeout":
+		cfg.SandboxStopTimeout = v.c.SandboxStopTimeout
 	default:
 		applyCluster(name, &v.c.ClusterConfig, &cfg.ClusterConfig)
 	}
@@ -200,6 +209,9 @@ func LoadFile(path string) (Config, error) {
 func (c *Config) Validate() error {
 	if c.DataRoot == "" || c.ExecRoot == "" {
 		return errdefs.InvalidArgument("data root and exec root must not be empty")
+	}
+	if c.SandboxStopTimeout < 1 {
+		return errdefs.InvalidArgument("sandbox-stop-timeout %d: want 1 or more seconds", c.SandboxStopTimeout)
 	}
 	if len(c.Hosts) == 0 {
 		return errdefs.InvalidArgument("no API address: give at least one -H")

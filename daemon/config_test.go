@@ -29,15 +29,15 @@ func TestParseArgs(t *testing.T) {
 		{"defaults", nil, Defaults()},
 		{"flags", []string{"--data-root", "/d", "--exec-root=/e", "-H", "unix:///a.sock", "--host", "unix:///b.sock",
 			"--default-bridge=false", "--default-address-pool", "base=10.0.0.0/8,size=24",
-			"--default-address-pool", "base=fd00::/48,size=64", "--log-level", "warn"},
+			"--default-address-pool", "base=fd00::/48,size=64", "--log-level", "warn", "--sandbox-stop-timeout", "2"},
 			Config{DataRoot: "/d", ExecRoot: "/e", Hosts: []string{"unix:///a.sock", "unix:///b.sock"},
-				DefaultAddressPools: []ipam.PredefinedPool{pool("10.0.0.0/8", 24), pool("fd00::/48", 64)}, LogLevel: "warn"}},
+				DefaultAddressPools: []ipam.PredefinedPool{pool("10.0.0.0/8", 24), pool("fd00::/48", 64)}, LogLevel: "warn", SandboxStopTimeout: 2}},
 		{"file", []string{"--config", file},
 			Config{DataRoot: "/file/data", ExecRoot: "/file/exec", Hosts: []string{"unix:///file.sock"},
-				DefaultAddressPools: []ipam.PredefinedPool{pool("10.10.0.0/16", 24)}, LogLevel: "debug"}},
+				DefaultAddressPools: []ipam.PredefinedPool{pool("10.10.0.0/16", 24)}, LogLevel: "debug", SandboxStopTimeout: 5}},
 		{"flags override file", []string{"--config", file, "--data-root", "/flag", "-H", "unix:///flag.sock", "--default-bridge"},
 			Config{DataRoot: "/flag", ExecRoot: "/file/exec", Hosts: []string{"unix:///flag.sock"}, DefaultBridge: true,
-				DefaultAddressPools: []ipam.PredefinedPool{pool("10.10.0.0/16", 24)}, LogLevel: "debug"}},
+				DefaultAddressPools: []ipam.PredefinedPool{pool("10.10.0.0/16", 24)}, LogLevel: "debug", SandboxStopTimeout: 5}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := ParseArgs(tc.args, new(strings.Builder))
@@ -65,6 +65,7 @@ func TestParseArgsErrors(t *testing.T) {
 		{[]string{"-H", "unix://"}, `invalid API address "unix://"`},
 		{[]string{"--default-address-pool", "base=10.0.0.0/8"}, "both base and size are required"},
 		{[]string{"--default-address-pool", "base=10.0.0.0/8,size=4"}, "size 4 must be between"},
+		{[]string{"--sandbox-stop-timeout", "0"}, "sandbox-stop-timeout 0: want 1 or more seconds"},
 		{[]string{"--log-level", "loud"}, `invalid log level "loud"`},
 		{[]string{"--config", typo}, `unknown field "data_root"`},
 		{[]string{"--config", filepath.Join(dir, "missing.json")}, "reading config file"},

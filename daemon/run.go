@@ -40,7 +40,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err != nil {
 		return err
 	}
-	opts := stack.Options{DataRoot: cfg.DataRoot, ExecRoot: cfg.ExecRoot, DefaultPools: cfg.DefaultAddressPools, Logger: log}
+	opts := stack.Options{DataRoot: cfg.DataRoot, ExecRoot: cfg.ExecRoot, DefaultPools: cfg.DefaultAddressPools, Logger: log,
+		StopGrace: time.Duration(cfg.SandboxStopTimeout) * time.Second}
 	if cfg.ClusterConfig.Enabled() {
 		if err := os.MkdirAll(cfg.DataRoot, 0o700); err != nil {
 			return fmt.Errorf("creating data root: %w", err)

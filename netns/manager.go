@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -26,6 +27,9 @@ type Interface struct {
 	Addr4  netip.Prefix
 	Addr6  netip.Prefix
 	Routes []Route
+	// LinkLocal are extra link-local addresses (Docker's LinkLocalIPs), 169.254.0.0/16
+	// or fe80::/64 prefixes.
+	LinkLocal []netip.Prefix
 	// NoLinkLocal6 skips the IPv6 link-local address (for interfaces without IPv6): no
 	// DAD, MLD or router solicitations flooded over the bridge at every join.
 	NoLinkLocal6 bool
@@ -48,8 +52,9 @@ type DefaultRoute struct {
 // Manager creates sandbox namespaces pinned under Dir and configures them. It caches
 // open namespaces; Close releases them. Safe for concurrent use.
 type Manager struct {
-	dir  string
-	host *Namespace
+	dir   string
+	host  *Namespace
+	procs Procs
 
 	mu   sync.Mutex // guards open
 	open map[string]*Namespace
@@ -95,6 +100,28 @@ func (m *Manager) Destroy(ctx context.Context, key string) error {
 	}
 	m.mu.Unlock()
 	return Remove(key)
+}
+
+// Processes returns how many processes run in the sandbox namespace with key (0 for
+// the host's: its processes are not the sandbox's).
+func (m *Manager) Processes(ctx context.Context, key string) (int, error) {
+	if key == m.HostKey() {
+		return 0, nil
+	}
+	pids, err := m.procs.In(key)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	return len(pids), err
+}
+
+// StopProcesses ends the processes in the sandbox namespace with key (SIGTERM, then
+// SIGKILL after grace) and returns how many there were. The host's are never touched.
+func (m *Manager) StopProcesses(ctx context.Context, key string, grace time.Duration) (int, error) {
+	if key == m.HostKey() {
+		return 0, nil
+	}
+	return m.procs.Stop(ctx, key, grace)
 }
 
 // Pinned lists the keys of all namespaces pinned under the manager's directory.
@@ -201,7 +228,7 @@ func (m *Manager) moveIn(ns *Namespace, src, dst string) error {
 }
 
 func (n *Namespace) addAddrs(link netlink.Link, ifc Interface) error {
-	for _, p := range []netip.Prefix{ifc.Addr4, ifc.Addr6} {
+	for _, p := range append([]netip.Prefix{ifc.Addr4, ifc.Addr6}, ifc.LinkLocal...) {
 		if !p.IsValid() {
 			continue
 		}

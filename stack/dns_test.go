@@ -143,14 +143,28 @@ func TestLinks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Connect(t.Context(), "app", "client", cnm.EndpointSpec{Links: []string{"nosuch:x"}}); !errdefs.Is(err, errdefs.KindNotFound) {
-		t.Fatalf("link to a missing sandbox: %v, want NotFound", err)
+	if _, err := c.Connect(t.Context(), "bridge", "client", cnm.EndpointSpec{Links: []string{"nosuch:x"}}); !errdefs.Is(err, errdefs.KindNotFound) {
+		t.Fatalf("default-bridge link to a missing sandbox: %v, want NotFound (as Docker)", err)
 	}
-	if _, err := c.Connect(t.Context(), "app", "client", cnm.EndpointSpec{Links: []string{"web:webby"}}); err != nil {
+	// On a user network a link to a sandbox that does not exist yet is stored (Docker).
+	if _, err := c.Connect(t.Context(), "app", "client", cnm.EndpointSpec{Links: []string{"web:webby", "later:soon"}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Connect(t.Context(), "bridge", "client", cnm.EndpointSpec{Links: []string{"web:oldweb"}}); err != nil {
 		t.Fatal(err)
+	}
+	if got, err := lookup(t, e, client, "soon"); err == nil {
+		t.Errorf("link alias soon resolved before its target exists: %v", got)
+	}
+	e.sandbox("later", "app")
+	if got, err := lookup(t, e, client, "soon"); err != nil || len(got) != 1 || got[0] != e.addr("later", "app", false).String() {
+		t.Errorf("link alias soon after its target was created = %v, %v; want [%s]", got, err, e.addr("later", "app", false))
+	}
+	if err := c.DeleteSandbox(t.Context(), "later", true); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := lookup(t, e, client, "soon"); err == nil {
+		t.Errorf("link alias soon still resolves after its target was removed: %v", got)
 	}
 	want := e.addr("web", "app", false).String()
 	if got, err := lookup(t, e, client, "webby"); err != nil || len(got) != 1 || got[0] != want {

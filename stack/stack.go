@@ -48,6 +48,9 @@ type Options struct {
 	// Cluster, when set, joins a cluster: global-scope networks, the overlay driver,
 	// other nodes' endpoints. Nil = single host.
 	Cluster *ClusterOptions
+	// StopGrace is how long sandbox rm -f waits after SIGTERM before SIGKILL (zero =
+	// cnm.DefaultStopGrace).
+	StopGrace time.Duration
 }
 
 // ClusterOptions are what the stack needs to join a cluster.
@@ -144,7 +147,8 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 		}
 	}
 	s.Controller, err = cnm.New(ctx, cnm.Config{ExecRoot: o.ExecRoot, Store: s.store, Drivers: reg, IPAM: alloc,
-		Plugins: plugins, DNS: s.dns, OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf, Cluster: seam})
+		Plugins: plugins, DNS: s.dns, OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf, Cluster: seam,
+		StopGrace: o.StopGrace})
 	if err != nil {
 		return err
 	}

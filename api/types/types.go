@@ -33,6 +33,8 @@ type SandboxNetwork struct {
 	IPv4Address string // static address; "" = allocate
 	IPv6Address string
 	Aliases     []string
+	// LinkLocalIPs are extra link-local addresses (169.254.0.0/16, fe80::/10).
+	LinkLocalIPs []string `json:",omitempty"`
 	// Links are docker's --link values, "sandbox[:alias]".
 	Links []string `json:",omitempty"`
 }
@@ -48,6 +50,9 @@ type SandboxInfo struct {
 	Created     time.Time
 	Endpoints   []SandboxEndpoint
 	Ports       []PortBinding // the actual bindings of the requested ports
+	// Processes is how many processes run in the sandbox's namespace (set by inspect
+	// only; a host-network sandbox has none of its own).
+	Processes *int `json:",omitempty"`
 }
 
 // PortBinding is one published port: HostIP:HostPort on the host reaches
@@ -72,6 +77,9 @@ type SandboxEndpoint struct {
 	Gateway     string
 	IPv6Gateway string
 	Aliases     []string
+	// LinkLocalIPs are the endpoint's extra link-local addresses (Docker's
+	// IPAMConfig.LinkLocalIPs).
+	LinkLocalIPs []string `json:",omitempty"`
 }
 
 // NodeInfo is one node of the cluster (GET /pier/v1/nodes).
