@@ -138,6 +138,12 @@ func TestLabCluster(t *testing.T) {
 	if out != "h1 ready 192.0.2.1\nh2 ready 192.0.2.2\nh3 * ready 192.0.2.3" {
 		t.Fatalf("node ls on h3:\n%s", out)
 	}
+	// The join token: printed by h1 (an etcd member), the same as its token file; a
+	// client-only request elsewhere says where to ask.
+	tok := ok(t)(pier(t, l, "h1", "cluster", "token"))
+	if b, err := os.ReadFile(l.TokenFile()); err != nil || strings.TrimSpace(string(b)) != tok || !strings.HasPrefix(tok, "PIER1-") {
+		t.Fatalf("pier cluster token = %q, token file %q (%v)", tok, b, err)
+	}
 	// Sandboxes on h1 and h2 talk by name across hosts.
 	ok(t)(pier(t, l, "h1", "sandbox", "create", "--network", "ov", "--name", "web"))
 	ok(t)(pier(t, l, "h2", "sandbox", "create", "--network", "ov", "--name", "cli"))
