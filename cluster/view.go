@@ -209,7 +209,12 @@ func (c *Cluster) watch(ctx context.Context, rev int64) {
 				break
 			}
 			c.applyResponse(resp)
-			rev = max(rev, resp.Rev+1)
+			// Resume after the last event seen, not the header's revision: a
+			// catching-up watcher gets the current revision in its header before
+			// all events are out.
+			if n := len(resp.Events); n > 0 {
+				rev = max(rev, resp.Events[n-1].KV.ModRev+1)
+			}
 			backoff = 50 * time.Millisecond
 		}
 		cancel()
