@@ -118,6 +118,26 @@ type JoinResult struct {
 }
 
 // Driver is the network driver contract. Every method may touch the kernel and takes ctx.
+//
+// Concurrency: the controller serialises every mutating call (its opMu): no two of
+// CreateNetwork, DeleteNetwork, CreateEndpoint, DeleteEndpoint, Join, Leave,
+// Program/RevokeExternalConnectivity and the Restorer methods run at once. Calls that
+// come from the cluster (PeerDriver's AddPeer/RemovePeer) arrive from one other
+// goroutine, concurrently with those: a driver guards its own state with a lock.
+// Capability and Name may be called at any time.
+//
+// Idempotency: DeleteNetwork, DeleteEndpoint and Leave of something already gone (or
+// never made) return nil; the controller calls them to clean up after crashes and
+// failed operations without knowing how far those got. CreateNetwork of a network the
+// driver already has may fail (the controller uses Restorer.RestoreNetwork to re-apply).
+//
+// Errors: a returned error means the call did nothing the controller must undo: the
+// driver rolls back its own partial work before returning (the controller then undoes
+// only its earlier steps, e.g. DeleteEndpoint after a failed Join). Return errdefs
+// kinds so the API answers the right status: InvalidArgument for bad options,
+// NotFound for an unknown network or endpoint, Conflict for a name or resource in
+// use, Unavailable for a dependency that is down (a plugin, the kernel refusing for
+// lack of a feature is NotImplemented or InvalidArgument with the module named).
 type Driver interface {
 	Name() string
 	Capability() Capability

@@ -265,6 +265,9 @@ func (n *network) firewallState() firewall.Bridge {
 // DeleteNetwork removes the firewall state and the bridge (if pier created it).
 func (d *Driver) DeleteNetwork(ctx context.Context, nid string) error {
 	n, err := d.network(nid)
+	if errdefs.Is(err, errdefs.KindNotFound) {
+		return nil // already gone (the contract: deletes are idempotent)
+	}
 	if err != nil {
 		return err
 	}

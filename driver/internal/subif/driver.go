@@ -138,6 +138,9 @@ func (d *Driver) validate(nc driver.NetworkConfig) (*network, error) {
 // DeleteNetwork implements driver.Driver; a parent pier created goes with it.
 func (d *Driver) DeleteNetwork(ctx context.Context, nid string) error {
 	n, err := d.network(nid)
+	if errdefs.Is(err, errdefs.KindNotFound) {
+		return nil // already gone (the contract: deletes are idempotent)
+	}
 	if err != nil {
 		return err
 	}

@@ -131,6 +131,11 @@ func TestLifecycle(t *testing.T) {
 	must(t, d.DeleteNetwork(ctx, nid))
 	must(t, d.DeleteNetwork(ctx, nid2))
 	golden.Check(t, "deleted", k.Dump())
+	// The contract: deleting or leaving what is already gone is not an error.
+	must(t, d.Leave(ctx, nid, eid))
+	must(t, d.DeleteEndpoint(ctx, nid, eid))
+	must(t, d.DeleteNetwork(ctx, nid))
+	golden.Check(t, "deleted", k.Dump())
 }
 
 func must(t *testing.T, err error) {
