@@ -3,6 +3,8 @@ package api
 import (
 	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 
 	"github.com/moby/moby/api/types/network"
 
@@ -17,8 +19,26 @@ func networkView(n cnm.Network) network.Network {
 		EnableIPv4: !n.DisableIPv4, EnableIPv6: n.EnableIPv6, Internal: n.Internal, Attachable: n.Attachable,
 		IPAM: network.IPAM{Driver: n.IPAMDriver, Options: n.IPAMOptions, Config: ipamView(n)},
 		// Docker prints {} for empty options and labels, never null.
-		Options: orEmpty(n.Options), Labels: orEmpty(n.Labels),
+		Options: withVNIs(n), Labels: orEmpty(n.Labels),
 	}
+}
+
+// withVNIs adds the VXLAN IDs of a global network to its options, as Docker shows
+// them for swarm overlays (com.docker.network.driver.overlay.vxlanid_list).
+func withVNIs(n cnm.Network) map[string]string {
+	if len(n.VNIs) == 0 {
+		return orEmpty(n.Options)
+	}
+	out := make(map[string]string, len(n.Options)+1)
+	for k, v := range n.Options {
+		out[k] = v
+	}
+	ids := make([]string, len(n.VNIs))
+	for i, v := range n.VNIs {
+		ids[i] = strconv.FormatUint(uint64(v), 10)
+	}
+	out["com.docker.network.driver.overlay.vxlanid_list"] = strings.Join(ids, ",")
+	return out
 }
 
 func ipamView(n cnm.Network) []network.IPAMConfig {

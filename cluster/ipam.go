@@ -210,8 +210,10 @@ func (g globalIPAM) anyAddress(ctx context.Context, p globalPool, owner string) 
 				taken[a] = true
 			}
 		}
-		for range 20 {
-			cand, ok := freeAddr(from, p.Subnet, taken)
+		for try := range 20 {
+			// The lowest free address first (what users expect: .2, .3, …); after a
+			// lost race, random ones, so nodes racing for addresses spread out.
+			cand, ok := freeAddr(from, p.Subnet, taken, try > 0)
 			if !ok {
 				return netip.Prefix{}, errdefs.Unavailable("no available addresses on network %q (subnet %s)", p.Network, from)
 			}
@@ -228,12 +230,15 @@ func (g globalIPAM) anyAddress(ctx context.Context, p globalPool, owner string) 
 	return netip.Prefix{}, errdefs.Unavailable("could not allocate an address on network %q: too much contention, try again", p.Network)
 }
 
-// freeAddr scans r (inside subnet) from a random offset for an address not in taken,
+// freeAddr scans r (inside subnet) from its start (or a random offset) for an address not in taken,
 // skipping the subnet's network and broadcast addresses.
-func freeAddr(r, subnet netip.Prefix, taken map[netip.Addr]bool) (netip.Addr, bool) {
+func freeAddr(r, subnet netip.Prefix, taken map[netip.Addr]bool, random bool) (netip.Addr, bool) {
 	hostBits := r.Addr().BitLen() - r.Bits()
 	size := uint64(1) << min(hostBits, 20) // scan at most 2^20 addresses
-	start := rand.Uint64N(size)
+	var start uint64
+	if random {
+		start = rand.Uint64N(size)
+	}
 	first := r.Masked().Addr()
 	for i := uint64(0); i < size; i++ {
 		a := addN(first, (start+i)%size)
