@@ -17,8 +17,13 @@ import (
 const DefaultTTL = 3 * time.Second
 
 // opTimeout bounds every call to the store made on behalf of a user's request, so an
-// unreachable store answers fast instead of hanging the request.
-const opTimeout = 3 * time.Second
+// unreachable store answers fast instead of hanging the request; once the node knows
+// the store is unreachable (its keepalive or watch failed) requests get downTimeout,
+// which fails them within half a second while still noticing a store that is back.
+const (
+	opTimeout   = 3 * time.Second
+	downTimeout = 500 * time.Millisecond
+)
 
 // Options configure a Cluster.
 type Options struct {
@@ -58,6 +63,7 @@ type Cluster struct {
 	log *slog.Logger
 
 	lease  atomic.Int64 // the node lease (a LeaseID); renewed by the keepalive loop
+	down   atomic.Bool  // the store did not answer the last keepalive or watch
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	closed bool
@@ -205,6 +211,7 @@ func (c *Cluster) keepalive(ctx context.Context) {
 			err = c.renewLease(kctx)
 		}
 		cancel()
+		c.down.Store(err != nil)
 		if err != nil && ctx.Err() == nil {
 			c.log.Warn("keeping the node lease alive", "err", err)
 		}
@@ -251,6 +258,14 @@ func (c *Cluster) Close(ctx context.Context) error {
 		return storeErr(err)
 	}
 	return nil
+}
+
+// opContext bounds one user-facing store operation (see opTimeout).
+func (c *Cluster) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if c.down.Load() {
+		return context.WithTimeout(ctx, downTimeout)
+	}
+	return context.WithTimeout(ctx, opTimeout)
 }
 
 // storeErr makes sure a failed store call reads as the cluster store being

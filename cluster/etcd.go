@@ -38,7 +38,7 @@ func etcdErr(ctx context.Context, err error) error {
 	case ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return ctx.Err()
 	}
-	return errdefs.Unavailable("cluster store: %w", err)
+	return errdefs.Unavailable("cluster store unreachable: %w", err)
 }
 
 func fromEtcd(kv *mvccpb.KeyValue) KeyValue {

@@ -32,7 +32,7 @@ func (c *Cluster) IPAM() ipam.Allocator { return globalIPAM{c} }
 type globalIPAM struct{ c *Cluster }
 
 func (g globalIPAM) RequestPool(ctx context.Context, req ipam.PoolRequest) (ipam.Pool, error) {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	ctx, cancel := g.c.opContext(ctx)
 	defer cancel()
 	for range 20 {
 		kv, _, err := g.c.kv.Get(ctx, keyPools)
@@ -119,7 +119,7 @@ func (g globalIPAM) pool(ctx context.Context, id string) (globalPool, int64, err
 }
 
 func (g globalIPAM) ReleasePool(ctx context.Context, id string) error {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	ctx, cancel := g.c.opContext(ctx)
 	defer cancel()
 	for range 20 {
 		kv, _, err := g.c.kv.Get(ctx, keyPools)
@@ -149,7 +149,7 @@ func (g globalIPAM) ReleasePool(ctx context.Context, id string) error {
 }
 
 func (g globalIPAM) RequestAddress(ctx context.Context, req ipam.AddressRequest) (netip.Prefix, error) {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	ctx, cancel := g.c.opContext(ctx)
 	defer cancel()
 	p, _, err := g.pool(ctx, req.PoolID)
 	if err != nil {
@@ -270,7 +270,7 @@ func isBroadcast(a netip.Addr, subnet netip.Prefix) bool {
 }
 
 func (g globalIPAM) ReleaseAddress(ctx context.Context, poolID string, a netip.Addr) error {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	ctx, cancel := g.c.opContext(ctx)
 	defer cancel()
 	_, err := g.c.kv.Txn(ctx, nil, []Op{Delete(addrKey(poolID, a))})
 	return storeErr(err)

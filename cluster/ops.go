@@ -12,7 +12,7 @@ import (
 // CreateNetwork records a global network, claiming its name cluster-wide in the same
 // transaction.
 func (c *Cluster) CreateNetwork(ctx context.Context, rec NetworkRecord) error {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	rec.CreatedBy = c.o.NodeID
 	nameKey := prefNetNames + escape(rec.Name)
@@ -31,7 +31,7 @@ func (c *Cluster) CreateNetwork(ctx context.Context, rec NetworkRecord) error {
 // endpoint record exists on it: the check and the delete are one transaction, so a
 // concurrent endpoint create and this delete cannot both succeed.
 func (c *Cluster) DeleteNetwork(ctx context.Context, id string) error {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	kv, ok, err := c.kv.Get(ctx, prefNetworks+id)
 	if err != nil {
@@ -103,7 +103,7 @@ func (c *Cluster) Networks() []NetworkRecord {
 // the network in the same transaction (Forbidden when another endpoint holds it); the
 // network must still exist (NotFound).
 func (c *Cluster) PutEndpoint(ctx context.Context, rec EndpointRecord) error {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	rec.NodeID = c.o.NodeID
 	nameKey := epNameKey(rec.NetworkID, rec.Name)
@@ -130,7 +130,7 @@ func (c *Cluster) PutEndpoint(ctx context.Context, rec EndpointRecord) error {
 
 // DeleteEndpoint removes an endpoint record and its name claim; a missing one is fine.
 func (c *Cluster) DeleteEndpoint(ctx context.Context, nid, eid string) error {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	kv, ok, err := c.kv.Get(ctx, epKey(nid, eid))
 	if err != nil {
@@ -168,7 +168,7 @@ const firstVNI = 4096
 // AllocateVNIs reserves n VXLAN IDs for network nid: the wanted ones (Conflict when
 // any is taken), the rest from firstVNI up. One transaction; retried on a race.
 func (c *Cluster) AllocateVNIs(ctx context.Context, nid string, want []uint32, n int) ([]uint32, error) {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	for range 20 {
 		used, _, err := c.kv.List(ctx, prefVNIs, 0)
@@ -212,7 +212,7 @@ func (c *Cluster) AllocateVNIs(ctx context.Context, nid string, want []uint32, n
 
 // ReleaseVNIs frees the VXLAN IDs of network nid.
 func (c *Cluster) ReleaseVNIs(ctx context.Context, nid string) error {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	used, _, err := c.kv.List(ctx, prefVNIs, 0)
 	if err != nil {

@@ -204,10 +204,12 @@ func (c *Cluster) watch(ctx context.Context, rev int64) {
 						rev = r
 					}
 				} else if ctx.Err() == nil {
+					c.down.Store(true)
 					c.log.Warn("cluster watch interrupted", "err", resp.Err)
 				}
 				break
 			}
+			c.down.Store(false)
 			c.applyResponse(resp)
 			// Resume after the last event seen, not the header's revision: a
 			// catching-up watcher gets the current revision in its header before

@@ -472,6 +472,28 @@ func (l *Lab) Start(ctx context.Context, name string) error {
 	return l.save()
 }
 
+// StopStore SIGKILLs the external cluster store (External labs only); StartStore
+// starts it again on its data.
+func (l *Lab) StopStore() error {
+	if !l.External {
+		return errdefs.InvalidArgument("lab %s has no external store: its etcd members run inside the pierds (kill those)", l.Name)
+	}
+	stop(l.EtcdPID, 0)
+	l.EtcdPID = 0
+	return l.save()
+}
+
+// StartStore starts a stopped external store again.
+func (l *Lab) StartStore(ctx context.Context) error {
+	if !l.External {
+		return errdefs.InvalidArgument("lab %s has no external store", l.Name)
+	}
+	if err := l.startStore(ctx); err != nil {
+		return err
+	}
+	return l.save()
+}
+
 // Partition takes a host's underlay link down; Heal brings it back.
 func (l *Lab) Partition(name string) error { return l.setLink(name, false) }
 

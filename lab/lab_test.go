@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/piernet/pier/api/types"
+	"github.com/piernet/pier/client"
 	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/internal/nstest"
 )
@@ -163,6 +165,14 @@ func TestLabCluster(t *testing.T) {
 		_, err := pier(t, l, "h1", "exec", "web", "--", "nslookup", "cli")
 		return err != nil
 	})
+	// With one of the three etcd members gone, the survivors keep working: a global
+	// network created on h1 is usable from h3.
+	ok(t)(sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "--attachable", "ov2"))
+	poll(t, "ov2 on h3", 5*time.Second, func() bool {
+		_, err := pier(t, l, "h3", "network", "inspect", "ov2")
+		return err == nil
+	})
+	ok(t)(pier(t, l, "h3", "sandbox", "create", "--network", "ov2", "--name", "late"))
 	// It comes back with its sandbox, which resolves and answers again.
 	if err := l.Start(t.Context(), "h2"); err != nil {
 		t.Fatal(err)
@@ -253,6 +263,85 @@ func TestLabExternalStore(t *testing.T) {
 	ok(t)(pier(t, l, "h1", "sandbox", "create", "--network", "ov", "--name", "web"))
 	ok(t)(pier(t, l, "h2", "sandbox", "create", "--network", "ov", "--name", "cli"))
 	ok(t)(pier(t, l, "h2", "exec", "cli", "--", "ping", "-c1", "-W5", "web"))
+
+	// The store goes away: local work goes on, global work fails fast with 503 naming
+	// the store, existing sandboxes keep talking across hosts; when the store is back
+	// everything converges without restarting any pierd.
+	if err := l.StopStore(); err != nil {
+		t.Fatal(err)
+	}
+	ok(t)(pier(t, l, "h1", "network", "create", "localnet"))
+	ok(t)(pier(t, l, "h1", "sandbox", "create", "--network", "localnet", "--name", "loc"))
+	ok(t)(pier(t, l, "h2", "exec", "cli", "--", "ping", "-c1", "-W5", "web"))
+	start := time.Now()
+	out, err := sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "--attachable", "ov3")
+	if err == nil || !strings.Contains(out, "cluster store") {
+		t.Fatalf("global create with the store down: %v\n%s", err, out)
+	}
+	t.Logf("first global create refused after %v: %s", time.Since(start).Round(time.Millisecond), out)
+	// Once the node knows the store is gone (its keepalive failed), refusals are fast.
+	start = time.Now()
+	if out, err := sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "--attachable", "ov3"); err == nil || !strings.Contains(out, "cluster store") {
+		t.Fatalf("second global create with the store down: %v\n%s", err, out)
+	}
+	t.Logf("next global create refused after %v", time.Since(start).Round(time.Millisecond))
+	if err := l.StartStore(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "global create to work again", 20*time.Second, func() bool {
+		_, err := sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "--attachable", "ov3")
+		return err == nil
+	})
+	poll(t, "ov3 on h2", 10*time.Second, func() bool {
+		_, err := pier(t, l, "h2", "network", "inspect", "ov3")
+		return err == nil
+	})
+}
+
+// TestLabConcurrentConnects: 50 sandboxes connecting at once on each of 3 hosts get
+// 150 distinct addresses on one overlay.
+func TestLabConcurrentConnects(t *testing.T) {
+	l := up(t, 3)
+	ok(t)(sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "--attachable", "--subnet", "10.128.0.0/22", "big"))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	addrs := map[string]string{}
+	errs := 0
+	for _, h := range l.Hosts {
+		poll(t, "big on "+h.Name, 5*time.Second, func() bool {
+			_, err := pier(t, l, h.Name, "network", "inspect", "big")
+			return err == nil
+		})
+		c, err := client.New("unix://" + h.Socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 50 {
+			wg.Go(func() {
+				sb, err := c.SandboxCreate(t.Context(), types.SandboxCreateRequest{Name: fmt.Sprintf("%s-%d", h.Name, i),
+					Networks: []types.SandboxNetwork{{Network: "big"}}})
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					errs++
+					t.Errorf("%s-%d: %v", h.Name, i, err)
+					return
+				}
+				for _, ep := range sb.Endpoints {
+					if ep.Network == "big" {
+						if other, dup := addrs[ep.IPv4Address]; dup {
+							t.Errorf("%s got %s, already %s's", sb.Name, ep.IPv4Address, other)
+						}
+						addrs[ep.IPv4Address] = sb.Name
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if len(addrs) != 150 || errs > 0 {
+		t.Fatalf("%d distinct addresses, %d errors, from 3 x 50 concurrent connects", len(addrs), errs)
+	}
 }
 
 func TestLabUpFailingHalfWayCleansUp(t *testing.T) {
