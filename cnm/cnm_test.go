@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/errdefs"
 )
 
@@ -179,5 +180,36 @@ func TestPluginDstPrefixNamesTheInterface(t *testing.T) {
 	}
 	if _, ok := r.os.ns[sb.Key]["ens0"]; !ok {
 		t.Fatalf("sandbox interfaces:\n%s", r.os.dump())
+	}
+}
+
+// The controller's rules come from capabilities, not driver names: a singleton
+// driver gets no user network, a no-interface network is combined with no other.
+func TestCapabilitiesDecideTheRules(t *testing.T) {
+	r := newRig(t)
+	ctx := t.Context()
+	solo := newFakeDriver("solo", r.os, nil)
+	solo.capa = driver.Capability{Singleton: true, NoInterface: true}
+	r.must(t, r.c.drivers.Register(solo))
+	if _, err := r.c.CreateNetwork(ctx, NetworkSpec{Name: "mine", Driver: "solo"}); !errdefs.Is(err, errdefs.KindForbidden) {
+		t.Fatalf("user network of a singleton driver: %v, want Forbidden", err)
+	}
+	n, err := r.c.CreateNetwork(ctx, NetworkSpec{Name: "quiet", Driver: "solo", Predefined: true})
+	r.must(t, err)
+	if n.IPAMDriver != IPAMNull {
+		t.Errorf("no-interface network IPAM = %q, want null", n.IPAMDriver)
+	}
+	_, err = r.c.CreateNetwork(ctx, NetworkSpec{Name: "app"})
+	r.must(t, err)
+	_, err = r.c.CreateSandbox(ctx, SandboxSpec{Name: "s"})
+	r.must(t, err)
+	_, err = r.c.Connect(ctx, "quiet", "s", EndpointSpec{})
+	r.must(t, err)
+	if _, err := r.c.Connect(ctx, "app", "s", EndpointSpec{}); !errdefs.Is(err, errdefs.KindForbidden) ||
+		!strings.Contains(err.Error(), "network quiet cannot be combined") {
+		t.Fatalf("second network after a no-interface one: %v", err)
+	}
+	if r.c.UsesHostNamespace(n) {
+		t.Error("UsesHostNamespace without the capability")
 	}
 }
