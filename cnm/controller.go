@@ -5,7 +5,10 @@
 //
 // Concurrency: opMu serialises mutating operations (they do kernel I/O and must see a
 // consistent graph from start to end); mu guards the maps and is held only briefly, so
-// reads (list, inspect) never wait behind kernel I/O. Lock order: opMu → mu.
+// reads (list, inspect) never wait behind kernel I/O. ipamMu guards the IPAM drivers
+// and is held while an IPAM plugin activates (up to ~11 s), so it is never taken with
+// mu held. Lock order: opMu → ipamMu → mu; mu is a leaf (no call that blocks is made
+// under it).
 package cnm
 
 import (
@@ -45,8 +48,8 @@ type Plugins interface {
 	IPAM(ctx context.Context, name string) (ipam.Allocator, error)
 }
 
-// Config wires a controller. Every field except Logger, HostResolvConf and Plugins is
-// required.
+// Config wires a controller. ExecRoot, Store, Drivers, IPAM and OS are required;
+// Plugins, DNS, Logger and HostResolvConf are optional.
 type Config struct {
 	ExecRoot       string // sandbox files live under ExecRoot/sandboxes
 	Store          *store.Store
@@ -73,7 +76,7 @@ type Controller struct {
 	opMu      sync.Mutex      // serialises mutating operations
 	dnsActive map[string]bool // sandboxes with a DNS listener; guarded by opMu
 
-	ipamMu sync.Mutex // guards ipams
+	ipamMu sync.Mutex // guards ipams; held across plugin activation (see package doc)
 	ipams  map[string]ipam.Allocator
 
 	mu        sync.RWMutex // guards the maps below
