@@ -9,12 +9,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
-	"os"
 	"path/filepath"
 	"time"
-
-	"github.com/vishvananda/netlink"
 
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/dns"
@@ -90,7 +86,7 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 	if s.Host, err = openHost(o.HostNetNS); err != nil {
 		return err
 	}
-	alloc, err := ipam.New(ipam.Config{LocalPools: o.DefaultPools, V6Seed: machineID(o.DataRoot), IsRouted: s.isRouted})
+	alloc, err := ipam.New(ipam.Config{LocalPools: o.DefaultPools, V6Seed: ipam.MachineSeed(o.DataRoot), IsRouted: s.Host.Routed})
 	if err != nil {
 		return err
 	}
@@ -161,33 +157,6 @@ func openHost(path string) (*netns.Namespace, error) {
 		return netns.Current()
 	}
 	return netns.Open(path)
-}
-
-// isRouted reports whether p overlaps a non-default route of the host namespace.
-func (s *Stack) isRouted(p netip.Prefix) bool {
-	routes, err := netns.Dump(func() ([]netlink.Route, error) { return s.Host.NL.RouteList(nil, netlink.FAMILY_ALL) })
-	if err != nil {
-		return false
-	}
-	for _, r := range routes {
-		if r.Dst == nil {
-			continue
-		}
-		dst, ok := netip.AddrFromSlice(r.Dst.IP)
-		ones, _ := r.Dst.Mask.Size()
-		if ok && ones > 0 && netip.PrefixFrom(dst.Unmap(), ones).Masked().Overlaps(p) {
-			return true
-		}
-	}
-	return false
-}
-
-// machineID seeds the default IPv6 ULA prefix: /etc/machine-id, else the data root.
-func machineID(dataRoot string) string {
-	if b, err := os.ReadFile("/etc/machine-id"); err == nil && len(b) > 0 {
-		return string(b)
-	}
-	return dataRoot
 }
 
 // Close releases handles; kernel state and records stay for the next Open.
