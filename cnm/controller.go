@@ -60,6 +60,9 @@ type Config struct {
 	OS             SandboxOS
 	Logger         *slog.Logger
 	HostResolvConf string // default /etc/resolv.conf
+	// DefaultBridgeOptions are the driver options of the predefined network "bridge"
+	// (its bridge name and default-bridge mark, in the bridge driver's keys).
+	DefaultBridgeOptions map[string]string
 }
 
 // Controller is the CNM controller.
@@ -72,6 +75,7 @@ type Controller struct {
 	os         SandboxOS
 	log        *slog.Logger
 	resolvPath string
+	bridgeOpts map[string]string // options of the predefined "bridge"
 
 	opMu      sync.Mutex      // serialises mutating operations
 	dnsActive map[string]bool // sandboxes with a DNS listener; guarded by opMu
@@ -99,7 +103,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	c := &Controller{execRoot: cfg.ExecRoot, store: cfg.Store, drivers: cfg.Drivers, plugins: cfg.Plugins, dns: cfg.DNS, dnsActive: map[string]bool{},
 		ipams: map[string]ipam.Allocator{IPAMDefault: cfg.IPAM, IPAMNull: nullIPAM{}},
-		os:    cfg.OS, log: cfg.Logger.With("component", "controller"), resolvPath: cfg.HostResolvConf,
+		os:    cfg.OS, log: cfg.Logger.With("component", "controller"), resolvPath: cfg.HostResolvConf, bridgeOpts: cfg.DefaultBridgeOptions,
 		networks: map[string]*Network{}, endpoints: map[string]*Endpoint{}, epIndex: newEndpointIndex(),
 		sandboxes: map[string]*Sandbox{}}
 	if err := c.restore(ctx); err != nil {

@@ -27,6 +27,9 @@ import (
 	"github.com/piernet/pier/store"
 )
 
+// DefaultBridgeName is the Linux bridge of the predefined network "bridge".
+const DefaultBridgeName = "pier0"
+
 // Options configure the stack.
 type Options struct {
 	DataRoot       string // records: DataRoot/pier.db (default /var/lib/pier)
@@ -111,7 +114,8 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 		return err
 	}
 	s.Controller, err = cnm.New(ctx, cnm.Config{ExecRoot: o.ExecRoot, Store: s.store, Drivers: reg, IPAM: alloc,
-		Plugins: plugins, DNS: s.dns, OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf})
+		Plugins: plugins, DNS: s.dns, OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf,
+		DefaultBridgeOptions: map[string]string{bridge.OptBridgeName: DefaultBridgeName, bridge.OptDefaultBridge: "true"}})
 	if err != nil {
 		return err
 	}
