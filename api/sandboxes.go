@@ -137,7 +137,7 @@ func (s *Server) resolveNetworks(ctx context.Context, plan *sandboxPlan) error {
 			return err
 		}
 		plan.conns[i].network = n.ID
-		if n.Driver == "host" {
+		if s.c.UsesHostNamespace(n) {
 			plan.spec.HostNetwork = true
 		}
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/errdefs"
 )
 
@@ -216,5 +217,36 @@ func TestDeleteSandboxWithProcesses(t *testing.T) {
 	r.must(t, r.c.DeleteSandbox(ctx, "s", true))
 	if r.os.procs[sb.Key] != 0 || r.os.Exists(sb.Key) {
 		t.Errorf("after forced delete: %d processes, namespace exists %v", r.os.procs[sb.Key], r.os.Exists(sb.Key))
+	}
+}
+
+// The controller's rules come from capabilities, not driver names: a singleton
+// driver gets no user network, a no-interface network is combined with no other.
+func TestCapabilitiesDecideTheRules(t *testing.T) {
+	r := newRig(t)
+	ctx := t.Context()
+	solo := newFakeDriver("solo", r.os, nil)
+	solo.capa = driver.Capability{Singleton: true, NoInterface: true}
+	r.must(t, r.c.drivers.Register(solo))
+	if _, err := r.c.CreateNetwork(ctx, NetworkSpec{Name: "mine", Driver: "solo"}); !errdefs.Is(err, errdefs.KindForbidden) {
+		t.Fatalf("user network of a singleton driver: %v, want Forbidden", err)
+	}
+	n, err := r.c.CreateNetwork(ctx, NetworkSpec{Name: "quiet", Driver: "solo", Predefined: true})
+	r.must(t, err)
+	if n.IPAMDriver != IPAMNull {
+		t.Errorf("no-interface network IPAM = %q, want null", n.IPAMDriver)
+	}
+	_, err = r.c.CreateNetwork(ctx, NetworkSpec{Name: "app"})
+	r.must(t, err)
+	_, err = r.c.CreateSandbox(ctx, SandboxSpec{Name: "s"})
+	r.must(t, err)
+	_, err = r.c.Connect(ctx, "quiet", "s", EndpointSpec{})
+	r.must(t, err)
+	if _, err := r.c.Connect(ctx, "app", "s", EndpointSpec{}); !errdefs.Is(err, errdefs.KindForbidden) ||
+		!strings.Contains(err.Error(), "network quiet cannot be combined") {
+		t.Fatalf("second network after a no-interface one: %v", err)
+	}
+	if r.c.UsesHostNamespace(n) {
+		t.Error("UsesHostNamespace without the capability")
 	}
 }

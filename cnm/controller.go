@@ -5,7 +5,10 @@
 //
 // Concurrency: opMu serialises mutating operations (they do kernel I/O and must see a
 // consistent graph from start to end); mu guards the maps and is held only briefly, so
-// reads (list, inspect) never wait behind kernel I/O. Lock order: opMu → mu.
+// reads (list, inspect) never wait behind kernel I/O. ipamMu guards the IPAM drivers
+// and is held while an IPAM plugin activates (up to ~11 s), so it is never taken with
+// mu held. Lock order: opMu → ipamMu → mu; mu is a leaf (no call that blocks is made
+// under it).
 package cnm
 
 import (
@@ -50,8 +53,8 @@ type Plugins interface {
 	IPAM(ctx context.Context, name string) (ipam.Allocator, error)
 }
 
-// Config wires a controller. Every field except Logger, HostResolvConf and Plugins is
-// required.
+// Config wires a controller. ExecRoot, Store, Drivers, IPAM and OS are required;
+// Plugins, DNS, Logger and HostResolvConf are optional.
 type Config struct {
 	ExecRoot       string // sandbox files live under ExecRoot/sandboxes
 	Store          *store.Store
@@ -68,6 +71,9 @@ type Config struct {
 	// StopGrace is how long a forced sandbox delete waits after SIGTERM before it
 	// SIGKILLs the sandbox's processes (default DefaultStopGrace).
 	StopGrace time.Duration
+	// DefaultBridgeOptions are the driver options of the predefined network "bridge"
+	// (its bridge name and default-bridge mark, in the bridge driver's keys).
+	DefaultBridgeOptions map[string]string
 }
 
 // DefaultStopGrace is Config.StopGrace's default.
@@ -84,11 +90,12 @@ type Controller struct {
 	log        *slog.Logger
 	resolvPath string
 	stopGrace  time.Duration
+	bridgeOpts map[string]string // options of the predefined "bridge"
 
 	opMu      sync.Mutex      // serialises mutating operations
 	dnsActive map[string]bool // sandboxes with a DNS listener; guarded by opMu
 
-	ipamMu sync.Mutex // guards ipams
+	ipamMu sync.Mutex // guards ipams; held across plugin activation (see package doc)
 	ipams  map[string]ipam.Allocator
 
 	mu        sync.RWMutex // guards the maps below
@@ -125,7 +132,8 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	c := &Controller{execRoot: cfg.ExecRoot, store: cfg.Store, drivers: cfg.Drivers, plugins: cfg.Plugins, dns: cfg.DNS, dnsActive: map[string]bool{},
 		ipams: map[string]ipam.Allocator{IPAMDefault: cfg.IPAM, IPAMNull: nullIPAM{}},
 		os:    cfg.OS, log: cfg.Logger.With("component", "controller"), resolvPath: cfg.HostResolvConf, stopGrace: cfg.StopGrace,
-		networks: map[string]*Network{}, endpoints: map[string]*Endpoint{}, epIndex: newEndpointIndex(),
+		bridgeOpts: cfg.DefaultBridgeOptions,
+		networks:   map[string]*Network{}, endpoints: map[string]*Endpoint{}, epIndex: newEndpointIndex(),
 		sandboxes: map[string]*Sandbox{}, remote: map[string]map[string]*RemoteEndpoint{}, cluster: cfg.Cluster}
 	var st ClusterState
 	if c.cluster != nil {

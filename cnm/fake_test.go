@@ -226,6 +226,7 @@ type fakeDriver struct {
 	gateways   map[string]driver.NetworkConfig
 	joins      map[string]driver.JoinRequest // endpoint ID -> its join
 	programmed map[string]bool
+	capa       driver.Capability // beyond the local scopes
 }
 
 func newFakeDriver(name string, os *fakeOS, f *faults) *fakeDriver {
@@ -243,7 +244,9 @@ func (d *fakeDriver) record(s string) error {
 
 func (d *fakeDriver) Name() string { return d.name }
 func (d *fakeDriver) Capability() driver.Capability {
-	return driver.Capability{DataScope: driver.ScopeLocal, ConnectivityScope: driver.ScopeLocal}
+	c := d.capa
+	c.DataScope, c.ConnectivityScope = driver.ScopeLocal, driver.ScopeLocal
+	return c
 }
 func (d *fakeDriver) CreateNetwork(ctx context.Context, nc driver.NetworkConfig) error {
 	if err := d.record("CreateNetwork " + nc.Name); err != nil {

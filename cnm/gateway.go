@@ -140,9 +140,10 @@ func (c *Controller) recordPublished(ctx context.Context, sb *Sandbox, gw *Endpo
 }
 
 // checkPorts refuses to join a sandbox with published ports to a network whose driver
-// cannot publish them (macvlan, ipvlan, plugins); host and none ignore ports, as in Docker.
+// cannot publish them (macvlan, ipvlan, plugins); networks without interfaces (host,
+// none) ignore ports, as in Docker.
 func (c *Controller) checkPorts(ctx context.Context, sb *Sandbox, n *Network) error {
-	if len(sb.Ports) == 0 || n.Internal || n.Driver == "host" || n.Driver == "null" {
+	if len(sb.Ports) == 0 || n.Internal || c.capability(n).NoInterface {
 		return nil
 	}
 	drv, err := c.driver(ctx, n.Driver)

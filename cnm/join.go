@@ -170,23 +170,34 @@ func (c *Controller) checkCanJoin(sb *Sandbox, n *Network) error {
 	if err := checkAttachable(n); err != nil {
 		return err
 	}
-	hostNet := n.Driver == "host"
-	if hostNet != sb.HostNetwork {
+	capa := c.capability(n)
+	if capa.HostNamespace != sb.HostNetwork {
 		return errdefs.Forbidden("sandbox %s: a sandbox sharing the host network stack cannot be connected to other networks, and other sandboxes cannot join network %s", sb.Name, n.Name)
 	}
-	if n.Driver == "null" && len(c.sandboxEndpoints(sb.ID)) > 0 || c.hasNullEndpoint(sb.ID) {
-		return errdefs.Forbidden("sandbox %s: network none cannot be combined with other networks", sb.Name)
+	if capa.NoInterface && len(c.sandboxEndpoints(sb.ID)) > 0 || c.hasNoInterfaceEndpoint(sb.ID) {
+		return errdefs.Forbidden("sandbox %s: network %s cannot be combined with other networks", sb.Name, c.noInterfaceName(n, sb.ID))
 	}
 	return nil
 }
 
-func (c *Controller) hasNullEndpoint(sid string) bool {
+func (c *Controller) hasNoInterfaceEndpoint(sid string) bool { return c.noInterfaceNetwork(sid) != nil }
+
+// noInterfaceNetwork returns the network without interfaces sandbox sid is on, or nil.
+func (c *Controller) noInterfaceNetwork(sid string) *Network {
 	for _, ep := range c.sandboxEndpoints(sid) {
-		if n := c.networkByID(ep.NetworkID); n != nil && n.Driver == "null" {
-			return true
+		if n := c.networkByID(ep.NetworkID); n != nil && c.capability(n).NoInterface {
+			return n
 		}
 	}
-	return false
+	return nil
+}
+
+// noInterfaceName names the network of the no-interface rule: the one sid is on, else n.
+func (c *Controller) noInterfaceName(n *Network, sid string) string {
+	if o := c.noInterfaceNetwork(sid); o != nil {
+		return o.Name
+	}
+	return n.Name
 }
 
 func (c *Controller) join(ctx context.Context, sb *Sandbox, n *Network, ep *Endpoint) error {

@@ -130,11 +130,15 @@ func (c *Controller) prepareNetwork(ctx context.Context, spec NetworkSpec) (*Net
 	if err := c.checkNameFree(spec.Name); err != nil {
 		return nil, nil, err
 	}
-	ipamDriver, err := c.ipamDriverFor(ctx, spec.IPAMDriver, spec.Driver)
+	capa := drv.Capability()
+	if capa.Singleton && !spec.Predefined {
+		return nil, nil, errdefs.Forbidden("only one instance of %q network is allowed", spec.Driver)
+	}
+	ipamDriver, err := c.ipamDriverFor(ctx, spec.IPAMDriver, capa)
 	if err != nil {
 		return nil, nil, err
 	}
-	n := &Network{ID: NewID(), Name: spec.Name, Driver: spec.Driver, Scope: drv.Capability().DataScope,
+	n := &Network{ID: NewID(), Name: spec.Name, Driver: spec.Driver, Scope: capa.DataScope,
 		Created: time.Now().UTC(), Internal: spec.Internal, Attachable: spec.Attachable,
 		EnableIPv6: spec.EnableIPv6, DisableIPv4: spec.DisableIPv4, Predefined: spec.Predefined, Options: spec.Options, Labels: spec.Labels,
 		IPAMDriver: ipamDriver, IPAMOptions: spec.IPAMOptions}
@@ -152,8 +156,8 @@ func (c *Controller) checkNameFree(name string) error {
 	return nil
 }
 
-func (c *Controller) ipamDriverFor(ctx context.Context, name, drv string) (string, error) {
-	if drv == "null" || drv == "host" {
+func (c *Controller) ipamDriverFor(ctx context.Context, name string, capa driver.Capability) (string, error) {
+	if capa.NoInterface {
 		return IPAMNull, nil
 	}
 	if name == "" {
@@ -195,6 +199,19 @@ func (c *Controller) Network(ctx context.Context, ref string) (Network, error) {
 	}
 	return *n, nil
 }
+
+// capability returns the capability of network n's driver, zero when the driver is
+// not loaded (a plugin is not activated for this: it declares none of the rules).
+func (c *Controller) capability(n *Network) driver.Capability {
+	d, err := c.drivers.Get(n.Driver)
+	if err != nil {
+		return driver.Capability{}
+	}
+	return d.Capability()
+}
+
+// UsesHostNamespace reports whether sandboxes on n are the host's own namespace.
+func (c *Controller) UsesHostNamespace(n Network) bool { return c.capability(&n).HostNamespace }
 
 // networkByID returns the network with exactly this ID, or nil (no copy: read-only).
 func (c *Controller) networkByID(id string) *Network {

@@ -188,8 +188,8 @@ func (c *Controller) restorePools(ctx context.Context, n *Network) error {
 	return nil
 }
 
-// poolFor returns the pool of n (of the family of want, or v4/v6 as asked) that
-// contains want; with a zero want, the first pool of the family.
+// poolFor returns the pool of pools (one family's) that contains want; with a zero
+// want, the first pool.
 func poolFor(pools []Pool, want netip.Addr) (Pool, bool) {
 	for _, p := range pools {
 		if !want.IsValid() || p.Subnet.Contains(want) {

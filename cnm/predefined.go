@@ -6,11 +6,9 @@ import (
 	"github.com/piernet/pier/errdefs"
 )
 
-// DefaultBridgeName is the Linux bridge of the predefined network "bridge".
-const DefaultBridgeName = "pier0"
-
 // EnsurePredefined creates the predefined networks Docker has — "none" (null), "host"
-// (host) and, unless withBridge is false, "bridge" (bridge pier0) — when missing.
+// (host) and, unless withBridge is false, "bridge" (driver bridge, with
+// Config.DefaultBridgeOptions) — when missing.
 func (c *Controller) EnsurePredefined(ctx context.Context, withBridge bool) error {
 	specs := []NetworkSpec{
 		{Name: "none", Driver: "null", Predefined: true},
@@ -18,10 +16,7 @@ func (c *Controller) EnsurePredefined(ctx context.Context, withBridge bool) erro
 	}
 	if withBridge {
 		specs = append(specs, NetworkSpec{Name: "bridge", Driver: "bridge", Predefined: true,
-			Options: map[string]string{
-				"com.docker.network.bridge.name":           DefaultBridgeName,
-				"com.docker.network.bridge.default_bridge": "true",
-			}})
+			Options: c.bridgeOpts})
 	}
 	if c.cluster != nil {
 		specs = append(specs, gatewayBridgeSpec())

@@ -28,10 +28,21 @@ const (
 	ScopeSwarm  Scope = "swarm"
 )
 
-// Capability describes a driver.
+// Capability describes a driver. The controller enforces the rules the booleans
+// state; no driver name is special to it.
 type Capability struct {
 	DataScope         Scope
 	ConnectivityScope Scope
+	// HostNamespace: a sandbox on this driver's network is the host's own network
+	// namespace (no namespace is created); only such sandboxes join it, and they join
+	// no other network.
+	HostNamespace bool
+	// NoInterface: endpoints get no interface and no addresses (the null IPAM), ports
+	// are not published, and a sandbox on such a network is on no other.
+	NoInterface bool
+	// Singleton: the driver's only network is the predefined one the controller
+	// creates; users cannot create others.
+	Singleton bool
 }
 
 // IPAMData is one pool granted to a network, with its gateway and reserved addresses.
@@ -208,10 +219,6 @@ type PeerDriver interface {
 type VNIRequester interface {
 	VNIRequest(opts map[string]string, subnets int) (want []uint32, n int, err error)
 }
-
-// HostNamespaced is implemented by drivers whose sandboxes are the host namespace
-// (the host driver): the controller then does not create a namespace.
-type HostNamespaced interface{ UsesHostNamespace() bool }
 
 // Registry maps driver names to drivers. It is a plain value built by the caller.
 type Registry struct {

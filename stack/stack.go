@@ -10,11 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"time"
-
-	"github.com/vishvananda/netlink"
 
 	"github.com/piernet/pier/cluster"
 	"github.com/piernet/pier/cnm"
@@ -31,6 +28,9 @@ import (
 	"github.com/piernet/pier/portmap"
 	"github.com/piernet/pier/store"
 )
+
+// DefaultBridgeName is the Linux bridge of the predefined network "bridge".
+const DefaultBridgeName = "pier0"
 
 // Options configure the stack.
 type Options struct {
@@ -116,7 +116,7 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 	if s.Host, err = openHost(o.HostNetNS); err != nil {
 		return err
 	}
-	alloc, err := ipam.New(ipam.Config{LocalPools: o.DefaultPools, V6Seed: machineID(o.DataRoot), IsRouted: s.isRouted})
+	alloc, err := ipam.New(ipam.Config{LocalPools: o.DefaultPools, V6Seed: ipam.MachineSeed(o.DataRoot), IsRouted: s.Host.Routed})
 	if err != nil {
 		return err
 	}
@@ -148,7 +148,7 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 	}
 	s.Controller, err = cnm.New(ctx, cnm.Config{ExecRoot: o.ExecRoot, Store: s.store, Drivers: reg, IPAM: alloc,
 		Plugins: plugins, DNS: s.dns, OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf, Cluster: seam,
-		StopGrace: o.StopGrace})
+		StopGrace: o.StopGrace, DefaultBridgeOptions: map[string]string{bridge.OptBridgeName: DefaultBridgeName, bridge.OptDefaultBridge: "true"}})
 	if err != nil {
 		return err
 	}
@@ -197,35 +197,7 @@ func openHost(path string) (*netns.Namespace, error) {
 	return netns.Open(path)
 }
 
-// isRouted reports whether p overlaps a non-default route of the host namespace.
-func (s *Stack) isRouted(p netip.Prefix) bool {
-	routes, err := netns.Dump(func() ([]netlink.Route, error) { return s.Host.NL.RouteList(nil, netlink.FAMILY_ALL) })
-	if err != nil {
-		return false
-	}
-	for _, r := range routes {
-		if r.Dst == nil {
-			continue
-		}
-		dst, ok := netip.AddrFromSlice(r.Dst.IP)
-		ones, _ := r.Dst.Mask.Size()
-		if ok && ones > 0 && netip.PrefixFrom(dst.Unmap(), ones).Masked().Overlaps(p) {
-			return true
-		}
-	}
-	return false
-}
-
-// machineID seeds the default IPv6 ULA prefix: /etc/machine-id, else the data root.
-func machineID(dataRoot string) string {
-	if b, err := os.ReadFile("/etc/machine-id"); err == nil && len(b) > 0 {
-		return string(b)
-	}
-	return dataRoot
-}
-
-// Close releases handles; kernel state and records stay for the next Open. A
-// clustered node leaves the cluster gracefully (its peers see it as left at once).
+// Close releases handles; kernel state and records stay for the next Open.
 func (s *Stack) Close() error {
 	var errs []error
 	if s.Controller != nil {

@@ -3,8 +3,6 @@
 package host
 
 import (
-	"context"
-
 	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/driver/null"
 )
@@ -18,10 +16,8 @@ type Driver struct{ null.Driver }
 // Name implements driver.Driver.
 func (Driver) Name() string { return Name }
 
-// CreateNetwork implements driver.Driver.
-func (Driver) CreateNetwork(ctx context.Context, nc driver.NetworkConfig) error {
-	return null.Singleton(nc, Name)
+// Capability implements driver.Driver: the sandbox is the host's namespace.
+func (Driver) Capability() driver.Capability {
+	return driver.Capability{DataScope: driver.ScopeLocal, ConnectivityScope: driver.ScopeLocal,
+		HostNamespace: true, NoInterface: true, Singleton: true}
 }
-
-// UsesHostNamespace implements driver.HostNamespaced.
-func (Driver) UsesHostNamespace() bool { return true }

@@ -6,7 +6,6 @@ import (
 	"context"
 
 	"github.com/piernet/pier/driver"
-	"github.com/piernet/pier/errdefs"
 )
 
 // Name is the driver name.
@@ -20,13 +19,12 @@ func (Driver) Name() string { return Name }
 
 // Capability implements driver.Driver.
 func (Driver) Capability() driver.Capability {
-	return driver.Capability{DataScope: driver.ScopeLocal, ConnectivityScope: driver.ScopeLocal}
+	return driver.Capability{DataScope: driver.ScopeLocal, ConnectivityScope: driver.ScopeLocal, NoInterface: true, Singleton: true}
 }
 
-// CreateNetwork implements driver.Driver.
-func (Driver) CreateNetwork(ctx context.Context, nc driver.NetworkConfig) error {
-	return singleton(nc, Name)
-}
+// CreateNetwork implements driver.Driver: nothing to create (the controller allows
+// only the predefined network, see Capability).
+func (Driver) CreateNetwork(ctx context.Context, nc driver.NetworkConfig) error { return nil }
 
 // DeleteNetwork implements driver.Driver.
 func (Driver) DeleteNetwork(ctx context.Context, nid string) error { return nil }
@@ -52,15 +50,3 @@ func (Driver) ProgramExternalConnectivity(ctx context.Context, nid, eid string) 
 
 // RevokeExternalConnectivity implements driver.Driver.
 func (Driver) RevokeExternalConnectivity(ctx context.Context, nid, eid string) error { return nil }
-
-// singleton refuses user-created networks of drivers that have exactly one predefined
-// network ("none", "host"), as Docker does.
-func singleton(nc driver.NetworkConfig, drv string) error {
-	if !nc.Predefined {
-		return errdefs.Forbidden("only one instance of %q network is allowed", drv)
-	}
-	return nil
-}
-
-// Singleton is exported for the host driver.
-func Singleton(nc driver.NetworkConfig, drv string) error { return singleton(nc, drv) }
