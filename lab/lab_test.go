@@ -140,6 +140,13 @@ func TestLabCluster(t *testing.T) {
 	if out != "h1 ready 192.0.2.1\nh2 ready 192.0.2.2\nh3 * ready 192.0.2.3" {
 		t.Fatalf("node ls on h3:\n%s", out)
 	}
+	// Each node reports its kernel's cluster features (VXLAN must be there: the
+	// overlay traffic below crosses it).
+	for _, line := range strings.Split(ok(t)(pier(t, l, "h2", "node", "ls", "--format", "{{.Capabilities}}")), "\n") {
+		if !strings.Contains(line, "vxlan=yes") || !strings.Contains(line, "wireguard=") {
+			t.Fatalf("node capabilities %q", line)
+		}
+	}
 	// The join token: printed by h1 (an etcd member), the same as its token file; a
 	// client-only request elsewhere says where to ask.
 	tok := ok(t)(pier(t, l, "h1", "cluster", "token"))

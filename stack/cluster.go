@@ -169,7 +169,7 @@ func addrString(a netip.Addr) string {
 func (s *Stack) joinCluster(ctx context.Context, o Options, reg *driver.Registry) (cnm.Cluster, error) {
 	co := o.Cluster
 	cl, err := cluster.New(cluster.Options{KV: co.KV, NodeID: co.NodeID, NodeName: co.NodeName, Advertise: co.Advertise,
-		TTL: co.TTL, Version: co.Version, EtcdMember: co.EtcdMember, Logger: o.Logger})
+		TTL: co.TTL, Version: co.Version, EtcdMember: co.EtcdMember, Capabilities: co.Capabilities, Logger: o.Logger})
 	if err != nil {
 		return nil, err
 	}

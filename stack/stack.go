@@ -66,6 +66,8 @@ type ClusterOptions struct {
 	// EtcdMember and Token describe an embedded etcd member, when this node runs one.
 	EtcdMember bool
 	Token      func() string
+	// Capabilities are the kernel features this node reports (pier node ls).
+	Capabilities map[string]string
 }
 
 // Stack is an opened single-host pier stack.
