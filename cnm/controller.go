@@ -57,7 +57,7 @@ type Plugins interface {
 // Plugins, DNS, Logger and HostResolvConf are optional.
 type Config struct {
 	ExecRoot       string // sandbox files live under ExecRoot/sandboxes
-	Store          *store.Store
+	Store          store.Records
 	Drivers        *driver.Registry
 	IPAM           ipam.Allocator // the "default" IPAM driver
 	Plugins        Plugins
@@ -82,7 +82,7 @@ const DefaultStopGrace = 5 * time.Second
 // Controller is the CNM controller.
 type Controller struct {
 	execRoot   string
-	store      *store.Store
+	store      store.Records
 	drivers    *driver.Registry
 	plugins    Plugins
 	dns        Resolver

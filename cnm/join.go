@@ -109,7 +109,7 @@ func (c *Controller) disconnect(ctx context.Context, sb *Sandbox, ep *Endpoint) 
 	})
 	// The deletion is the one durable write: a crash before it restores the endpoint
 	// as joined and re-creates its interface.
-	if err := c.store.Update(ctx, func(tx *store.Tx) error {
+	if err := c.store.Update(ctx, func(tx store.Tx) error {
 		if err := tx.Delete(kindEndpoint, ep.ID); err != nil {
 			return err
 		}
@@ -291,7 +291,7 @@ func (c *Controller) commitJoin(ctx context.Context, sb *Sandbox, ep *Endpoint, 
 }
 
 func (c *Controller) persist(ctx context.Context, ep *Endpoint, sb *Sandbox) error {
-	return c.store.Update(ctx, func(tx *store.Tx) error {
+	return c.store.Update(ctx, func(tx store.Tx) error {
 		if err := tx.Put(kindEndpoint, ep.ID, ep); err != nil {
 			return err
 		}

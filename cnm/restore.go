@@ -70,7 +70,7 @@ func (c *Controller) load(ctx context.Context) error {
 // kernel leftovers go in cleanup; endpoints recorded as joined to a sandbox that no
 // longer exists are marked as not joined.
 func (c *Controller) dropHalfMade(ctx context.Context) error {
-	return c.store.Update(ctx, func(tx *store.Tx) error {
+	return c.store.Update(ctx, func(tx store.Tx) error {
 		for id, ep := range c.endpoints {
 			switch {
 			case ep.Transient && (ep.SandboxID == "" || c.sandboxes[ep.SandboxID] == nil):

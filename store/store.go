@@ -17,6 +17,29 @@ import (
 	"github.com/piernet/pier/errdefs"
 )
 
+// Records is what the controller needs of a records store: atomic multi-record
+// updates, single puts and deletes, and iteration over a kind. *Store implements it
+// over bbolt; Memory in memory (tests).
+type Records interface {
+	Update(ctx context.Context, fn func(Tx) error) error
+	Put(ctx context.Context, kind, id string, v any) error
+	Delete(ctx context.Context, kind, id string) error
+	// ForEach calls fn with every record of kind, in key order.
+	ForEach(ctx context.Context, kind string, fn func(id string, data []byte) error) error
+}
+
+// Tx is one atomic update: its puts and deletes apply together when the function
+// given to Update returns nil.
+type Tx interface {
+	Put(kind, id string, v any) error
+	Delete(kind, id string) error
+}
+
+var (
+	_ Records = (*Store)(nil)
+	_ Records = (*Memory)(nil)
+)
+
 // Store is a records store backed by one bbolt file. Safe for concurrent use.
 type Store struct {
 	db *bolt.DB
@@ -41,12 +64,11 @@ func Open(path string) (*Store, error) {
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }
 
-// Tx is a read-write transaction: Put and Delete are applied atomically when the
-// function given to Update returns nil.
-type Tx struct{ tx *bolt.Tx }
+// boltTx is a bbolt read-write transaction as a Tx.
+type boltTx struct{ tx *bolt.Tx }
 
 // Put stores v (JSON-encoded) under kind/id.
-func (t *Tx) Put(kind, id string, v any) error {
+func (t *boltTx) Put(kind, id string, v any) error {
 	b, err := t.tx.CreateBucketIfNotExists([]byte(kind))
 	if err != nil {
 		return fmt.Errorf("bucket %s: %w", kind, err)
@@ -59,7 +81,7 @@ func (t *Tx) Put(kind, id string, v any) error {
 }
 
 // Delete removes kind/id; a missing record is not an error.
-func (t *Tx) Delete(kind, id string) error {
+func (t *boltTx) Delete(kind, id string) error {
 	b := t.tx.Bucket([]byte(kind))
 	if b == nil {
 		return nil
@@ -68,39 +90,47 @@ func (t *Tx) Delete(kind, id string) error {
 }
 
 // Update runs fn in one atomic, durable transaction.
-func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
+func (s *Store) Update(ctx context.Context, fn func(Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+	return s.db.Update(func(tx *bolt.Tx) error { return fn(&boltTx{tx: tx}) })
 }
 
 // Put stores one record.
 func (s *Store) Put(ctx context.Context, kind, id string, v any) error {
-	return s.Update(ctx, func(tx *Tx) error { return tx.Put(kind, id, v) })
+	return s.Update(ctx, func(tx Tx) error { return tx.Put(kind, id, v) })
 }
 
 // Delete removes one record.
 func (s *Store) Delete(ctx context.Context, kind, id string) error {
-	return s.Update(ctx, func(tx *Tx) error { return tx.Delete(kind, id) })
+	return s.Update(ctx, func(tx Tx) error { return tx.Delete(kind, id) })
 }
 
-// List decodes every record of kind into T, in key order.
-func List[T any](ctx context.Context, s *Store, kind string) ([]T, error) {
-	var out []T
-	err := s.db.View(func(tx *bolt.Tx) error {
+// ForEach implements Records.
+func (s *Store) ForEach(ctx context.Context, kind string, fn func(id string, data []byte) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte(kind))
 		if b == nil {
 			return nil
 		}
-		return b.ForEach(func(k, v []byte) error {
-			var rec T
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("decoding %s %s: %w", kind, k, err)
-			}
-			out = append(out, rec)
-			return nil
-		})
+		return b.ForEach(func(k, v []byte) error { return fn(string(k), v) })
+	})
+}
+
+// List decodes every record of kind into T, in key order.
+func List[T any](ctx context.Context, r Records, kind string) ([]T, error) {
+	var out []T
+	err := r.ForEach(ctx, kind, func(id string, data []byte) error {
+		var rec T
+		if err := json.Unmarshal(data, &rec); err != nil {
+			return fmt.Errorf("decoding %s %s: %w", kind, id, err)
+		}
+		out = append(out, rec)
+		return nil
 	})
 	return out, err
 }

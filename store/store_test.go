@@ -54,7 +54,7 @@ func TestUpdateIsAtomic(t *testing.T) {
 	}
 	defer s.Close()
 	boom := errors.New("boom")
-	err = s.Update(t.Context(), func(tx *Tx) error {
+	err = s.Update(t.Context(), func(tx Tx) error {
 		if err := tx.Put("ep", "x", rec{ID: "x"}); err != nil {
 			return err
 		}
