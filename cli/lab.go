@@ -30,12 +30,13 @@ own interfaces, routes or firewall.`,
 
 	var hosts int
 	var pierdArgs []string
+	var external bool
 	up := &cobra.Command{
 		Use:   "up [OPTIONS]",
 		Short: "Build a lab and start a pierd on each of its hosts",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := lab.Up(cmd.Context(), lab.Options{Name: name, Hosts: hosts, Root: root, PierdArgs: pierdArgs})
+			l, err := lab.Up(cmd.Context(), lab.Options{Name: name, Hosts: hosts, Root: root, PierdArgs: pierdArgs, External: external})
 			if err != nil {
 				return err
 			}
@@ -49,6 +50,7 @@ own interfaces, routes or firewall.`,
 	}
 	up.Flags().IntVar(&hosts, "hosts", 3, "number of hosts")
 	up.Flags().StringArrayVar(&pierdArgs, "pierd-arg", nil, "extra pierd flag for every host (repeatable)")
+	up.Flags().BoolVar(&external, "external-store", false, "run the cluster store as an external etcd (Debian's etcd-server) in the lab namespace instead of embedded members")
 
 	ls := &cobra.Command{
 		Use:     "ls",
