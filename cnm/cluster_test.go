@@ -28,7 +28,8 @@ type fakeStore struct {
 	subs     []chan ClusterEvent
 	ipam     *ipam.Default
 	vnis     map[uint32]string
-	down     bool // the store is unreachable
+	down     bool          // the store is unreachable
+	block    chan struct{} // while set, PublishEndpoint waits for it to close (a slow store)
 }
 
 func newFakeStore(t *testing.T) *fakeStore {
@@ -88,6 +89,11 @@ func (f *fakeCluster) DeleteNetwork(ctx context.Context, id string) error {
 
 func (f *fakeCluster) PublishEndpoint(ctx context.Context, ep RemoteEndpoint) error {
 	f.s.mu.Lock()
+	if b := f.s.block; b != nil {
+		f.s.mu.Unlock()
+		<-b
+		f.s.mu.Lock()
+	}
 	defer f.s.mu.Unlock()
 	if f.s.down {
 		return errStoreDown
@@ -602,4 +608,59 @@ func TestGatewayBridgeForOverlayOnlySandboxes(t *testing.T) {
 	step("connect to a bridge network", err, "inner lan* ov")
 	step("disconnect the bridge network", a.c.Disconnect(ctx, "lan", "web"), "inner ov pier_gwbridge*")
 	step("disconnect the overlay", a.c.Disconnect(ctx, "ov", "web"), "inner")
+}
+
+// TestSlowStoreDoesNotStallLocalWork: a global connect waiting on the cluster store
+// does not hold the controller's operation lock; a local connect meanwhile finishes.
+func TestSlowStoreDoesNotStallLocalWork(t *testing.T) {
+	ctx := t.Context()
+	s := newFakeStore(t)
+	a := newNode(t, s, "h1", "192.0.2.1", "")
+	for _, spec := range []NetworkSpec{{Name: "ov", Driver: "gdrv", Attachable: true}, {Name: "lan"}} {
+		if _, err := a.c.CreateNetwork(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"s1", "s2"} {
+		if _, err := a.c.CreateSandbox(ctx, SandboxSpec{Name: name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.mu.Lock()
+	s.block = make(chan struct{})
+	s.mu.Unlock()
+	global := make(chan error, 1)
+	go func() { _, err := a.c.Connect(ctx, "ov", "s1", EndpointSpec{}); global <- err }()
+	local := make(chan error, 1)
+	go func() { _, err := a.c.Connect(ctx, "lan", "s2", EndpointSpec{}); local <- err }()
+	select {
+	case err := <-local:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a local connect waited for the cluster store")
+	}
+	select {
+	case err := <-global:
+		t.Fatalf("global connect finished while the store was blocked: %v", err)
+	default:
+	}
+	s.mu.Lock()
+	close(s.block)
+	s.block = nil
+	s.mu.Unlock()
+	if err := <-global; err != nil {
+		t.Fatalf("global connect after the store answered: %v", err)
+	}
+	eps, _ := a.c.SandboxEndpoints(ctx, "s1")
+	if len(eps) == 0 {
+		t.Fatal("s1 not connected")
+	}
+	s.mu.Lock()
+	rec := s.eps[eps[0].ID]
+	s.mu.Unlock()
+	if rec.MAC == "" && rec.SandboxName != "s1" || len(rec.Names) == 0 {
+		t.Fatalf("published record incomplete: %+v", rec)
+	}
 }

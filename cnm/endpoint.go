@@ -30,6 +30,10 @@ type EndpointSpec struct {
 	// LinkLocal are extra link-local addresses for the interface (Docker's
 	// IPAMConfig.LinkLocalIPs); the API checks they are link-local.
 	LinkLocal []netip.Addr
+
+	// reserved is set by a global connect: the cluster store already granted the ID,
+	// name and addresses outside opMu (see connectGlobal).
+	reserved *reservation
 }
 
 // Endpoint is an endpoint record. Values returned by the controller are copies.
@@ -62,6 +66,10 @@ type Endpoint struct {
 	Moved          bool          `json:",omitempty"` // the interface was moved in by the controller
 	SrcName        string        `json:",omitempty"` // its host-side name before the move
 	Routes         []StaticRoute `json:",omitempty"`
+
+	// Claimed: its cluster record was claimed before the local work (connectGlobal,
+	// this run only).
+	Claimed bool `json:"-"`
 }
 
 // Link is a resolved --link: the linked sandbox's name (at link time) and the alias.
@@ -106,6 +114,9 @@ func (c *Controller) createEndpoint(ctx context.Context, n *Network, spec Endpoi
 	}
 	ep := &Endpoint{ID: NewID(), Name: spec.Name, NetworkID: n.ID, Created: time.Now().UTC(),
 		Aliases: spec.Aliases, Priority: spec.Priority, Transient: transient, LinkLocal: spec.LinkLocal}
+	if r := spec.reserved; r != nil {
+		ep.ID, ep.Claimed = r.id, true
+	}
 	if spec.MAC != nil {
 		ep.MAC = spec.MAC.String()
 	}
@@ -244,6 +255,10 @@ func (c *Controller) checkEndpointName(n *Network, name string) error {
 func (c *Controller) allocateAddrs(ctx context.Context, n *Network, ep *Endpoint, spec EndpointSpec, u *undo.Stack) error {
 	if err := c.ensureMACForIPAM(ctx, n, ep); err != nil {
 		return err
+	}
+	if r := spec.reserved; r != nil {
+		ep.Addr4, ep.Addr6 = r.addr4, r.addr6 // granted, and released, by connectGlobal
+		return nil
 	}
 	mac, _ := net.ParseMAC(ep.MAC)
 	for _, a := range []struct {
@@ -409,7 +424,9 @@ func (c *Controller) forgetEndpoint(ctx context.Context, n *Network, ep *Endpoin
 	c.mu.Lock()
 	c.removeEndpointLocked(ep)
 	c.mu.Unlock()
-	c.releaseAddrs(ctx, n, ep)
+	if !ep.Claimed { // a global connect's reservation releases its own addresses
+		c.releaseAddrs(ctx, n, ep)
+	}
 }
 
 func (c *Controller) releaseAddrs(ctx context.Context, n *Network, ep *Endpoint) {

@@ -2,6 +2,7 @@ package cnm
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strings"
 
@@ -102,8 +103,8 @@ func checkAttachable(n *Network) error {
 // publish records a local endpoint of a global network in the cluster store and pushes
 // its withdrawal onto u.
 func (c *Controller) publish(ctx context.Context, n *Network, ep *Endpoint, u *undo.Stack) error {
-	if !n.global() {
-		return nil
+	if !n.global() || ep.Claimed {
+		return nil // a claimed endpoint is published by connectGlobal, outside opMu
 	}
 	if err := c.cluster.PublishEndpoint(ctx, c.remoteView(n, ep)); err != nil {
 		return err
@@ -169,4 +170,92 @@ func (s spaces) RequestAddress(ctx context.Context, req ipam.AddressRequest) (ne
 func (s spaces) ReleaseAddress(ctx context.Context, poolID string, addr netip.Addr) error {
 	a, id := s.pick(poolID)
 	return a.ReleaseAddress(ctx, id, addr)
+}
+
+// reservation is what a global connect obtained from the cluster store before taking
+// opMu: an endpoint ID whose record (and so its name) is claimed, and its addresses.
+type reservation struct {
+	id           string
+	addr4, addr6 netip.Prefix
+}
+
+// connectGlobal is Connect for a global network. The cluster store's round trips run
+// outside opMu, so a slow or unreachable store never stalls local operations:
+//  1. outside: the addresses come from the global IPAM and the endpoint's record is
+//     claimed (a name taken anywhere in the cluster, or a network deleted meanwhile,
+//     fails here, before anything local happens);
+//  2. under opMu: the local endpoint and join, with the reserved addresses;
+//  3. outside: the record is completed (MAC, sandbox, DNS names) — what other nodes
+//     resolve and program. Should that fail the local connect is undone.
+func (c *Controller) connectGlobal(ctx context.Context, n Network, sbRef string, spec EndpointSpec) (Endpoint, error) {
+	sb, err := c.Sandbox(ctx, sbRef)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	if err := c.checkCanJoin(&sb, &n); err != nil {
+		return Endpoint{}, err
+	}
+	if spec.Name == "" {
+		spec.Name = sb.Name
+	}
+	if err := c.checkEndpointName(&n, spec.Name); err != nil {
+		return Endpoint{}, err
+	}
+	// The addresses belong to the reservation until the local endpoint holds them.
+	var addrs, claimed undo.Stack
+	r := &reservation{id: NewID()}
+	var rel func() error
+	if r.addr4, rel, err = c.requestAddr(ctx, &n, n.IPv4, spec.Addr4, spec.MAC); err != nil {
+		return Endpoint{}, err
+	}
+	addrs.Push(rel)
+	if r.addr6, rel, err = c.requestAddr(ctx, &n, n.IPv6, spec.Addr6, spec.MAC); err != nil {
+		return Endpoint{}, addrs.Rollback(err)
+	}
+	addrs.Push(rel)
+	claim := RemoteEndpoint{ID: r.id, Name: spec.Name, NetworkID: n.ID, Node: c.self, Addr4: r.addr4, Addr6: r.addr6}
+	if err := c.cluster.PublishEndpoint(ctx, claim); err != nil {
+		return Endpoint{}, addrs.Rollback(err)
+	}
+	claimed.Push(func() error { return c.cluster.WithdrawEndpoint(context.WithoutCancel(ctx), n.ID, r.id) })
+	spec.reserved = r
+	ep, full, err := c.connectLocal(ctx, n.ID, sbRef, spec)
+	if err != nil {
+		return Endpoint{}, claimed.Rollback(addrs.Rollback(err))
+	}
+	addrs.Release() // the endpoint holds them now: its disconnect releases them
+	if err := c.cluster.PublishEndpoint(ctx, full); err != nil {
+		c.opMu.Lock()
+		derr := c.disconnectLocked(context.WithoutCancel(ctx), n.ID, sbRef)
+		c.opMu.Unlock()
+		return Endpoint{}, claimed.Rollback(errors.Join(err, derr))
+	}
+	return ep, nil
+}
+
+// connectLocal is the local half of a global connect, under opMu; it returns the
+// endpoint and its full cluster record.
+func (c *Controller) connectLocal(ctx context.Context, nid, sbRef string, spec EndpointSpec) (Endpoint, RemoteEndpoint, error) {
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	sb, n, err := c.sandboxAndNetwork(ctx, sbRef, nid)
+	if err != nil {
+		return Endpoint{}, RemoteEndpoint{}, err
+	}
+	if err := c.checkCanJoin(&sb, &n); err != nil { // again, now serialised
+		return Endpoint{}, RemoteEndpoint{}, err
+	}
+	ep, err := c.createEndpoint(ctx, &n, spec, true)
+	if err != nil {
+		return Endpoint{}, RemoteEndpoint{}, err
+	}
+	if err := c.join(ctx, &sb, &n, ep); err != nil {
+		c.forgetEndpoint(context.WithoutCancel(ctx), &n, ep)
+		return Endpoint{}, RemoteEndpoint{}, err
+	}
+	c.syncGatewayBridge(ctx, sb.ID)
+	full := c.remoteView(&n, ep) // reads sandboxes: safe under opMu
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return *ep, full, nil
 }

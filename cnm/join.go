@@ -36,6 +36,9 @@ func (c *Controller) Join(ctx context.Context, sbRef, netRef, epRef string) erro
 // `docker network connect` does. The endpoint is named after the sandbox unless
 // spec.Name is set.
 func (c *Controller) Connect(ctx context.Context, netRef, sbRef string, spec EndpointSpec) (Endpoint, error) {
+	if n, err := c.Network(ctx, netRef); err == nil && n.global() && c.cluster != nil {
+		return c.connectGlobal(ctx, n, sbRef, spec)
+	}
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
 	sb, n, err := c.sandboxAndNetwork(ctx, sbRef, netRef)
@@ -66,6 +69,10 @@ func (c *Controller) Connect(ctx context.Context, netRef, sbRef string, spec End
 func (c *Controller) Disconnect(ctx context.Context, netRef, sbRef string) error {
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
+	return c.disconnectLocked(ctx, netRef, sbRef)
+}
+
+func (c *Controller) disconnectLocked(ctx context.Context, netRef, sbRef string) error {
 	sb, n, err := c.sandboxAndNetwork(ctx, sbRef, netRef)
 	if err != nil {
 		return err

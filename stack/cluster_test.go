@@ -284,7 +284,7 @@ func resolveOnce(key, name string) (string, error) {
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
 	dc := &dns.Conn{Conn: c}
-	_ = c.SetDeadline(time.Now().Add(200 * time.Millisecond))
+	_ = c.SetDeadline(time.Now().Add(10 * time.Millisecond)) // a name not yet known is forwarded upstream (unreachable here): ask again
 	if err := dc.WriteMsg(m); err != nil {
 		return "", err
 	}
