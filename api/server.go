@@ -71,7 +71,7 @@ type route struct {
 
 // routes is the one route table. GET patterns also serve HEAD.
 func (s *Server) routes() []route {
-	return []route{
+	rts := []route{
 		{"GET /_ping", s.ping},
 		{"GET /version", s.version},
 		{"GET /info", s.info},
@@ -86,7 +86,11 @@ func (s *Server) routes() []route {
 		{"GET /pier/v1/sandboxes", s.listSandboxes},
 		{"GET /pier/v1/sandboxes/{ref}", s.inspectSandbox},
 		{"DELETE /pier/v1/sandboxes/{ref}", s.deleteSandbox},
+		{"GET /containers/json", s.listContainers},
+		{"GET /containers/{id}/json", s.inspectContainer},
 	}
+	rts = append(rts, s.swarmRoutes()...)
+	return append(rts, s.engineRoutes()...)
 }
 
 // ServeHTTP implements http.Handler.

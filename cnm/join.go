@@ -132,10 +132,10 @@ func (c *Controller) checkCanJoin(sb *Sandbox, n *Network) error {
 	}
 	hostNet := n.Driver == "host"
 	if hostNet != sb.HostNetwork {
-		return errdefs.Forbidden("sandbox %s: a sandbox sharing the host network stack cannot be connected to other networks, and other sandboxes cannot join network %s", sb.Name, n.Name)
+		return errdefs.InvalidArgument("sandbox %s: a sandbox sharing the host network stack cannot be connected to other networks, and other sandboxes cannot join network %s", sb.Name, n.Name)
 	}
 	if n.Driver == "null" && len(c.sandboxEndpoints(sb.ID)) > 0 || c.hasNullEndpoint(sb.ID) {
-		return errdefs.Forbidden("sandbox %s: network none cannot be combined with other networks", sb.Name)
+		return errdefs.InvalidArgument("sandbox %s: network none cannot be combined with other networks", sb.Name)
 	}
 	return nil
 }
