@@ -78,7 +78,7 @@ func TestNetworkScopeAndCodes(t *testing.T) {
 		t.Errorf("inspect = %+v", ins)
 	}
 	e.must(200, "GET", `/containers/json?filters={"network":["bridge"]}`, nil).decode(t, &list)
-	if len(list) != 0 {
-		t.Errorf("network=bridge listed %d", len(list))
+	if len(list) != 1 || list[0].Names[0] != "/db" || list[0].HostConfig.NetworkMode != "bridge" {
+		t.Errorf("network=bridge listed %+v", list)
 	}
 }
