@@ -70,7 +70,7 @@ func TestDecodeConnect(t *testing.T) {
 	if got.sandbox != "web" {
 		t.Errorf("sandbox %q", got.sandbox)
 	}
-	if diff := cmp.Diff(want, got.spec, equateNetip); diff != "" {
+	if diff := cmp.Diff(want, got.spec, equateNetip, cmpopts.IgnoreUnexported(cnm.EndpointSpec{})); diff != "" {
 		t.Errorf("spec (-want +got):\n%s", diff)
 	}
 }

@@ -35,13 +35,18 @@ func (s *Server) listNetworks(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// inspectNetwork serves GET /networks/{id}; verbose and scope only matter for swarm
-// networks, so they are accepted and ignored.
+// inspectNetwork serves GET /networks/{id}. As in Docker, a scope that is given must
+// be the network's ("local", "global"; "swarm" finds none, pier has no swarm), or the
+// network is not found; verbose only matters for swarm networks and is ignored.
 func (s *Server) inspectNetwork(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	n, err := s.c.Network(ctx, r.PathValue("id"))
+	ref := r.PathValue("id")
+	n, err := s.c.Network(ctx, ref)
 	if err != nil {
 		return err
+	}
+	if scope := r.URL.Query().Get("scope"); scope != "" && scope != string(n.Scope) {
+		return errdefs.NotFound("network %s not found", ref)
 	}
 	containers, err := s.containers(ctx, n)
 	if err != nil {

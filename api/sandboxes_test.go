@@ -115,9 +115,9 @@ func TestSandboxCreateFailsCleanly(t *testing.T) {
 		msg        string
 	}{
 		{"unknown network", `{"Name":"x","Networks":[{"Network":"app"},{"Network":"nope"}]}`, 404, "network nope not found"},
-		{"address taken", `{"Name":"x","Networks":[{"Network":"bridge"},{"Network":"app","IPv4Address":"10.9.0.5"}]}`, 409, "connecting to network"},
+		{"address taken", `{"Name":"x","Networks":[{"Network":"bridge"},{"Network":"app","IPv4Address":"10.9.0.5"}]}`, 403, "connecting to network"},
 		{"same network twice", `{"Name":"x","Networks":[{"Network":"app"},{"Network":"app"}]}`, 403, "endpoint with name x already exists in network app"},
-		{"host and bridge", `{"Name":"x","Networks":[{"Network":"bridge"},{"Network":"host"}]}`, 403, "host network"},
+		{"host and bridge", `{"Name":"x","Networks":[{"Network":"bridge"},{"Network":"host"}]}`, 400, "host network"},
 		{"duplicate name", `{"Name":"web"}`, 409, `sandbox name "web" is already in use`},
 		{"no name", `{"Networks":[{"Network":"app"}]}`, 400, "a sandbox needs a name"},
 		{"bad DNS", `{"Name":"x","DNS":["1.2.3"]}`, 400, `invalid IP address "1.2.3"`},

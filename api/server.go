@@ -73,7 +73,7 @@ type route struct {
 
 // routes is the one route table. GET patterns also serve HEAD.
 func (s *Server) routes() []route {
-	return []route{
+	rts := []route{
 		{"GET /_ping", s.ping},
 		{"GET /version", s.version},
 		{"GET /info", s.info},
@@ -92,7 +92,11 @@ func (s *Server) routes() []route {
 		{"GET /pier/v1/nodes", s.listNodes},
 		{"GET /pier/v1/nodes/{ref}", s.inspectNode},
 		{"GET /pier/v1/cluster", s.clusterInfo},
+		{"GET /containers/json", s.listContainers},
+		{"GET /containers/{id}/json", s.inspectContainer},
 	}
+	rts = append(rts, s.swarmRoutes()...)
+	return append(rts, s.engineRoutes()...)
 }
 
 // ServeHTTP implements http.Handler.

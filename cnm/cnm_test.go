@@ -242,7 +242,7 @@ func TestCapabilitiesDecideTheRules(t *testing.T) {
 	r.must(t, err)
 	_, err = r.c.Connect(ctx, "quiet", "s", EndpointSpec{})
 	r.must(t, err)
-	if _, err := r.c.Connect(ctx, "app", "s", EndpointSpec{}); !errdefs.Is(err, errdefs.KindForbidden) ||
+	if _, err := r.c.Connect(ctx, "app", "s", EndpointSpec{}); !errdefs.Is(err, errdefs.KindInvalidArgument) ||
 		!strings.Contains(err.Error(), "network quiet cannot be combined") {
 		t.Fatalf("second network after a no-interface one: %v", err)
 	}

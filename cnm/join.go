@@ -179,10 +179,10 @@ func (c *Controller) checkCanJoin(sb *Sandbox, n *Network) error {
 	}
 	capa := c.capability(n)
 	if capa.HostNamespace != sb.HostNetwork {
-		return errdefs.Forbidden("sandbox %s: a sandbox sharing the host network stack cannot be connected to other networks, and other sandboxes cannot join network %s", sb.Name, n.Name)
+		return errdefs.InvalidArgument("sandbox %s: a sandbox sharing the host network stack cannot be connected to other networks, and other sandboxes cannot join network %s", sb.Name, n.Name)
 	}
 	if capa.NoInterface && len(c.sandboxEndpoints(sb.ID)) > 0 || c.hasNoInterfaceEndpoint(sb.ID) {
-		return errdefs.Forbidden("sandbox %s: network %s cannot be combined with other networks", sb.Name, c.noInterfaceName(n, sb.ID))
+		return errdefs.InvalidArgument("sandbox %s: network %s cannot be combined with other networks", sb.Name, c.noInterfaceName(n, sb.ID))
 	}
 	return nil
 }

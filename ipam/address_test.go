@@ -117,7 +117,7 @@ func TestRequestAddress(t *testing.T) {
 			pool:    ipam.PoolRequest{Subnet: pfx("10.1.0.0/16"), Network: "n"},
 			before:  []ipam.AddressRequest{{}, {}},
 			req:     ipam.AddressRequest{Addr: addr("10.1.0.2")},
-			kind:    errdefs.KindConflict,
+			kind:    errdefs.KindForbidden,
 			wantErr: `address 10.1.0.2 already in use on network "n"`,
 		},
 		{

@@ -172,13 +172,13 @@ func checkPoolFamilies(req PoolRequest, subnet, ipRange netip.Prefix) error {
 	return nil
 }
 
-// checkFreeLocked fails with Conflict when subnet overlaps a pool of space.
+// checkFreeLocked fails with Forbidden (Docker: 403) when subnet overlaps a pool of space.
 func (d *Default) checkFreeLocked(space string, subnet netip.Prefix, network string) error {
 	other := d.overlapLocked(space, subnet)
 	if other == nil {
 		return nil
 	}
-	return errdefs.Conflict("subnet %s for network %q overlaps %s of network %q in address space %s",
+	return errdefs.Forbidden("subnet %s for network %q overlaps %s of network %q in address space %s",
 		subnet, network, other.subnet, other.network, space)
 }
 

@@ -181,7 +181,7 @@ func TestRequestPoolOverlap(t *testing.T) {
 				}
 				return
 			}
-			checkErr(t, err, errdefs.KindConflict, tt.wantErr)
+			checkErr(t, err, errdefs.KindForbidden, tt.wantErr)
 		})
 	}
 }

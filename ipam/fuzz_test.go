@@ -163,7 +163,7 @@ func (m *allocModel) requestExplicit(a netip.Addr) {
 	case !slices.Contains(m.usable, a):
 		want = errdefs.KindInvalidArgument
 	case m.used[a]:
-		want = errdefs.KindConflict
+		want = errdefs.KindForbidden
 	}
 	if errdefs.KindOf(err) != want || (err == nil) != (want == errdefs.KindUnknown) {
 		m.t.Fatalf("RequestAddress(%s) = %v, want kind %v", a, err, want)

@@ -72,7 +72,7 @@ func (p *pool) checkReservable(a netip.Addr) error {
 		return errdefs.InvalidArgument("address %s is the %s address of subnet %s of network %q",
 			a, reservedName(a, p.subnet), p.subnet, p.network)
 	case p.used.contains(a):
-		return errdefs.Conflict("address %s already in use on network %q", a, p.network)
+		return errdefs.Forbidden("address %s already in use on network %q", a, p.network)
 	}
 	return nil
 }

@@ -166,7 +166,7 @@ func (d *Driver) conflictsLocked(n *network, name string) error {
 		}
 		for _, p := range [][2]netip.Prefix{{o.subnet4, n.subnet4}, {o.subnet6, n.subnet6}} {
 			if p[0].IsValid() && p[1].IsValid() && p[0].Overlaps(p[1]) {
-				return errdefs.Conflict("subnet %s of network %q overlaps %s of bridge network %s", p[1], name, p[0], o.id[:12])
+				return errdefs.Forbidden("subnet %s of network %q overlaps %s of bridge network %s", p[1], name, p[0], o.id[:12])
 			}
 		}
 	}
