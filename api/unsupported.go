@@ -40,5 +40,14 @@ func (s *Server) engineRoutes() []route {
 		"/plugins", "/plugins/", "/commit", "/auth", "/events", "/system/df", "/session", "/grpc", "/distribution/"} {
 		rts = append(rts, route{p, notImpl})
 	}
+	// pier has no images, volumes or plugins: inspecting one finds none (404, as
+	// Docker for a missing one), so `docker inspect NAME` of an unknown name ends in
+	// "No such object" rather than pier's not-implemented message.
+	for pattern, what := range map[string]string{"GET /images/{name}/json": "image", "GET /volumes/{name}": "volume",
+		"GET /plugins/{name}/json": "plugin"} {
+		rts = append(rts, route{pattern, func(_ http.ResponseWriter, r *http.Request) error {
+			return errdefs.NotFound("No such %s: %s", what, r.PathValue("name"))
+		}})
+	}
 	return rts
 }
