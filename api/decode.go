@@ -97,12 +97,12 @@ func decodePool(c ipamConfigRequest) (cnm.PoolSpec, error) {
 	var p cnm.PoolSpec
 	var err error
 	if c.Subnet != "" {
-		if p.Subnet, err = ipam.ParsePrefix(c.Subnet); err != nil {
+		if p.Subnet, err = parseNetworkPrefix("subnet", c.Subnet); err != nil {
 			return p, err
 		}
 	}
 	if c.IPRange != "" {
-		if p.IPRange, err = ipam.ParsePrefix(c.IPRange); err != nil {
+		if p.IPRange, err = parseNetworkPrefix("ip-range", c.IPRange); err != nil {
 			return p, err
 		}
 	}
@@ -254,4 +254,17 @@ func decodeDisconnect(data []byte) (disconnectRequest, error) {
 		return req, errdefs.InvalidArgument("Container (a sandbox name or ID) is required")
 	}
 	return req, nil
+}
+
+// parseNetworkPrefix parses a subnet or ip-range and, as current Docker does, refuses
+// one with host bits set rather than silently masking them.
+func parseNetworkPrefix(what, s string) (netip.Prefix, error) {
+	p, err := ipam.ParsePrefix(s)
+	if err != nil {
+		return p, err
+	}
+	if raw, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && raw.Addr().Unmap() != p.Addr() {
+		return netip.Prefix{}, errdefs.InvalidArgument("invalid %s %s: it should be %s", what, s, p)
+	}
+	return p, nil
 }

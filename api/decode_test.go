@@ -20,7 +20,7 @@ var equateNetip = cmpopts.EquateComparable(netip.Prefix{}, netip.Addr{})
 
 func TestDecodeNetworkCreate(t *testing.T) {
 	got, err := decodeNetworkCreate([]byte(`{"Name":"app","Driver":"bridge","EnableIPv6":true,"Attachable":true,
-		"IPAM":{"Driver":"default","Options":{"o":"v"},"Config":[{"Subnet":"10.1.2.3/16","IPRange":"10.1.4.0/24",
+		"IPAM":{"Driver":"default","Options":{"o":"v"},"Config":[{"Subnet":"10.1.0.0/16","IPRange":"10.1.4.0/24",
 		"Gateway":"10.1.0.1/16","AuxiliaryAddresses":{"r":"10.1.0.2"}},{"Subnet":"fd00:1::/64"}]},
 		"Options":{"k":"v"},"Labels":{"l":"m"},"Ingress":false,"ConfigOnly":false,"ConfigFrom":{"Network":""}}`))
 	if err != nil {

@@ -116,6 +116,11 @@ func TestNetworkBadInput(t *testing.T) {
 		{"connect unknown sandbox", "POST", "/networks/app/connect", `{"Container":"ghost"}`, 404, "sandbox ghost not found"},
 		{"connect twice", "POST", "/networks/app/connect", `{"Container":"web"}`, 403, "endpoint with name web already exists in network app"},
 		{"connect none sandbox", "POST", "/networks/app/connect", `{"Container":"lonely"}`, 400, "network none cannot be combined"},
+		{"subnet with host bits", "POST", "/networks/create", `{"Name":"hb","IPAM":{"Config":[{"Subnet":"10.9.0.1/24"}]}}`, 400, "invalid subnet 10.9.0.1/24: it should be 10.9.0.0/24"},
+		{"ipv6 subnet with host bits", "POST", "/networks/create", `{"Name":"hb6","EnableIPv6":true,"IPAM":{"Config":[{"Subnet":"fd00:9::1/64"}]}}`, 400, "it should be fd00:9::/64"},
+		{"a /32", "POST", "/networks/create", `{"Name":"tiny","IPAM":{"Config":[{"Subnet":"10.9.9.9/32"}]}}`, 400, "too small for a network"},
+		{"a /31", "POST", "/networks/create", `{"Name":"tiny","IPAM":{"Config":[{"Subnet":"10.9.9.8/31"}]}}`, 400, "use /30 or larger"},
+		{"an IPv6 /127", "POST", "/networks/create", `{"Name":"tiny6","EnableIPv6":true,"IPAM":{"Config":[{"Subnet":"fd00:9::/127"}]}}`, 400, "use /126 or larger"},
 		{"connect no container", "POST", "/networks/app/connect", `{}`, 400, "Container (a sandbox name or ID) is required"},
 		{"connect bad IP", "POST", "/networks/bridge/connect", `{"Container":"lonely","EndpointConfig":{"IPAMConfig":{"IPv4Address":"300.1.1.1"}}}`, 400, `invalid IP address "300.1.1.1"`},
 		{"connect IP outside subnet", "POST", "/networks/app/connect", `{"Container":"free","EndpointConfig":{"IPAMConfig":{"IPv4Address":"192.0.2.1"}}}`, 400, "address 192.0.2.1 is not in any subnet of network app"},
@@ -272,4 +277,16 @@ func mustMAC(s string) network.HardwareAddr {
 		panic(err)
 	}
 	return network.HardwareAddr(mac)
+}
+
+// TestSmallestSubnetTakesAnEndpoint is the positive control of the /31 and /32
+// refusals: a /30 network is created and takes exactly one endpoint.
+func TestSmallestSubnetTakesAnEndpoint(t *testing.T) {
+	e := newEnv(t)
+	e.must(201, "POST", "/networks/create", map[string]any{"Name": "p2p", "IPAM": map[string]any{"Config": []map[string]string{{"Subnet": "10.9.9.8/30"}}}})
+	e.must(201, "POST", "/pier/v1/sandboxes", map[string]any{"Name": "one", "Networks": []map[string]string{{"Network": "p2p"}}})
+	r := e.do("POST", "/pier/v1/sandboxes", map[string]any{"Name": "two", "Networks": []map[string]string{{"Network": "p2p"}}})
+	if r.status < 400 || !strings.Contains(r.message(), "no available") {
+		t.Fatalf("second endpoint on a /30: %d %s", r.status, r.message())
+	}
 }

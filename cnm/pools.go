@@ -21,6 +21,11 @@ func (c *Controller) allocatePools(ctx context.Context, n *Network, specs []Pool
 	if err != nil {
 		return err
 	}
+	if n.IPAMDriver == IPAMDefault {
+		if err := checkRoomy(append(append([]PoolSpec{}, v4...), v6...)); err != nil {
+			return err
+		}
+	}
 	if len(v6) > 0 {
 		n.EnableIPv6 = true
 	}
@@ -211,4 +216,23 @@ func (c *Controller) needsReplay(ctx context.Context, n *Network) bool {
 	}
 	r, ok := alloc.(interface{ RequiresRequestReplay() bool })
 	return !ok || r.RequiresRequestReplay()
+}
+
+// checkRoomy refuses subnets too small to hold an endpoint besides the gateway and the
+// subnet's own addresses (IPv4 /31 and /32, IPv6 /127 and /128): a network on one
+// could never take a connect.
+func checkRoomy(specs []PoolSpec) error {
+	for _, s := range specs {
+		if !s.Subnet.IsValid() {
+			continue
+		}
+		limit, least := 30, "/30"
+		if s.Subnet.Addr().Is6() {
+			limit, least = 126, "/126"
+		}
+		if s.Subnet.Bits() > limit {
+			return errdefs.InvalidArgument("subnet %s is too small for a network: with its gateway it leaves no address for an endpoint (use %s or larger)", s.Subnet, least)
+		}
+	}
+	return nil
 }
