@@ -245,7 +245,7 @@ func TestConcurrentAddressesAreDistinct(t *testing.T) {
 		any = a
 		break
 	}
-	if _, err := nodes[2].IPAM().RequestAddress(ctx, ipam.AddressRequest{PoolID: pool.ID, Addr: any}); !errdefs.Is(err, errdefs.KindConflict) {
+	if _, err := nodes[2].IPAM().RequestAddress(ctx, ipam.AddressRequest{PoolID: pool.ID, Addr: any}); !errdefs.Is(err, errdefs.KindForbidden) {
 		t.Fatalf("taken address: %v", err)
 	}
 	if err := nodes[0].IPAM().ReleaseAddress(ctx, pool.ID, any); err != nil {

@@ -172,7 +172,7 @@ func (g globalIPAM) RequestAddress(ctx context.Context, req ipam.AddressRequest)
 			return netip.Prefix{}, storeErr(err)
 		}
 		if !ok {
-			return netip.Prefix{}, errdefs.Conflict("address %s already in use on network %q", want, p.Network)
+			return netip.Prefix{}, errdefs.Forbidden("address %s already in use on network %q", want, p.Network)
 		}
 		return netip.PrefixFrom(want, p.Subnet.Bits()), nil
 	}

@@ -269,7 +269,7 @@ func checkIPAM(t *testing.T, e *env) {
 		for _, p := range append(append([]cnm.Pool{}, n.IPv4...), n.IPv6...) {
 			_, err := c.CreateNetwork(ctx, cnm.NetworkSpec{Name: "probe", EnableIPv6: p.Subnet.Addr().Is6(),
 				IPAM: []cnm.PoolSpec{{Subnet: p.Subnet}}})
-			if !errdefs.Is(err, errdefs.KindConflict) {
+			if !errdefs.Is(err, errdefs.KindForbidden) {
 				t.Errorf("pool %s of network %s is not allocated after the restart: %v", p.Subnet, n.Name, err)
 				_ = c.DeleteNetwork(ctx, "probe")
 			}
@@ -303,7 +303,7 @@ func probeAddresses(t *testing.T, e *env, n cnm.Network, p cnm.Pool, taken map[n
 	for a := p.Gateway.Addr().Next(); a.Less(last) && p.Subnet.Contains(a); a = a.Next() {
 		ep, err := e.s.Controller.CreateEndpoint(ctx, n.ID, cnm.EndpointSpec{Name: "probe", Addr4: a})
 		switch {
-		case taken[a] && !errdefs.Is(err, errdefs.KindConflict):
+		case taken[a] && !errdefs.Is(err, errdefs.KindForbidden):
 			t.Errorf("recorded address %s of %s is free in IPAM after the restart: %v", a, n.Name, err)
 		case !taken[a] && err != nil:
 			t.Errorf("address %s of %s, in no record, is not free: %v", a, n.Name, err)

@@ -84,8 +84,8 @@ func TestBadBridgeOptionsAndOverlapsAreRefused(t *testing.T) {
 	}
 	e.network(cnm.NetworkSpec{Name: "one", IPAM: []cnm.PoolSpec{{Subnet: mustPrefix("10.20.0.0/16")}}})
 	_, err := e.s.Controller.CreateNetwork(t.Context(), cnm.NetworkSpec{Name: "two", IPAM: []cnm.PoolSpec{{Subnet: mustPrefix("10.20.5.0/24")}}})
-	if !errdefs.Is(err, errdefs.KindConflict) || !strings.Contains(err.Error(), "one") {
-		t.Errorf("overlapping subnet: %v, want Conflict naming network one", err)
+	if !errdefs.Is(err, errdefs.KindForbidden) || !strings.Contains(err.Error(), "one") {
+		t.Errorf("overlapping subnet: %v, want Forbidden (Docker: 403) naming network one", err)
 	}
 	if got := len(e.s.Controller.Networks(t.Context())); got != 1 {
 		t.Errorf("%d networks after refused creates, want 1", got)
@@ -148,10 +148,10 @@ func TestPredefinedNetworksHostAndNone(t *testing.T) {
 	if hs.Key != e.hostPath {
 		t.Errorf("host sandbox key = %s, want the host namespace %s", hs.Key, e.hostPath)
 	}
-	if _, err := c.Connect(ctx, "bridge", "hostnet", cnm.EndpointSpec{}); !errdefs.Is(err, errdefs.KindForbidden) {
-		t.Errorf("host sandbox joining bridge: %v, want Forbidden", err)
+	if _, err := c.Connect(ctx, "bridge", "hostnet", cnm.EndpointSpec{}); !errdefs.Is(err, errdefs.KindInvalidArgument) {
+		t.Errorf("host sandbox joining bridge: %v, want InvalidArgument (Docker: 400)", err)
 	}
-	if _, err := c.Connect(ctx, "bridge", "isolated", cnm.EndpointSpec{}); !errdefs.Is(err, errdefs.KindForbidden) {
-		t.Errorf("none sandbox joining bridge: %v, want Forbidden", err)
+	if _, err := c.Connect(ctx, "bridge", "isolated", cnm.EndpointSpec{}); !errdefs.Is(err, errdefs.KindInvalidArgument) {
+		t.Errorf("none sandbox joining bridge: %v, want InvalidArgument (Docker: 400)", err)
 	}
 }
