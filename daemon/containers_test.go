@@ -48,3 +48,30 @@ func TestDockerCLISeesSandboxes(t *testing.T) {
 		t.Fatalf("docker rm: %v, want pier's not-implemented message", err)
 	}
 }
+
+// TestDockerCLIAnswersLikeDocker: what the docker CLI prints for pier's answers to
+// swarm commands outside a swarm, subnets with host bits and too-small subnets
+// (issue 14 items 1, 6, 8), with a positive control.
+func TestDockerCLIAnswersLikeDocker(t *testing.T) {
+	nstest.Require(t, "docker")
+	d := newPierd(t)
+	d.start()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"swarm", "leave"}, "This node is not part of a swarm"},
+		{[]string{"node", "ls"}, "This node is not part of a swarm"},
+		{[]string{"service", "ls"}, "This node is not part of a swarm"},
+		{[]string{"network", "create", "--subnet", "10.9.0.1/24", "hb"}, "invalid subnet 10.9.0.1/24: it should be 10.9.0.0/24"},
+		{[]string{"network", "create", "--subnet", "10.9.9.9/32", "tiny"}, "too small for a network"},
+	} {
+		if out, err := d.docker(tc.args...); err == nil || !strings.Contains(err.Error()+out, tc.want) {
+			t.Errorf("docker %s: %v %s, want %q", strings.Join(tc.args, " "), err, out, tc.want)
+		}
+	}
+	d.mustDocker("network", "create", "--subnet", "10.9.0.0/24", "hb") // the positive control
+	if got := d.mustDocker("network", "ls", "--filter", "name=hb", "--format", "{{.Name}}"); got != "hb" {
+		t.Fatalf("network ls: %q", got)
+	}
+}
