@@ -107,7 +107,7 @@ func TestFailedJoinLeavesNothingBehind(t *testing.T) {
 
 func TestGatewayOrder(t *testing.T) {
 	mk := func(name string, prio int, internal, gw bool) gatewayCandidate {
-		ep := &Endpoint{ID: name, Priority: prio}
+		ep := &Endpoint{EndpointFacts: EndpointFacts{ID: name}, Priority: prio}
 		if gw {
 			ep.Gateway4 = netip.MustParseAddr("10.0.0.1")
 		}

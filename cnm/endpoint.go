@@ -36,20 +36,17 @@ type EndpointSpec struct {
 	reserved *reservation
 }
 
-// Endpoint is an endpoint record. Values returned by the controller are copies.
+// Endpoint is an endpoint record. Values returned by the controller are copies. Its
+// parts say who may know what: EndpointFacts are cluster facts (on a global network
+// every node learns them, as a RemoteEndpoint); EndpointJoin are this host's facts of
+// the join; the rest are this node's own settings. The record's JSON is flat, as before
+// the split.
 type Endpoint struct {
-	ID        string
-	Name      string
-	NetworkID string
-	Created   time.Time
-	Addr4     netip.Prefix `json:",omitempty"`
-	Addr6     netip.Prefix `json:",omitempty"`
+	EndpointFacts
 	// DriverAddr4/6: the address was assigned by the driver (CreateEndpoint filled a
 	// family the IPAM gave none of), so it is never released to or replayed on the IPAM.
 	DriverAddr4 bool         `json:",omitempty"`
 	DriverAddr6 bool         `json:",omitempty"`
-	MAC         string       `json:",omitempty"`
-	Aliases     []string     `json:",omitempty"`
 	Links       []Link       `json:",omitempty"`
 	LinkLocal   []netip.Addr `json:",omitempty"`
 	Priority    int          `json:",omitempty"`
@@ -57,7 +54,27 @@ type Endpoint struct {
 	// deletes them. A restart finding one unjoined finishes the interrupted operation
 	// by deleting it.
 	Transient bool `json:",omitempty"`
-	// Set while joined to a sandbox.
+	EndpointJoin
+
+	// Claimed: its cluster record was claimed before the local work (connectGlobal,
+	// this run only).
+	Claimed bool `json:"-"`
+}
+
+// EndpointFacts are what an endpoint is, cluster-wide.
+type EndpointFacts struct {
+	ID        string
+	Name      string
+	NetworkID string
+	Created   time.Time
+	Addr4     netip.Prefix `json:",omitempty"`
+	Addr6     netip.Prefix `json:",omitempty"`
+	MAC       string       `json:",omitempty"`
+	Aliases   []string     `json:",omitempty"`
+}
+
+// EndpointJoin are this host's facts of a joined endpoint (all zero when not joined).
+type EndpointJoin struct {
 	SandboxID      string        `json:",omitempty"`
 	IfName         string        `json:",omitempty"`
 	Gateway4       netip.Addr    `json:",omitempty"`
@@ -66,10 +83,6 @@ type Endpoint struct {
 	Moved          bool          `json:",omitempty"` // the interface was moved in by the controller
 	SrcName        string        `json:",omitempty"` // its host-side name before the move
 	Routes         []StaticRoute `json:",omitempty"`
-
-	// Claimed: its cluster record was claimed before the local work (connectGlobal,
-	// this run only).
-	Claimed bool `json:"-"`
 }
 
 // Link is a resolved --link: the linked sandbox's name (at link time) and the alias.
@@ -112,8 +125,8 @@ func (c *Controller) createEndpoint(ctx context.Context, n *Network, spec Endpoi
 	if err := c.checkEndpointName(n, spec.Name); err != nil {
 		return nil, err
 	}
-	ep := &Endpoint{ID: NewID(), Name: spec.Name, NetworkID: n.ID, Created: time.Now().UTC(),
-		Aliases: spec.Aliases, Priority: spec.Priority, Transient: transient, LinkLocal: spec.LinkLocal}
+	ep := &Endpoint{EndpointFacts: EndpointFacts{ID: NewID(), Name: spec.Name, NetworkID: n.ID, Created: time.Now().UTC(),
+		Aliases: spec.Aliases}, Priority: spec.Priority, Transient: transient, LinkLocal: spec.LinkLocal}
 	if r := spec.reserved; r != nil {
 		ep.ID, ep.Claimed = r.id, true
 	}

@@ -1,6 +1,7 @@
 package cnm
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -73,5 +74,24 @@ func checkIndex(t *testing.T, c *Controller, step int) {
 	}
 	if len(c.epIndex.bySandbox) > len(c.sandboxes) || len(c.epIndex.byNetwork) > len(c.networks) {
 		t.Fatalf("step %d: index keeps keys of deleted sandboxes or networks", step)
+	}
+}
+
+// TestEndpointRecordStaysFlat: splitting Endpoint into its cluster facts and host
+// facts keeps the stored JSON as it was, so records of earlier versions still load.
+func TestEndpointRecordStaysFlat(t *testing.T) {
+	old := `{"ID":"e1","Name":"web","NetworkID":"n1","Created":"2026-01-01T00:00:00Z","Addr4":"10.0.0.2/24","MAC":"02:42:0a:00:00:02","Transient":true,"SandboxID":"s1","IfName":"eth0","Gateway4":"10.0.0.1"}`
+	var ep Endpoint
+	if err := json.Unmarshal([]byte(old), &ep); err != nil {
+		t.Fatal(err)
+	}
+	if ep.Name != "web" || ep.IfName != "eth0" || !ep.Transient || ep.Gateway4.String() != "10.0.0.1" {
+		t.Fatalf("decoded %+v", ep)
+	}
+	b, _ := json.Marshal(ep)
+	var keys map[string]any
+	_ = json.Unmarshal(b, &keys)
+	if _, nested := keys["EndpointFacts"]; nested || keys["SandboxID"] != "s1" {
+		t.Fatalf("record is not flat: %s", b)
 	}
 }

@@ -359,8 +359,7 @@ func (c *Controller) commitLeave(ctx context.Context, sb *Sandbox, ep *Endpoint,
 // unjoined returns a copy of ep with the join state cleared.
 func (ep *Endpoint) unjoined() Endpoint {
 	e := *ep
-	e.SandboxID, e.IfName, e.Moved, e.SrcName, e.Routes = "", "", false, "", nil
-	e.Gateway4, e.Gateway6, e.DisableGateway = netip.Addr{}, netip.Addr{}, false
+	e.EndpointJoin = EndpointJoin{}
 	return e
 }
 
