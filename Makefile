@@ -1,7 +1,7 @@
 GO ?= go
 BIN := bin
 
-.PHONY: all build test test-short fuzz bench bench-docker vet clean
+.PHONY: all build test test-short fuzz bench bench-docker bench-cluster vet clean
 
 all: build
 
@@ -39,6 +39,13 @@ bench:
 # go in BENCHFLAGS, e.g. make bench-docker BENCHFLAGS='-only dns,throughput'.
 bench-docker:
 	bash bench/run.sh $(BENCHFLAGS)
+
+# pier's 3-host cluster (pier lab) beside a 3-host Docker swarm and a raw VXLAN pair
+# (docs/benchmarks.md). Needs root; installs docker.io, iperf3, busybox-static,
+# etcd-server (apt) if missing; ~10 min; report on stdout and in
+# bench/results/<date>-cluster.md. Flags in BENCHFLAGS, e.g. BENCHFLAGS='-only throughput'.
+bench-cluster:
+	bash bench/cluster.sh $(BENCHFLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -141,26 +140,7 @@ func startPierd(ctx context.Context, pierd string, p daemonPaths) (*daemon, erro
 // its container mounts and namespace pins never appear on the machine. Its trust
 // key goes to the work directory (deprecated-key-path) instead of /etc/docker.
 func startDockerd(ctx context.Context, p daemonPaths) (*daemon, error) {
-	if err := os.MkdirAll(p.dir, 0o755); err != nil {
-		return nil, err
-	}
-	cfg, _ := json.Marshal(map[string]any{"deprecated-key-path": filepath.Join(p.dir, "key.json")})
-	cfgPath := filepath.Join(p.dir, "daemon.json")
-	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
-		return nil, err
-	}
-	d, err := startProc("dockerd", p.log, "nsenter", "--net="+nsPath(nsDocker), "--",
-		"unshare", "--mount", "--propagation", "private", "--",
-		"sh", "-c", `mount -t tmpfs -o mode=755 pierbench-run /run && exec "$@"`, "sh",
-		"dockerd", "--config-file", cfgPath, "--data-root", p.data, "--exec-root", p.exec,
-		"-H", "unix://"+p.sock, "--pidfile", filepath.Join(p.dir, "dockerd.pid"))
-	if err != nil {
-		return nil, err
-	}
-	if err := d.waitSocket(ctx, p.sock, 60*time.Second); err != nil {
-		return d, err
-	}
-	return d, nil
+	return startDockerdIn(ctx, nsPath(nsDocker), p)
 }
 
 // startDnsmasq runs the upstream DNS server of the DNS scenario in the namespace

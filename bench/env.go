@@ -64,9 +64,14 @@ func addNetns(ctx context.Context, name string) error {
 // PID), mounts under workDir, the namespaces, and workDir itself. It is idempotent
 // and reports what it could not remove.
 func sweep(ctx context.Context, workDir string, skip map[int]bool) error {
+	return sweepPrefix(ctx, nsPrefix, workDir, skip)
+}
+
+// sweepPrefix is sweep for the namespaces whose names start with prefix.
+func sweepPrefix(ctx context.Context, prefix, workDir string, skip map[int]bool) error {
 	var errs []error
 	inos := map[uint64]bool{}
-	names := netnsNames(nsPrefix)
+	names := netnsNames(prefix)
 	for _, n := range names {
 		if ino, err := nsInode(nsPath(n)); err == nil {
 			inos[ino] = true

@@ -27,6 +27,30 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "probe" {
+		if err := bench.Probe(os.Args[2:], os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "pierbench probe:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "cluster" {
+		cfg, err := parseCluster(os.Args[2:])
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "pierbench cluster:", err)
+			os.Exit(2)
+		}
+		ctx, cancel := interruptible()
+		defer cancel()
+		if err := bench.RunCluster(ctx, cfg, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "pierbench cluster:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	cfg, err := parse(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -35,10 +59,19 @@ func main() {
 		fmt.Fprintln(os.Stderr, "pierbench:", err)
 		os.Exit(2)
 	}
-	// Ctrl-C, SIGTERM and SIGHUP cancel the run; cleanup still runs. Later signals
-	// are caught too, so a second Ctrl-C cannot leave dockerd and namespaces behind.
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := interruptible()
 	defer cancel()
+	if err := bench.Run(ctx, cfg, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "pierbench:", err)
+		os.Exit(1)
+	}
+}
+
+// interruptible returns a context that Ctrl-C, SIGTERM and SIGHUP cancel; cleanup
+// still runs. Later signals are caught too, so a second Ctrl-C cannot leave daemons
+// and namespaces behind.
+func interruptible() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	go func() {
@@ -47,10 +80,55 @@ func main() {
 			cancel()
 		}
 	}()
-	if err := bench.Run(ctx, cfg, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "pierbench:", err)
-		os.Exit(1)
+	return ctx, cancel
+}
+
+// parseCluster reads the flags of `pierbench cluster`.
+func parseCluster(args []string) (bench.ClusterConfig, error) {
+	cfg := bench.DefaultClusterConfig()
+	fs := flag.NewFlagSet("pierbench cluster", flag.ContinueOnError)
+	fs.StringVar(&cfg.Pierd, "pierd", cfg.Pierd, "pierd `binary` to benchmark")
+	fs.StringVar(&cfg.Busybox, "busybox", cfg.Busybox, "static busybox `binary` for the Docker image")
+	fs.StringVar(&cfg.WorkDir, "workdir", cfg.WorkDir, "work `dir` (removed before and after the run)")
+	fs.StringVar(&cfg.Out, "out", "bench/results/"+time.Now().Format("2006-01-02")+"-cluster.md", "also write the report to `file` (empty: stdout only)")
+	only := fs.String("only", "", "comma-separated `scenarios` to run: "+strings.Join(bench.ClusterScenarios, ","))
+	fs.DurationVar(&cfg.Tput, "tput-time", cfg.Tput, "length of one iperf3 run")
+	fs.IntVar(&cfg.NTput, "n-tput", cfg.NTput, "iperf3 runs per system and stream count")
+	fs.IntVar(&cfg.NEcho, "n-echo", cfg.NEcho, "echo round trips per system")
+	fs.IntVar(&cfg.NConv, "n-conv", cfg.NConv, "convergence tries per system")
+	fs.IntVar(&cfg.NFail, "n-fail", cfg.NFail, "failure tries of pier")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
 	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *only != "" {
+		cfg.Only = strings.Split(*only, ",")
+		for _, o := range cfg.Only {
+			if !slices.Contains(bench.ClusterScenarios, o) {
+				return cfg, fmt.Errorf("unknown scenario %q in -only (have %s)", o, strings.Join(bench.ClusterScenarios, ","))
+			}
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Self = self
+	cfg.Command = "make bench-cluster"
+	var shown []string
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "pierd", "busybox", "out", "workdir":
+		default:
+			shown = append(shown, "-"+f.Name+"="+f.Value.String())
+		}
+	})
+	if len(shown) > 0 {
+		cfg.Command = "bench/cluster.sh " + strings.Join(shown, " ")
+	}
+	return cfg, nil
 }
 
 func parse(args []string) (bench.Config, error) {
