@@ -111,6 +111,7 @@ func (c *cluster) scenThroughput(ctx context.Context) *csection {
 			sec.Rows = append(sec.Rows, r)
 		}
 	}
+	sec.Notes = append(sec.Notes, "The raw pair's underlay is one veth; pier's and Docker's hosts reach each other through a bridge in their lab namespace (veth → bridge → veth), one hop more per packet in both directions, so raw is an upper bound slightly above what a VXLAN overlay over the lab underlay can reach.")
 	sec.Notes = append(sec.Notes, fmt.Sprintf("MTU: pier's overlay interface %d; the raw VXLAN devices were set to the same; Docker's overlay uses its default (1450 on a 1500 underlay).", c.pier.mtu))
 	return sec
 }
@@ -244,6 +245,13 @@ func (c *cluster) scenConvergence(ctx context.Context) *csection {
 		}
 	}
 	names := [2]string{"pier", "Docker"}
+	// pier/Docker, on pier's rows only, and only where both medians are positive.
+	vsDocker := func(k int, xs [2][]float64) string {
+		if k != 0 || !(median(xs[0]) > 0 && median(xs[1]) > 0) {
+			return ""
+		}
+		return ratioTo(xs[0], xs[1]) + " of Docker"
+	}
 	for k := range 2 {
 		goal := func(xs []float64) string {
 			if len(xs) == 0 {
@@ -253,13 +261,13 @@ func (c *cluster) scenConvergence(ctx context.Context) *csection {
 			return fmt.Sprintf("p50 ≤ 10, p99 ≤ 30: %s", verdictOf(true, median(s) <= 10 && pct(s, 99) <= 30))
 		}
 		sec.Rows = append(sec.Rows,
-			crow{Scenario: "attach call on host 1", System: names[k], Samples: call[k], Err: errs[k]},
-			crow{Scenario: "name resolves on host 3, after the call", System: names[k], Samples: dns[k], Goal: goal(dns[k]), Ratio: ratioTo(dns[k], dns[1])},
-			crow{Scenario: "address answers TCP from host 3, after the call", System: names[k], Samples: tcp[k], Goal: goal(tcp[k]), Ratio: ratioTo(tcp[k], tcp[1])},
-			crow{Scenario: "address answers TCP from host 3, from the call's start", System: names[k], Samples: tcpAll[k], Ratio: ratioTo(tcpAll[k], tcpAll[1])},
+			crow{Scenario: "attach call on host 1", System: names[k], Samples: call[k], Err: errs[k], Ratio: vsDocker(k, call)},
+			crow{Scenario: "name resolves on host 3, after the call", System: names[k], Samples: dns[k], Goal: goal(dns[k]), Ratio: vsDocker(k, dns)},
+			crow{Scenario: "address answers TCP from host 3, after the call", System: names[k], Samples: tcp[k], Goal: goal(tcp[k]), Ratio: vsDocker(k, tcp)},
+			crow{Scenario: "address answers TCP from host 3, from the call's start", System: names[k], Samples: tcpAll[k], Ratio: vsDocker(k, tcpAll)},
 		)
 	}
-	sec.Notes = append(sec.Notes, "Ratios are pier/Docker. A negative time means the name resolved before the call had returned.")
+	sec.Notes = append(sec.Notes, "A negative time means the name resolved before the call had returned (Docker registers the name while the container starts, before `start` returns).")
 	c.logf("convergence: dns pier %.1f, Docker %.1f ms; tcp pier %.1f, Docker %.1f ms", median(dns[0]), median(dns[1]), median(tcp[0]), median(tcp[1]))
 	return sec
 }
@@ -351,7 +359,7 @@ func (c *cluster) scenFailure(ctx context.Context) *csection {
 			crow{Scenario: "its box's address no longer answers", System: names[k], Samples: tcp[k], Goal: goal(tcp[k])},
 		)
 	}
-	sec.Notes = append(sec.Notes, "Docker's address stops answering at once because its host's processes, the containers included, died with it; pier's sandbox namespace outlives pierd, so its row is the time until host 1 stops routing there. A row at the 60 s limit means it had not happened by then.")
+	sec.Notes = append(sec.Notes, "Docker's address stops answering at once because its host's processes, the containers included, died with it; pier's sandbox namespace outlives pierd, so its row is the time until host 1 stops routing there. A sample of 60 s means it had not happened when the probe gave up at 60 s (the name still resolved).")
 	return sec
 }
 

@@ -1,0 +1,38 @@
+package bench
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestPct(t *testing.T) {
+	xs := make([]float64, 100)
+	for i := range xs {
+		xs[i] = float64(i + 1)
+	}
+	for _, tc := range []struct{ p, want float64 }{{50, 50}, {95, 95}, {99, 99}, {100, 100}, {0, 1}} {
+		if got := pct(xs, tc.p); got != tc.want {
+			t.Errorf("pct(1..100, %v) = %v, want %v", tc.p, got, tc.want)
+		}
+	}
+	if got := pct([]float64{7}, 99); got != 7 {
+		t.Errorf("pct of one sample = %v, want 7", got)
+	}
+}
+
+func TestProbeBadInput(t *testing.T) {
+	for _, args := range [][]string{nil, {"nonsense"}, {"appear", "-bogus"}} {
+		if err := Probe(args, strings.NewReader(""), &strings.Builder{}); err == nil {
+			t.Errorf("Probe(%q) succeeded, want an error", args)
+		}
+	}
+}
+
+func TestRatioTo(t *testing.T) {
+	if got := ratioTo([]float64{2, 4, 6}, []float64{8}); got != "0.50" {
+		t.Errorf("ratioTo = %q, want 0.50", got)
+	}
+	if got := ratioTo(nil, []float64{1}); got != "" {
+		t.Errorf("ratioTo without samples = %q, want empty", got)
+	}
+}
