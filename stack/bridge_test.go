@@ -57,9 +57,18 @@ func TestNetworksAreIsolated(t *testing.T) {
 func TestICCDisabledBlocksSameNetwork(t *testing.T) {
 	e := newEnv(t)
 	n := e.network(cnm.NetworkSpec{Name: "quiet", Options: map[string]string{"com.docker.network.bridge.enable_icc": "false"}})
-	a := e.sandbox("a", "quiet")
-	b := e.sandbox("b", "quiet")
+	e.network(cnm.NetworkSpec{Name: "loud"})
+	a := e.sandbox("a", "quiet", "loud")
+	b := e.sandbox("b", "quiet", "loud")
 	listen(t, b.Key)
+	// Controls: b's listener answers a over the ICC-on network, and the host over the
+	// ICC-off bridge itself, so the failure below is ICC, not a dead peer.
+	if err := dialEcho(a.Key, e.addr("b", "loud", false), 2*time.Second); err != nil {
+		t.Fatalf("ICC=true: a cannot reach b: %v", err)
+	}
+	if err := dialEcho(e.hostPath, e.addr("b", "quiet", false), 2*time.Second); err != nil {
+		t.Fatalf("the host cannot reach b on the ICC=false network: %v", err)
+	}
 	if err := dialEcho(a.Key, e.addr("b", "quiet", false), 500*time.Millisecond); err == nil {
 		t.Fatal("ICC=false: a reached b")
 	}

@@ -190,6 +190,12 @@ func listen(t testing.TB, key string) net.Listener {
 
 // dialEcho connects from the namespace at key to addr:7777 and checks the echo.
 func dialEcho(key string, addr netip.Addr, timeout time.Duration) error {
+	return echo(key, netip.AddrPortFrom(addr, 7777), timeout)
+}
+
+// echo connects from the namespace at key to addr, sends a line and checks that the
+// same line comes back, within timeout (connecting) and timeout again (the echo).
+func echo(key string, addr netip.AddrPort, timeout time.Duration) error {
 	ns, err := netns.Open(key)
 	if err != nil {
 		return err
@@ -197,7 +203,7 @@ func dialEcho(key string, addr netip.Addr, timeout time.Duration) error {
 	defer ns.Close()
 	var c net.Conn
 	if err := ns.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(addr, 7777).String(), timeout)
+		c, err = net.DialTimeout("tcp", addr.String(), timeout)
 		return
 	}); err != nil {
 		return err

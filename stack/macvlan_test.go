@@ -85,10 +85,15 @@ func TestMacvlanSandboxesReachEachOtherAndTheSegment(t *testing.T) {
 
 func TestMacvlanPrivateModeIsolatesSandboxes(t *testing.T) {
 	e := newEnv(t)
-	segment(t, e, mustPrefix("192.0.2.254/24"))
+	outside := segment(t, e, mustPrefix("192.0.2.254/24"))
 	e.network(macvlanSpec("priv", map[string]string{"parent": "uplink", "macvlan_mode": "private"}, "192.0.2.0/24"))
 	a := e.sandbox("a", "priv")
 	e.sandbox("b", "priv")
+	// Control: b answers on its address from the segment, so the failure below is the
+	// private mode, not a dead peer.
+	if err := ping(outside, e.addr("b", "priv", false)); err != nil {
+		t.Fatalf("outside → b: %v", err)
+	}
 	if err := pingOnce(a.Key, e.addr("b", "priv", false)); err == nil {
 		t.Fatal("a reached b on a private macvlan network")
 	}

@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -9,7 +8,6 @@ import (
 
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/errdefs"
-	"github.com/piernet/pier/netns"
 	"github.com/piernet/pier/portmap"
 )
 
@@ -53,26 +51,8 @@ func dialReaches(key string, addr netip.AddrPort) error {
 }
 
 // dialFrom opens a TCP echo round trip from the namespace at key (or the host when
-// key is the host path) to addr: one attempt.
-func dialFrom(key string, addr netip.AddrPort) error {
-	ns, err := netns.Open(key)
-	if err != nil {
-		return err
-	}
-	defer ns.Close()
-	var c net.Conn
-	if err := ns.Do(func() (err error) { c, err = net.DialTimeout("tcp", addr.String(), time.Second); return }); err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := c.Write([]byte("hello pier\n")); err != nil {
-		return err
-	}
-	buf := make([]byte, 11)
-	_, err = c.Read(buf)
-	return err
-}
+// key is the host path) to addr and checks the echo: one attempt.
+func dialFrom(key string, addr netip.AddrPort) error { return echo(key, addr, time.Second) }
 
 func TestPublishedPortReachableAndKeptAcrossRestart(t *testing.T) {
 	e := newEnv(t)
@@ -84,11 +64,15 @@ func TestPublishedPortReachableAndKeptAcrossRestart(t *testing.T) {
 		t.Fatalf("published = %v, want the fixed and the ephemeral binding", sb.Published)
 	}
 	ephemeral := hostPort(sb.Published, 8080)
+	ephemeralAddr := netip.AddrPortFrom(netip.MustParseAddr("198.51.100.1"), ephemeral)
 	for _, c := range []struct {
 		from string
-		to   string
-	}{{out, "198.51.100.1:8080"}, {e.hostPath, "198.51.100.1:8080"}, {e.hostPath, "127.0.0.1:8080"}} {
-		if err := dialReaches(c.from, netip.MustParseAddrPort(c.to)); err != nil {
+		to   netip.AddrPort
+	}{
+		{out, netip.MustParseAddrPort("198.51.100.1:8080")}, {e.hostPath, netip.MustParseAddrPort("198.51.100.1:8080")},
+		{e.hostPath, netip.MustParseAddrPort("127.0.0.1:8080")}, {out, ephemeralAddr},
+	} {
+		if err := dialReaches(c.from, c.to); err != nil {
 			t.Errorf("dial %s: %v", c.to, err)
 		}
 	}
@@ -109,14 +93,18 @@ func TestPublishedPortReachableAndKeptAcrossRestart(t *testing.T) {
 	if got := hostPort(sb.Published, 8080); got != ephemeral {
 		t.Errorf("ephemeral host port after restart = %d, want %d", got, ephemeral)
 	}
-	if err := dialReaches(out, netip.MustParseAddrPort("198.51.100.1:8080")); err != nil {
-		t.Errorf("after restart: %v", err)
+	for _, to := range []netip.AddrPort{netip.MustParseAddrPort("198.51.100.1:8080"), ephemeralAddr} {
+		if err := dialReaches(out, to); err != nil {
+			t.Errorf("after restart, dial %s: %v", to, err)
+		}
 	}
 	if err := e.s.Controller.DeleteSandbox(t.Context(), "srv", true); err != nil {
 		t.Fatal(err)
 	}
-	if err := dialFrom(out, netip.MustParseAddrPort("198.51.100.1:8080")); err == nil {
-		t.Error("port still published after the sandbox was removed")
+	for _, to := range []netip.AddrPort{netip.MustParseAddrPort("198.51.100.1:8080"), ephemeralAddr} {
+		if err := dialFrom(out, to); err == nil {
+			t.Errorf("%s still published after the sandbox was removed", to)
+		}
 	}
 }
 
