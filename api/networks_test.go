@@ -68,7 +68,7 @@ func TestNetworkCreateInspect(t *testing.T) {
 				Subnet: netip.MustParsePrefix("10.7.0.0/16"), IPRange: netip.MustParsePrefix("10.7.1.0/24"),
 				Gateway: netip.MustParseAddr("10.7.0.254"), AuxAddress: map[string]netip.Addr{"router": netip.MustParseAddr("10.7.0.253")}}}}},
 		Containers: map[string]network.EndpointResource{info.ID: {Name: "web", EndpointID: info.Endpoints[0].EndpointID,
-			MacAddress: mustMAC(info.Endpoints[0].MacAddress), IPv4Address: netip.MustParsePrefix("10.7.1.9/16")}},
+			MacAddress: mustMAC("02:42:0a:07:01:09"), IPv4Address: netip.MustParsePrefix("10.7.1.9/16")}}, // Docker's MAC: 02:42 + the IPv4 address
 	}
 	if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(network.Network{}, "Created"),
 		cmpopts.EquateComparable(netip.Prefix{}, netip.Addr{})); diff != "" {
@@ -162,7 +162,9 @@ func TestNetworkConnectDisconnect(t *testing.T) {
 	for _, ep := range info.Endpoints {
 		got[ep.Network] = ep.IfName + " " + ep.IPv4Address + " " + strings.Join(ep.Aliases, ",")
 	}
-	want := map[string]string{"bridge": "eth0 " + info.Endpoints[0].IPv4Address + " ", "app": "eth1 10.9.0.77/24 database"}
+	// The bridge network's first pool (10.128.0.0/24, newEnv's DefaultPools) with its
+	// gateway at .1: db is the first sandbox on it.
+	want := map[string]string{"bridge": "eth0 10.128.0.2/24 ", "app": "eth1 10.9.0.77/24 database"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("endpoints (-want +got):\n%s", diff)
 	}

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/firewall"
 	"github.com/piernet/pier/netns"
@@ -199,19 +197,19 @@ func testReachable(t *testing.T, top *topology) {
 		})
 	}
 	t.Run("unpublished port of the container stays closed", func(t *testing.T) {
+		// Controls on the same path (outside → host → br-a → c1:80): published, it
+		// answers, and the host itself reaches c1:80 directly; so the failure below is
+		// the firewall, not a dead route or server.
+		if got := ask(t, top.out, "tcp", hp(hostV4, 8080)); got != "c1 "+outV4 {
+			t.Fatalf("published path to c1:80: %q", got)
+		}
+		if got := ask(t, top.Host, "tcp", hp(c1v4, 80)); got != "c1 "+gwA4 {
+			t.Fatalf("host to c1:80 directly: %q", got)
+		}
 		if got := ask(t, top.out, "tcp", hp(c1v4, 80)); got != "" {
 			t.Errorf("reached the container directly: %q", got)
 		}
 	})
-}
-
-func TestPublishedPortsSCTP(t *testing.T) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
-	if err != nil {
-		t.Skipf("the kernel has no SCTP (%v): SCTP publishing is programmed (see the golden ruleset) but cannot be exercised", err)
-	}
-	unix.Close(fd)
-	t.Skip("SCTP traffic test not written: no SCTP kernel to develop it against")
 }
 
 // TestConflictsRollBack: a second publisher of a taken port fails with
@@ -284,7 +282,8 @@ func TestUnpublishStopsTrafficAndFlushesUDP(t *testing.T) {
 }
 
 // TestFirewallHealsWithTraffic: after `nft flush ruleset` new connections
-// work again within a second, and an established one survives.
+// work again, and an established one survives. How fast is measured by the
+// firewall's BenchmarkHeal; the deadline here is only for correctness.
 func TestFirewallHealsWithTraffic(t *testing.T) {
 	t.Parallel()
 	top := newTopology(t, true)
@@ -298,13 +297,13 @@ func TestFirewallHealsWithTraffic(t *testing.T) {
 		t.Fatalf("established connection: %q", got)
 	}
 	for _, cmd := range [][]string{{"flush", "ruleset"}, {"delete", "table", "inet", "pier"}, {"flush", "map", "inet", "pier", "portsany4"}} {
-		// Let the connection go idle first: a delayed ACK (up to 200 ms) sent while the
-		// table is gone is not translated, and the host answers it with a reset. No
-		// firewall can translate packets while its NAT rules do not exist; what must
-		// survive is the connection's state, for the packets after the heal.
-		time.Sleep(250 * time.Millisecond)
+		// Let the connection go idle first: a delayed ACK sent while the table is gone
+		// is not translated, and the host answers it with a reset. No firewall can
+		// translate packets while its NAT rules do not exist; what must survive is the
+		// connection's state, for the packets after the heal.
+		quiesce(t, est)
 		top.nft(cmd...)
-		took := eventually(t, time.Second, "c1 "+outV4, func() string { return ask(t, top.out, "tcp", hp(hostV4, 8080)) })
+		took := eventually(t, 5*time.Second, "c1 "+outV4, func() string { return ask(t, top.out, "tcp", hp(hostV4, 8080)) })
 		t.Logf("nft %v: new connections work again after %v", cmd, took.Round(time.Millisecond))
 		if got := roundTripWithin(est, 3*time.Second); got != "c1 "+outV4 {
 			t.Errorf("after nft %v the established connection broke: %q", cmd, got)

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/piernet/pier/internal/netlab"
 	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
@@ -153,6 +155,33 @@ func roundTripWithin(c net.Conn, d time.Duration) string {
 		return ""
 	}
 	return strings.TrimSuffix(strings.TrimSpace(string(buf[:n])), " ping")
+}
+
+// quiesce returns once c has nothing in flight: a pending delayed ACK is sent at once
+// (TCP_QUICKACK) and everything c sent is acknowledged (TCP_INFO). The peer's ACK of
+// our last data rides on its answer, which roundTrip has read.
+func quiesce(t testing.TB, c net.Conn) {
+	t.Helper()
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sockopt := func(fn func(fd int) error) {
+		t.Helper()
+		var opErr error
+		if err := raw.Control(func(fd uintptr) { opErr = fn(int(fd)) }); err != nil || opErr != nil {
+			t.Fatalf("socket option: %v %v", err, opErr)
+		}
+	}
+	sockopt(func(fd int) error { return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_QUICKACK, 1) })
+	eventually(t, 5*time.Second, "0", func() string {
+		var info *unix.TCPInfo
+		sockopt(func(fd int) (err error) {
+			info, err = unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+			return err
+		})
+		return fmt.Sprint(info.Unacked)
+	})
 }
 
 // eventually polls fn until it returns want or the deadline passes, and

@@ -1,14 +1,19 @@
 package portmap_test
 
 import (
+	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/internal/netlab"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
 	"github.com/piernet/pier/portmap"
 )
@@ -78,11 +83,18 @@ func TestProxyLifecycle(t *testing.T) {
 	if roundTrip(tcp) == "" || roundTrip(udp) == "" {
 		t.Fatal("no answer")
 	}
-	// The flow times out; a new datagram from the same client opens a new one.
-	busy := runtime.NumGoroutine()
-	waitGoroutines(t, busy-1, "UDP flow idle timeout")
+	// The flow is a socket in the host connected to the container; it is closed when
+	// the flow times out, and a new datagram from the same client opens a new one.
+	upstream := netip.AddrPortFrom(netip.MustParseAddr(c1v4), 53)
+	if got := udpSockets(t, l.Host, upstream); len(got) != 1 {
+		t.Fatalf("UDP flow sockets to %s: %v, want one", upstream, got)
+	}
+	eventually(t, 5*time.Second, "[]", func() string { return fmt.Sprint(udpSockets(t, l.Host, upstream)) })
 	if roundTrip(udp) == "" {
 		t.Error("no answer after the flow timed out")
+	}
+	if got := udpSockets(t, l.Host, upstream); len(got) != 1 {
+		t.Errorf("UDP flow sockets to %s after a new datagram: %v, want one", upstream, got)
 	}
 
 	// Set keeps unchanged listeners (and their connections), closes the rest.
@@ -125,6 +137,27 @@ func TestProxyLifecycle(t *testing.T) {
 		t.Errorf("closed proxy answers: %q", got)
 	}
 	waitGoroutines(t, before, "goroutines after Close")
+}
+
+// udpSockets returns the local addresses of the IPv4 UDP sockets in ns connected to
+// remote, read from the kernel's socket table (/proc/net/udp of ns).
+func udpSockets(t *testing.T, ns *netns.Namespace, remote netip.AddrPort) []string {
+	t.Helper()
+	var data []byte
+	var err error
+	nstest.Do(t, ns.Handle, func() { data, err = os.ReadFile("/proc/thread-self/net/udp") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := remote.Addr().As4()
+	want := fmt.Sprintf("%08X:%04X", binary.LittleEndian.Uint32(a[:]), remote.Port())
+	var out []string
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 2 && f[2] == want {
+			out = append(out, f[1])
+		}
+	}
+	return out
 }
 
 // waitGoroutines waits until at most n goroutines run.
