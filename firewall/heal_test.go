@@ -84,7 +84,7 @@ func TestKernelSelfHeals(t *testing.T) {
 	} {
 		start := time.Now()
 		nft(t, ns, strings.Fields(cmd)...)
-		waitFor(t, time.Second, cmd+": table restored", func() bool { return dumpNow(t, ns) == want })
+		waitFor(t, 5*time.Second, cmd+": table restored", func() bool { return dumpNow(t, ns) == want })
 		t.Logf("%s: restored after %v", cmd, time.Since(start).Round(time.Millisecond))
 		if got := rec.count(healedMsg); got != i+1 {
 			t.Errorf("after %q: %d heals, want %d", cmd, got, i+1)
@@ -102,7 +102,7 @@ func TestKernelSelfHeals(t *testing.T) {
 		t.Fatal(err)
 	}
 	nft(t, ns, "flush", "ruleset") // a foreign change after ours: its heal proves ours were read
-	waitFor(t, time.Second, "restored", func() bool { return dumpNow(t, ns) == want })
+	waitFor(t, 5*time.Second, "restored", func() bool { return dumpNow(t, ns) == want })
 	if got := rec.count(healedMsg); got != heals+1 {
 		t.Errorf("own changes caused %d heals", got-heals-1)
 	}
