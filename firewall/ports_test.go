@@ -210,12 +210,12 @@ func TestStartWritesMissingTableAndHealsForeignChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = fw.Close() })
-	waitFor(t, time.Second, "table written at start", func() bool { return k.dump() == want })
+	waitFor(t, 5*time.Second, "table written at start", func() bool { return k.dump() == want })
 
 	k.deleteTable("inet pier")
-	waitFor(t, time.Second, "deleted table restored", func() bool { return k.dump() == want })
+	waitFor(t, 5*time.Second, "deleted table restored", func() bool { return k.dump() == want })
 	k.flushSet("inet pier", "portsany4")
-	waitFor(t, time.Second, "flushed map restored", func() bool { return k.dump() == want })
+	waitFor(t, 5*time.Second, "flushed map restored", func() bool { return k.dump() == want })
 
 	if err := fw.Start(ctx); err == nil {
 		t.Error("second Start succeeded")
@@ -248,7 +248,7 @@ func TestOwnChangesDoNotHeal(t *testing.T) {
 		go func() { defer close(done); fw.readEvents(t.Context(), w) }()
 		// The reader asks for the sentinel only after handling the rest.
 		ev.ch <- notice{port: 1001, end: true}
-		waitFor(t, time.Second, "notices consumed", func() bool { return len(ev.ch) == 0 })
+		waitFor(t, 5*time.Second, "notices consumed", func() bool { return len(ev.ch) == 0 })
 		_ = ev.Close()
 		<-done
 		return len(w.kick) > 0

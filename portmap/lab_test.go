@@ -56,7 +56,7 @@ func (l *lab) peer(hostSide, master, addr4, addr6, gw4, gw6 string) *netns.Names
 func (l *lab) reachable(ns *netns.Namespace, addrs ...string) {
 	l.t.Helper()
 	for _, a := range addrs {
-		eventually(l.t, 2*time.Second, "*", func() string {
+		eventually(l.t, 5*time.Second, "*", func() string {
 			if ask(l.t, ns, "tcp", a) != "" {
 				return "*"
 			}
