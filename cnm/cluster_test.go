@@ -113,6 +113,11 @@ func (f *fakeCluster) PublishEndpoint(ctx context.Context, ep RemoteEndpoint) er
 
 func (f *fakeCluster) WithdrawEndpoint(ctx context.Context, nid, eid string) error {
 	f.s.mu.Lock()
+	if b := f.s.block; b != nil {
+		f.s.mu.Unlock()
+		<-b
+		f.s.mu.Lock()
+	}
 	defer f.s.mu.Unlock()
 	if f.s.down {
 		return errStoreDown
@@ -662,5 +667,58 @@ func TestSlowStoreDoesNotStallLocalWork(t *testing.T) {
 	s.mu.Unlock()
 	if rec.MAC == "" && rec.SandboxName != "s1" || len(rec.Names) == 0 {
 		t.Fatalf("published record incomplete: %+v", rec)
+	}
+}
+
+// TestSlowStoreDoesNotStallDisconnects: a global disconnect waiting on the store does
+// not hold the operation lock either; once the store answers it completes.
+func TestSlowStoreDoesNotStallDisconnects(t *testing.T) {
+	ctx := t.Context()
+	s := newFakeStore(t)
+	a := newNode(t, s, "h1", "192.0.2.1", "")
+	for _, spec := range []NetworkSpec{{Name: "ov", Driver: "gdrv", Attachable: true}, {Name: "lan"}} {
+		if _, err := a.c.CreateNetwork(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"s1", "s2"} {
+		if _, err := a.c.CreateSandbox(ctx, SandboxSpec{Name: name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ep, err := a.c.Connect(ctx, "ov", "s1", EndpointSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	s.block = make(chan struct{})
+	s.mu.Unlock()
+	global := make(chan error, 1)
+	go func() { global <- a.c.Disconnect(ctx, "ov", "s1") }()
+	local := make(chan error, 1)
+	go func() { _, err := a.c.Connect(ctx, "lan", "s2", EndpointSpec{}); local <- err }()
+	select {
+	case err := <-local:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a local connect waited for a global disconnect's store round trip")
+	}
+	s.mu.Lock()
+	close(s.block)
+	s.block = nil
+	s.mu.Unlock()
+	if err := <-global; err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	_, still := s.eps[ep.ID]
+	s.mu.Unlock()
+	if still {
+		t.Fatal("record still published after the disconnect")
+	}
+	if eps, _ := a.c.Endpoints(ctx, "ov"); len(eps) != 0 {
+		t.Fatalf("endpoint left locally: %+v", eps)
 	}
 }

@@ -116,10 +116,53 @@ func (c *Controller) publish(ctx context.Context, n *Network, ep *Endpoint, u *u
 // withdraw removes a local endpoint's cluster record (before its local removal, so an
 // unreachable cluster store fails the operation before anything changed).
 func (c *Controller) withdraw(ctx context.Context, n *Network, ep *Endpoint) error {
-	if !n.global() {
+	if !n.global() || withdrawnBefore(ctx, ep.ID) {
 		return nil
 	}
 	return c.cluster.WithdrawEndpoint(ctx, n.ID, ep.ID)
+}
+
+// withdrawnKey marks, in a disconnect's context, the endpoint whose record
+// disconnectGlobal already withdrew outside opMu.
+type withdrawnKey struct{}
+
+func withdrawnBefore(ctx context.Context, eid string) bool {
+	id, _ := ctx.Value(withdrawnKey{}).(string)
+	return id != "" && id == eid
+}
+
+// disconnectGlobal is Disconnect for a global network: the endpoint's record is
+// withdrawn outside opMu (an unreachable store fails the disconnect before anything
+// changed, and a slow one stalls no local work), then the local part runs under the
+// lock; if that fails the record is published again.
+func (c *Controller) disconnectGlobal(ctx context.Context, n Network, sbRef string) error {
+	sb, err := c.Sandbox(ctx, sbRef)
+	if err != nil {
+		return err
+	}
+	ep := c.endpointOf(sb.ID, n.ID)
+	if ep == nil {
+		return errdefs.Forbidden("sandbox %s is not connected to network %s", sb.Name, n.Name)
+	}
+	c.mu.RLock()
+	snapshot := *ep
+	c.mu.RUnlock()
+	if err := c.cluster.WithdrawEndpoint(ctx, n.ID, snapshot.ID); err != nil {
+		return err
+	}
+	c.opMu.Lock()
+	err = c.disconnectLocked(context.WithValue(ctx, withdrawnKey{}, snapshot.ID), n.ID, sbRef)
+	var again RemoteEndpoint
+	if err != nil {
+		again = c.remoteView(&n, &snapshot)
+	}
+	c.opMu.Unlock()
+	if err != nil {
+		if perr := c.cluster.PublishEndpoint(context.WithoutCancel(ctx), again); perr != nil {
+			c.log.ErrorContext(ctx, "re-publishing endpoint after a failed disconnect", "endpoint", snapshot.Name, "err", perr)
+		}
+	}
+	return err
 }
 
 // republish restores a withdrawn record after the local removal failed.

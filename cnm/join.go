@@ -67,6 +67,9 @@ func (c *Controller) Connect(ctx context.Context, netRef, sbRef string, spec End
 
 // Disconnect makes sandbox sbRef leave network netRef and deletes its endpoint.
 func (c *Controller) Disconnect(ctx context.Context, netRef, sbRef string) error {
+	if n, err := c.Network(ctx, netRef); err == nil && n.global() && c.cluster != nil {
+		return c.disconnectGlobal(ctx, n, sbRef)
+	}
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
 	return c.disconnectLocked(ctx, netRef, sbRef)
