@@ -299,3 +299,75 @@ func resolveOnce(key, name string) (string, error) {
 	}
 	return "", fmt.Errorf("no answer")
 }
+
+// TestOverlayIsolationInternalAndIPv6 across two clustered hosts: two overlays do not
+// reach each other while each works; an --internal overlay talks across hosts but gets
+// no gateway bridge; a dual-stack overlay carries TCP over IPv6 across hosts.
+func TestOverlayIsolationInternalAndIPv6(t *testing.T) {
+	hosts := clusterHosts(t, 2)
+	h1, h2 := hosts[0], hosts[1]
+	h1.network(cnm.NetworkSpec{Name: "ova", Driver: "overlay", Attachable: true})
+	h1.network(cnm.NetworkSpec{Name: "ovb", Driver: "overlay", Attachable: true})
+	h1.network(cnm.NetworkSpec{Name: "inner", Driver: "overlay", Attachable: true, Internal: true})
+	h1.network(cnm.NetworkSpec{Name: "ov6", Driver: "overlay", Attachable: true, EnableIPv6: true})
+	for _, n := range []string{"ova", "ovb", "inner", "ov6"} {
+		waitNetwork(t, h2, n)
+	}
+	a1, b1, i1, s1 := h1.sandbox("a1", "ova"), h1.sandbox("b1", "ovb"), h1.sandbox("i1", "inner"), h1.sandbox("s1", "ov6")
+	a2, i2, s2 := h2.sandbox("a2", "ova"), h2.sandbox("i2", "inner"), h2.sandbox("s2", "ov6")
+	for _, sb := range []cnm.Sandbox{a2, i2, s2} {
+		listen(t, sb.Key)
+	}
+	reach := func(from cnm.Sandbox, to netip.Addr) error {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			err := dialEcho(from.Key, to, time.Second)
+			if err == nil || time.Now().After(deadline) {
+				return err
+			}
+		}
+	}
+	if err := reach(a1, h2.addr("a2", "ova", false)); err != nil {
+		t.Fatalf("same overlay across hosts: %v", err)
+	}
+	if err := dialEcho(b1.Key, h2.addr("a2", "ova", false), 700*time.Millisecond); err == nil {
+		t.Fatal("a sandbox on overlay ovb reached one on overlay ova")
+	}
+	if err := reach(i1, h2.addr("i2", "inner", false)); err != nil {
+		t.Fatalf("internal overlay across hosts: %v", err)
+	}
+	if got := strings.Join(links(t, i1.Key), " "); got != "eth0 lo" {
+		t.Fatalf("internal-only sandbox has %s (want no gateway bridge interface)", got)
+	}
+	if got := strings.Join(links(t, a1.Key), " "); got != "eth0 eth1 lo" {
+		t.Fatalf("overlay-only sandbox has %s (want the gateway bridge as eth1)", got)
+	}
+	v6 := h2.addr("s2", "ov6", true)
+	if !v6.Is6() {
+		t.Fatalf("s2 has no IPv6 address on ov6: %v", v6)
+	}
+	if err := reach(s1, v6); err != nil {
+		t.Fatalf("TCP over IPv6 across hosts to %s: %v", v6, err)
+	}
+	// The global IPAM refuses a second overlay with an overlapping subnet outright.
+	if _, err := h2.s.Controller.CreateNetwork(t.Context(), cnm.NetworkSpec{Name: "dup", Driver: "overlay",
+		IPAM: []cnm.PoolSpec{{Subnet: h1.addrPrefix("a1", "ova")}}}); !errdefs.Is(err, errdefs.KindForbidden) {
+		t.Fatalf("overlay with ova's subnet: %v, want Forbidden", err)
+	}
+}
+
+// addrPrefix is the subnet of the sandbox's IPv4 address on network net.
+func (e *env) addrPrefix(sb, net string) netip.Prefix {
+	e.t.Helper()
+	eps, err := e.s.Controller.SandboxEndpoints(e.t.Context(), sb)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, ep := range eps {
+		if n, _ := e.s.Controller.Network(e.t.Context(), ep.NetworkID); n.Name == net {
+			return ep.Addr4.Masked()
+		}
+	}
+	e.t.Fatalf("%s is not on %s", sb, net)
+	return netip.Prefix{}
+}
