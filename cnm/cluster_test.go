@@ -613,9 +613,9 @@ func TestGatewayBridgeForOverlayOnlySandboxes(t *testing.T) {
 	step("disconnect the overlay", a.c.Disconnect(ctx, "ov", "web"), "inner")
 }
 
-// TestSlowStoreDoesNotStallLocalWork: a global connect waiting on the cluster store
-// does not hold the controller's operation lock; a local connect meanwhile finishes.
-func TestSlowStoreDoesNotStallLocalWork(t *testing.T) {
+// slowStoreRig is one node with a global network "ov", a local one "lan" and
+// sandboxes s1 and s2, on a fake store a test can block.
+func slowStoreRig(t *testing.T) (*fakeStore, *node) {
 	ctx := t.Context()
 	s := newFakeStore(t)
 	a := newNode(t, s, "h1", "192.0.2.1", "")
@@ -629,6 +629,14 @@ func TestSlowStoreDoesNotStallLocalWork(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	return s, a
+}
+
+// TestSlowStoreDoesNotStallLocalWork: a global connect waiting on the cluster store
+// does not hold the controller's operation lock; a local connect meanwhile finishes.
+func TestSlowStoreDoesNotStallLocalWork(t *testing.T) {
+	ctx := t.Context()
+	s, a := slowStoreRig(t)
 	s.mu.Lock()
 	s.block = make(chan struct{})
 	s.mu.Unlock()
@@ -672,18 +680,7 @@ func TestSlowStoreDoesNotStallLocalWork(t *testing.T) {
 // not hold the operation lock either; once the store answers it completes.
 func TestSlowStoreDoesNotStallDisconnects(t *testing.T) {
 	ctx := t.Context()
-	s := newFakeStore(t)
-	a := newNode(t, s, "h1", "192.0.2.1", "")
-	for _, spec := range []NetworkSpec{{Name: "ov", Driver: "gdrv", Attachable: true}, {Name: "lan"}} {
-		if _, err := a.c.CreateNetwork(ctx, spec); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, name := range []string{"s1", "s2"} {
-		if _, err := a.c.CreateSandbox(ctx, SandboxSpec{Name: name}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s, a := slowStoreRig(t)
 	ep, err := a.c.Connect(ctx, "ov", "s1", EndpointSpec{})
 	if err != nil {
 		t.Fatal(err)
