@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/piernet/pier/internal/nlsock"
 	"log/slog"
 	"maps"
 	"slices"
@@ -100,7 +101,7 @@ func dialAt(ns netns.NsHandle) (conn, uint32, error) {
 		nftables.WithSockOptions(func(nc *netlink.Conn) error {
 			var err error
 			port, err = portID(nc)
-			return errors.Join(err, setBuffer(nc, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, batchBuffer))
+			return errors.Join(err, nlsock.SetBuffer(nc, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, batchBuffer))
 		}))
 	return c, port, err
 }

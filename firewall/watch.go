@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/piernet/pier/internal/nlsock"
 	"sync"
 	"time"
 
@@ -235,7 +236,7 @@ func subscribeAt(ns netns.NsHandle) (events, error) {
 	}
 	err = c.JoinGroup(unix.NFNLGRP_NFTABLES)
 	if err == nil {
-		err = setBuffer(c, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, monitorBuffer)
+		err = nlsock.SetBuffer(c, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, monitorBuffer)
 	}
 	if err != nil {
 		c.Close()
@@ -291,22 +292,6 @@ func touchesPier(m netlink.Message) bool {
 		}
 	}
 	return false
-}
-
-// setBuffer sets a socket buffer size, beyond the sysctl limit if the
-// process may (CAP_NET_ADMIN).
-func setBuffer(c *netlink.Conn, force, plain, size int) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	err = rc.Control(func(fd uintptr) {
-		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, force, size); serr != nil {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, plain, size)
-		}
-	})
-	return errors.Join(err, serr)
 }
 
 // portID returns the netlink port ID the kernel bound c to.
