@@ -34,7 +34,7 @@ func decodeSandboxCreate(data []byte) (sandboxPlan, error) {
 		return sandboxPlan{}, err
 	}
 	spec := cnm.SandboxSpec{Name: req.Name, Hostname: req.Hostname, HostNetwork: req.HostNetwork,
-		DNSSearch: req.DNSSearch, DNSOptions: req.DNSOptions}
+		DNSSearch: req.DNSSearch, DNSOptions: req.DNSOptions, Service: req.Service}
 	for _, s := range req.DNS {
 		a, err := ipam.ParseAddr(s)
 		if err != nil {
@@ -141,8 +141,8 @@ func (s *Server) resolveNetworks(ctx context.Context, plan *sandboxPlan) error {
 			plan.spec.HostNetwork = true
 		}
 	}
-	if len(plan.conns) > 0 {
-		return nil
+	if len(plan.conns) > 0 || plan.spec.Service != "" {
+		return nil // a task joins its service's networks
 	}
 	def := "bridge"
 	if plan.spec.HostNetwork {
@@ -240,6 +240,12 @@ func (s *Server) sandboxInfo(ctx context.Context, sb cnm.Sandbox) (types.Sandbox
 		info.Endpoints = append(info.Endpoints, sandboxEndpoint(ep, name))
 	}
 	info.Ports = portBindings(sb.Published)
+	if sb.Service != "" {
+		info.Service, info.Draining = sb.Service, sb.Draining
+		if svc, err := s.c.Service(ctx, sb.Service); err == nil {
+			info.Service = svc.Name
+		}
+	}
 	return info, nil
 }
 

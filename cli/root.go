@@ -81,7 +81,7 @@ pierd speaks the network part of the Docker Engine API, so "docker -H" works too
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageErr(cmd, err) })
 	a.addGlobalFlags(root)
 	root.AddCommand(a.networkCommand(), a.sandboxCommand(), a.execCommand(), a.runCommand(), a.portCommand(), a.enterCommand(),
-		a.nodeCommand(), a.clusterCommand(), a.labCommand())
+		a.nodeCommand(), a.clusterCommand(), a.labCommand(), a.serviceCommand())
 	disableFlagsInUseLine(root) // usage lines say [OPTIONS], as docker's
 	return root
 }

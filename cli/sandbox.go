@@ -35,6 +35,7 @@ type sandboxFlags struct {
 	links                          []string
 	dns, dnsSearch, dnsOpts, hosts []string
 	publish                        []string
+	service                        string
 }
 
 func (f *sandboxFlags) register(fl *pflag.FlagSet) {
@@ -51,6 +52,7 @@ func (f *sandboxFlags) register(fl *pflag.FlagSet) {
 	fl.StringArrayVar(&f.dnsOpts, "dns-option", nil, "set DNS options (resolv.conf options); repeatable")
 	fl.StringArrayVar(&f.hosts, "add-host", nil, "add a custom host-to-IP mapping (host:ip); repeatable")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish ports: [hostIP:][hostPort[-end]:]containerPort[-end][/tcp|udp|sctp]; repeatable")
+	fl.StringVar(&f.service, "service", "", "make the sandbox a task of this service: it joins the service's networks and serves its name")
 	fl.SetNormalizeFunc(func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
 		if name == "net" { // docker's old spelling
 			name = "network"
@@ -62,7 +64,7 @@ func (f *sandboxFlags) register(fl *pflag.FlagSet) {
 // request builds the create request; --ip, --ip6 and --alias go to the first network.
 func (f sandboxFlags) request() (types.SandboxCreateRequest, error) {
 	req := types.SandboxCreateRequest{Name: f.name, Hostname: f.hostname, DNS: f.dns,
-		DNSSearch: f.dnsSearch, DNSOptions: f.dnsOpts, ExtraHosts: f.hosts, Ports: f.publish}
+		DNSSearch: f.dnsSearch, DNSOptions: f.dnsOpts, ExtraHosts: f.hosts, Ports: f.publish, Service: f.service}
 	for _, p := range f.publish {
 		if _, err := portmap.ParseSpec(p); err != nil { // fail before anything is sent
 			return req, err

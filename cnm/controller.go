@@ -74,6 +74,8 @@ type Config struct {
 	// DefaultBridgeOptions are the driver options of the predefined network "bridge"
 	// (its bridge name and default-bridge mark, in the bridge driver's keys).
 	DefaultBridgeOptions map[string]string
+	// LoadBalancer programs service VIPs in sandboxes; nil: only dnsrr services.
+	LoadBalancer LoadBalancer
 }
 
 // DefaultStopGrace is Config.StopGrace's default.
@@ -91,6 +93,7 @@ type Controller struct {
 	resolvPath string
 	stopGrace  time.Duration
 	bridgeOpts map[string]string // options of the predefined "bridge"
+	lb         LoadBalancer      // nil: no VIP services
 
 	opMu      sync.Mutex      // serialises mutating operations
 	dnsActive map[string]bool // sandboxes with a DNS listener; guarded by opMu
@@ -103,6 +106,7 @@ type Controller struct {
 	endpoints map[string]*Endpoint
 	epIndex   endpointIndex
 	sandboxes map[string]*Sandbox
+	services  map[string]*Service
 	// remote holds other nodes' endpoints of global networks, by network and endpoint
 	// ID: read-only, never stored, counted or joined locally.
 	remote map[string]map[string]*RemoteEndpoint
@@ -132,8 +136,8 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	c := &Controller{execRoot: cfg.ExecRoot, store: cfg.Store, drivers: cfg.Drivers, plugins: cfg.Plugins, dns: cfg.DNS, dnsActive: map[string]bool{},
 		ipams: map[string]ipam.Allocator{IPAMDefault: cfg.IPAM, IPAMNull: nullIPAM{}},
 		os:    cfg.OS, log: cfg.Logger.With("component", "controller"), resolvPath: cfg.HostResolvConf, stopGrace: cfg.StopGrace,
-		bridgeOpts: cfg.DefaultBridgeOptions,
-		networks:   map[string]*Network{}, endpoints: map[string]*Endpoint{}, epIndex: newEndpointIndex(),
+		bridgeOpts: cfg.DefaultBridgeOptions, lb: cfg.LoadBalancer, services: map[string]*Service{},
+		networks: map[string]*Network{}, endpoints: map[string]*Endpoint{}, epIndex: newEndpointIndex(),
 		sandboxes: map[string]*Sandbox{}, remote: map[string]map[string]*RemoteEndpoint{}, cluster: cfg.Cluster}
 	var st ClusterState
 	if c.cluster != nil {

@@ -79,6 +79,7 @@ func (c *Controller) dnsRecord(sb *Sandbox, ep *Endpoint) (dns.Record, bool) {
 	}
 	names := append([]string{sb.Name}, ep.Aliases...)
 	names = append(names, sb.ID[:12])
+	names = append(names, c.taskNames(sb, n.ID)...)
 	return dns.Record{NetworkID: n.ID, NetworkName: n.Name, EndpointID: ep.ID, SandboxID: sb.ID,
 		Names: names, Addr4: validAddr(ep.Addr4), Addr6: validAddr(ep.Addr6)}, true
 }

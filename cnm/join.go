@@ -41,6 +41,10 @@ func (c *Controller) Connect(ctx context.Context, netRef, sbRef string, spec End
 	}
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
+	return c.connectLocked(ctx, netRef, sbRef, spec)
+}
+
+func (c *Controller) connectLocked(ctx context.Context, netRef, sbRef string, spec EndpointSpec) (Endpoint, error) {
 	sb, n, err := c.sandboxAndNetwork(ctx, sbRef, netRef)
 	if err != nil {
 		return Endpoint{}, err

@@ -7,13 +7,15 @@ import (
 	"github.com/piernet/pier/etcfiles"
 )
 
-// refreshNaming updates what names depend on after a join or leave: the embedded DNS
-// (records and listener) and the sandbox's files.
+// refreshNaming updates what names and services depend on after a join or leave: the
+// embedded DNS (records and listener), the sandbox's files and the service load
+// balancing (the sandbox's VIPs, and its service's backends if it is a task).
 func (c *Controller) refreshNaming(ctx context.Context, sb *Sandbox) {
 	if err := c.syncDNS(ctx, sb); err != nil {
 		c.log.ErrorContext(ctx, "updating embedded DNS", "sandbox", sb.Name, "err", err)
 	}
 	c.refreshFiles(ctx, sb)
+	c.refreshServices(ctx, sb)
 }
 
 func (c *Controller) refreshFiles(ctx context.Context, sb *Sandbox) {

@@ -249,6 +249,9 @@ func (c *Controller) DeleteNetwork(ctx context.Context, ref string) error {
 	if eps := c.networkEndpoints(n.ID); len(eps) > 0 {
 		return errdefs.Forbidden("error while removing network: network %s id %s has active endpoints", n.Name, n.ID)
 	}
+	if svcs := c.servicesOn(n.ID); len(svcs) > 0 {
+		return errdefs.Forbidden("error while removing network: network %s is used by service %s", n.Name, svcs[0].Name)
+	}
 	return c.deleteNetwork(ctx, &n)
 }
 

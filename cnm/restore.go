@@ -34,6 +34,7 @@ func (c *Controller) restore(ctx context.Context) error {
 	broken := c.restoreEndpoints(ctx)
 	// Leftovers go first: a half-detached veth may still hold a sandbox interface name.
 	cleanupErr := c.cleanup(ctx)
+	c.restoreServices(ctx)
 	for _, sb := range c.sandboxes {
 		c.repairSandbox(ctx, sb, broken, recreated[sb.ID])
 	}
@@ -51,6 +52,9 @@ func (c *Controller) load(ctx context.Context) error {
 	}
 	sbs, err := store.List[Sandbox](ctx, c.store, kindSandbox)
 	if err != nil {
+		return err
+	}
+	if err := c.loadServices(ctx); err != nil {
 		return err
 	}
 	for i := range nets {

@@ -23,6 +23,9 @@ type SandboxSpec struct {
 	DNSOptions  []string
 	ExtraHosts  []etcfiles.HostEntry
 	Ports       []portmap.Spec // published ports (-p), on the gateway endpoint's network
+	// Service makes the sandbox a task of that service (name or ID): it joins the
+	// service's networks and serves its name.
+	Service string
 }
 
 // Sandbox is a sandbox record. Values returned by the controller are copies.
@@ -42,6 +45,10 @@ type Sandbox struct {
 	GatewayEndpoint string `json:",omitempty"`
 	// Published are the actual port bindings made for Ports.
 	Published []portmap.Binding `json:",omitempty"`
+	// Service is the ID of the service the sandbox is a task of; Draining is set once
+	// its removal began: it is out of every selection and DNS answer.
+	Service  string `json:",omitempty"`
+	Draining bool   `json:",omitempty"`
 }
 
 func (s *Sandbox) id() string   { return s.ID }
@@ -61,6 +68,10 @@ func (c *Controller) CreateSandbox(ctx context.Context, spec SandboxSpec) (Sandb
 	if err != nil {
 		return Sandbox{}, err
 	}
+	svc, err := c.taskService(spec)
+	if err != nil {
+		return Sandbox{}, err
+	}
 	if sb.Key, err = c.sandboxKey(ctx, sb); err != nil {
 		return Sandbox{}, err
 	}
@@ -73,6 +84,11 @@ func (c *Controller) CreateSandbox(ctx context.Context, spec SandboxSpec) (Sandb
 	c.mu.Lock()
 	c.sandboxes[sb.ID] = sb
 	c.mu.Unlock()
+	if svc != nil {
+		if err := c.joinServiceNetworks(ctx, sb, svc); err != nil {
+			return Sandbox{}, err
+		}
+	}
 	return *sb, nil
 }
 
@@ -172,6 +188,9 @@ func (c *Controller) sandboxEndpointsLocked(sid string) []*Endpoint {
 // SIGKILL after the grace period, as docker rm -f) and the endpoints leave and (when
 // created by Connect) are deleted.
 func (c *Controller) DeleteSandbox(ctx context.Context, ref string, force bool) error {
+	if err := c.drainTask(ctx, ref, force); err != nil {
+		return err
+	}
 	if force {
 		// Outside opMu: the grace period must not stall every other operation.
 		if err := c.stopProcesses(ctx, ref); err != nil {
@@ -238,6 +257,9 @@ func (c *Controller) Processes(ctx context.Context, sb Sandbox) (int, error) {
 
 func (c *Controller) deleteSandbox(ctx context.Context, sb *Sandbox) error {
 	c.dropDNS(sb)
+	if c.lb != nil {
+		c.lb.Forget(sb.Key)
+	}
 	if err := c.os.Destroy(ctx, sb.Key); err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/piernet/pier/firewall"
 	"github.com/piernet/pier/ipam"
 	ipamremote "github.com/piernet/pier/ipam/remote"
+	"github.com/piernet/pier/lb"
 	"github.com/piernet/pier/netns"
 	"github.com/piernet/pier/plugin"
 	"github.com/piernet/pier/portmap"
@@ -85,6 +86,7 @@ type Stack struct {
 	drivers io.Closer
 	dns     *dns.Server
 	proxy   *portmap.Proxy
+	lb      *lb.Sandboxes
 }
 
 // Open builds every component and restores the recorded state.
@@ -142,6 +144,7 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 	if err := s.dns.Start(context.WithoutCancel(ctx)); err != nil {
 		return err
 	}
+	s.lb = lb.NewSandboxes(o.Logger)
 	var seam cnm.Cluster
 	if o.Cluster != nil {
 		if seam, err = s.joinCluster(ctx, o, reg); err != nil {
@@ -150,7 +153,7 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 	}
 	s.Controller, err = cnm.New(ctx, cnm.Config{ExecRoot: o.ExecRoot, Store: s.store, Drivers: reg, IPAM: alloc,
 		Plugins: plugins, DNS: s.dns, OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf, Cluster: seam,
-		StopGrace: o.StopGrace, DefaultBridgeOptions: map[string]string{bridge.OptBridgeName: DefaultBridgeName, bridge.OptDefaultBridge: "true"}})
+		StopGrace: o.StopGrace, LoadBalancer: s.lb, DefaultBridgeOptions: map[string]string{bridge.OptBridgeName: DefaultBridgeName, bridge.OptDefaultBridge: "true"}})
 	if err != nil {
 		return err
 	}
@@ -216,6 +219,9 @@ func (s *Stack) Close() error {
 	}
 	if s.proxy != nil {
 		errs = append(errs, s.proxy.Close())
+	}
+	if s.lb != nil {
+		errs = append(errs, s.lb.Close())
 	}
 	if s.nsm != nil {
 		errs = append(errs, s.nsm.Close())

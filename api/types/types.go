@@ -25,6 +25,9 @@ type SandboxCreateRequest struct {
 	// Ports are published ports in docker's -p syntax:
 	// [hostIP:][hostPort[-end]:]containerPort[-end][/tcp|udp|sctp].
 	Ports []string `json:",omitempty"`
+	// Service makes the sandbox a task of that service (name or ID): it joins the
+	// service's networks (no default network then) and serves its name.
+	Service string `json:",omitempty"`
 }
 
 // SandboxNetwork is one network a new sandbox is connected to.
@@ -53,6 +56,10 @@ type SandboxInfo struct {
 	// Processes is how many processes run in the sandbox's namespace (set by inspect
 	// only; a host-network sandbox has none of its own).
 	Processes *int `json:",omitempty"`
+	// Service is the name of the service the sandbox is a task of; Draining is set
+	// while its removal lets its connections finish.
+	Service  string `json:",omitempty"`
+	Draining bool   `json:",omitempty"`
 }
 
 // PortBinding is one published port: HostIP:HostPort on the host reaches
@@ -106,4 +113,48 @@ type ClusterInfo struct {
 	Store    []string // etcd client URLs in use
 	// Token is the join token (only from nodes holding an embedded etcd member).
 	Token string `json:",omitempty"`
+}
+
+// ServiceCreateRequest is the body of POST /pier/v1/services.
+type ServiceCreateRequest struct {
+	Name     string
+	Networks []string // names or IDs; at least one
+	// EndpointMode is "vip" (default: the name resolves to a virtual IP balanced over
+	// the tasks) or "dnsrr" (the name resolves to the tasks' addresses).
+	EndpointMode string `json:",omitempty"`
+	// Ports limit the VIP to these ports ("80", "80/tcp", "53/udp"); none: every port.
+	Ports []string `json:",omitempty"`
+	// Sticky is the client affinity timeout ("10m"; "" = none).
+	Sticky string `json:",omitempty"`
+	// StopGrace is how long a removed task may finish its connections ("" = 10s).
+	StopGrace string `json:",omitempty"`
+}
+
+// ServiceInfo describes a service (reply of create, list and inspect).
+type ServiceInfo struct {
+	ID           string
+	Name         string
+	Created      time.Time
+	EndpointMode string
+	Ports        []string `json:",omitempty"`
+	Sticky       string   `json:",omitempty"`
+	StopGrace    string
+	VirtualIPs   []ServiceVirtualIP
+	Tasks        []ServiceTask
+}
+
+// ServiceVirtualIP is a service's network and its address there ("" in dnsrr mode).
+type ServiceVirtualIP struct {
+	Network   string
+	NetworkID string
+	Addr      string `json:",omitempty"`
+}
+
+// ServiceTask is one sandbox serving a service. Draining: its removal began; it
+// serves only the connections it had.
+type ServiceTask struct {
+	ID       string
+	Name     string
+	Draining bool     `json:",omitempty"`
+	Addrs    []string `json:",omitempty"` // its IPv4 addresses on the service's networks
 }

@@ -11,14 +11,19 @@ import (
 	"github.com/piernet/pier/netns"
 )
 
-// DeleteAll removes every sandbox and every user-defined network through c, reporting
-// failures as test errors.
+// DeleteAll removes every sandbox, every service and every user-defined network
+// through c, reporting failures as test errors.
 func DeleteAll(t testing.TB, c *cnm.Controller) {
 	t.Helper()
 	ctx := context.Background() // t.Context is already cancelled in Cleanup
 	for _, sb := range c.Sandboxes(ctx) {
 		if err := c.DeleteSandbox(ctx, sb.ID, true); err != nil {
 			t.Errorf("cleanup: deleting sandbox %s: %v", sb.Name, err)
+		}
+	}
+	for _, s := range c.Services(ctx) {
+		if err := c.DeleteService(ctx, s.ID); err != nil {
+			t.Errorf("cleanup: deleting service %s: %v", s.Name, err)
 		}
 	}
 	for _, n := range c.Networks(ctx) {
