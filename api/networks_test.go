@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
@@ -147,6 +148,28 @@ func TestNetworkBadInput(t *testing.T) {
 				t.Errorf("state changed:\n%s\nwant\n%s", after, before)
 			}
 		})
+	}
+}
+
+// TestBadDriverOptionLeavesSubnetFree: a network refused for its driver options (a bad
+// MTU) answers 400 with the option named, and has taken nothing: its subnet is free for
+// the next create.
+func TestBadDriverOptionLeavesSubnetFree(t *testing.T) {
+	e := newEnv(t)
+	before := e.state()
+	const body = `{"Name":"app","Options":{"com.docker.network.driver.mtu":%q},"IPAM":{"Config":[{"Subnet":"10.33.0.0/24"}]}}`
+	r := e.do("POST", "/networks/create", fmt.Sprintf(body, "9"))
+	if want := `option com.docker.network.driver.mtu: "9" is not a valid MTU (68 to 65535)`; r.status != 400 || r.message() != want {
+		t.Fatalf("bad MTU: status %d %q, want 400 %q", r.status, r.message(), want)
+	}
+	if after := e.state(); after != before {
+		t.Fatalf("state changed:\n%s\nwant\n%s", after, before)
+	}
+	e.must(201, "POST", "/networks/create", fmt.Sprintf(body, "1400"))
+	var got network.Inspect
+	e.must(200, "GET", "/networks/app", nil).decode(t, &got)
+	if len(got.IPAM.Config) != 1 || got.IPAM.Config[0].Subnet.String() != "10.33.0.0/24" {
+		t.Errorf("IPAM config %+v, want the subnet 10.33.0.0/24", got.IPAM.Config)
 	}
 }
 

@@ -227,6 +227,8 @@ type fakeDriver struct {
 	joins      map[string]driver.JoinRequest // endpoint ID -> its join
 	programmed map[string]bool
 	capa       driver.Capability // beyond the local scopes
+	// decode, when set, is the driver's DecodeOptions (else every option is accepted).
+	decode func(opts map[string]string) (driver.NetworkOptions, error)
 }
 
 func newFakeDriver(name string, os *fakeOS, f *faults) *fakeDriver {
@@ -247,6 +249,14 @@ func (d *fakeDriver) Capability() driver.Capability {
 	c := d.capa
 	c.DataScope, c.ConnectivityScope = driver.ScopeLocal, driver.ScopeLocal
 	return c
+}
+
+// DecodeOptions implements driver.OptionDecoder.
+func (d *fakeDriver) DecodeOptions(opts map[string]string) (driver.NetworkOptions, error) {
+	if d.decode == nil {
+		return driver.NetworkOptions{}, nil
+	}
+	return d.decode(opts)
 }
 func (d *fakeDriver) CreateNetwork(ctx context.Context, nc driver.NetworkConfig) error {
 	if err := d.record("CreateNetwork " + nc.Name); err != nil {
@@ -365,6 +375,12 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
+	return newRigIPAM(t, nil)
+}
+
+// newRigIPAM is newRig with the IPAM seen through wrap (nil: as it is).
+func newRigIPAM(t *testing.T, wrap func(ipam.Allocator) ipam.Allocator) *rig {
+	t.Helper()
 	dir := t.TempDir()
 	st, err := store.Open(filepath.Join(dir, "pier.db"))
 	if err != nil {
@@ -382,7 +398,11 @@ func newRig(t *testing.T) *rig {
 	if err := reg.Register(r.drv); err != nil {
 		t.Fatal(err)
 	}
-	r.c, err = New(t.Context(), Config{ExecRoot: dir, Store: st, Drivers: reg, IPAM: alloc, OS: r.os, HostResolvConf: "/dev/null"})
+	var a ipam.Allocator = alloc
+	if wrap != nil {
+		a = wrap(alloc)
+	}
+	r.c, err = New(t.Context(), Config{ExecRoot: dir, Store: st, Drivers: reg, IPAM: a, OS: r.os, HostResolvConf: "/dev/null"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,9 +6,10 @@ import (
 	"strings"
 )
 
-// nextIfName returns <prefix><N> with the lowest N unused in the sandbox.
+// nextIfName returns <prefix><N> with the lowest N unused in the sandbox, prefix
+// being the network's (its driver decoded it from the options), else "eth".
 func (c *Controller) nextIfName(sid string, n *Network) string {
-	prefix := n.Options["com.docker.network.container_iface_prefix"]
+	prefix := n.IfacePrefix
 	if prefix == "" {
 		prefix = "eth"
 	}

@@ -77,6 +77,9 @@ type Network struct {
 	IPv6        []Pool
 	// VNIs are the cluster-allocated IDs of a global network whose driver needs them.
 	VNIs []uint32 `json:",omitempty"`
+	// IfacePrefix names the network's interfaces inside sandboxes <IfacePrefix><N>, as
+	// the driver decoded it from Options; "" = "eth".
+	IfacePrefix string `json:",omitempty"`
 }
 
 func (n *Network) id() string   { return n.ID }
@@ -84,7 +87,9 @@ func (n *Network) name() string { return n.Name }
 
 const kindNetwork = "networks"
 
-// CreateNetwork creates a network: IPAM pools, then the driver's network, then the record.
+// CreateNetwork creates a network: its driver options are validated first (nothing is
+// allocated for a network the driver would refuse), then IPAM pools, the driver's
+// network and the record.
 func (c *Controller) CreateNetwork(ctx context.Context, spec NetworkSpec) (Network, error) {
 	n, drv, err := c.prepareNetwork(ctx, spec)
 	if err != nil {
@@ -134,6 +139,10 @@ func (c *Controller) prepareNetwork(ctx context.Context, spec NetworkSpec) (*Net
 	if capa.Singleton && !spec.Predefined {
 		return nil, nil, errdefs.Forbidden("only one instance of %q network is allowed", spec.Driver)
 	}
+	decoded, err := decodeOptions(drv, spec.Options)
+	if err != nil {
+		return nil, nil, err
+	}
 	ipamDriver, err := c.ipamDriverFor(ctx, spec.IPAMDriver, capa)
 	if err != nil {
 		return nil, nil, err
@@ -141,8 +150,18 @@ func (c *Controller) prepareNetwork(ctx context.Context, spec NetworkSpec) (*Net
 	n := &Network{ID: NewID(), Name: spec.Name, Driver: spec.Driver, Scope: capa.DataScope,
 		Created: time.Now().UTC(), Internal: spec.Internal, Attachable: spec.Attachable,
 		EnableIPv6: spec.EnableIPv6, DisableIPv4: spec.DisableIPv4, Predefined: spec.Predefined, Options: spec.Options, Labels: spec.Labels,
-		IPAMDriver: ipamDriver, IPAMOptions: spec.IPAMOptions}
+		IPAMDriver: ipamDriver, IPAMOptions: spec.IPAMOptions, IfacePrefix: decoded.IfacePrefix}
 	return n, drv, nil
+}
+
+// decodeOptions validates a network's driver options with a driver that can (before
+// anything is allocated) and returns what of them the controller acts on.
+func decodeOptions(drv driver.Driver, opts map[string]string) (driver.NetworkOptions, error) {
+	d, ok := drv.(driver.OptionDecoder)
+	if !ok {
+		return driver.NetworkOptions{}, nil
+	}
+	return d.DecodeOptions(opts)
 }
 
 func (c *Controller) checkNameFree(name string) error {

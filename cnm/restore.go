@@ -112,6 +112,10 @@ func (c *Controller) restoreNetwork(ctx context.Context, n *Network) {
 		c.log.ErrorContext(ctx, "restoring network", "network", n.Name, "err", err)
 		return
 	}
+	if n.IfacePrefix == "" { // a record from before the driver decoded it
+		decoded, _ := decodeOptions(drv, n.Options)
+		n.IfacePrefix = decoded.IfacePrefix
+	}
 	if r, ok := drv.(driver.Restorer); ok {
 		err = r.RestoreNetwork(ctx, n.driverConfig())
 	}

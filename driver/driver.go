@@ -3,8 +3,10 @@
 // built-in drivers live in sub-packages and are registered by driver/builtin.
 //
 // Everything crossing this boundary is typed. Driver-specific options travel as the
-// user's string options (Docker's `-o key=value`), and each driver decodes them once,
-// at its own edge, into its typed config (see bridge.ParseOptions).
+// user's string options (Docker's `-o key=value`): a driver that implements
+// OptionDecoder validates them before the controller allocates anything, and decodes
+// them into its typed config (see bridge.ParseOptions) with the parsers of
+// driver/options.
 package driver
 
 import (
@@ -162,6 +164,23 @@ type Driver interface {
 	// sandbox's default gateway; Revoke when it stops doing so.
 	ProgramExternalConnectivity(ctx context.Context, networkID, endpointID string) error
 	RevokeExternalConnectivity(ctx context.Context, networkID, endpointID string) error
+}
+
+// OptionDecoder is implemented by drivers whose options can be checked without I/O
+// (the built-in ones). The controller calls DecodeOptions when a network is created,
+// before it allocates anything: an error (InvalidArgument for a bad value or an
+// unknown key) fails the create with nothing allocated or created. It is pure: it
+// reads only opts, so it may be called at any time, concurrently with anything.
+// The driver still decodes the options into its own typed config in CreateNetwork.
+type OptionDecoder interface {
+	DecodeOptions(opts map[string]string) (NetworkOptions, error)
+}
+
+// NetworkOptions is what of a network's driver options the controller acts on.
+type NetworkOptions struct {
+	// IfacePrefix names the network's interfaces inside sandboxes <IfacePrefix><N>
+	// (Docker's com.docker.network.container_iface_prefix); "" = "eth".
+	IfacePrefix string
 }
 
 // Restorer is implemented by drivers that keep kernel state across controller restarts.

@@ -3,27 +3,23 @@ package bridge
 import (
 	"fmt"
 	"net/netip"
-	"sort"
-	"strconv"
-	"strings"
 
-	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/driver/options"
 )
 
-// Docker's option keys, accepted as-is.
+// Docker's option keys of the bridge driver, accepted as-is (the shared ones are in
+// driver/options).
 const (
 	OptBridgeName      = "com.docker.network.bridge.name"
 	OptEnableICC       = "com.docker.network.bridge.enable_icc"
 	OptEnableIPMasq    = "com.docker.network.bridge.enable_ip_masquerade"
 	OptHostBindingIPv4 = "com.docker.network.bridge.host_binding_ipv4"
 	OptDefaultBridge   = "com.docker.network.bridge.default_bridge"
-	OptMTU             = "com.docker.network.driver.mtu"
-	OptIfacePrefix     = "com.docker.network.container_iface_prefix"
-	OptInternal        = "com.docker.network.internal"
 )
 
 var knownOptions = []string{OptBridgeName, OptEnableICC, OptEnableIPMasq, OptHostBindingIPv4,
-	OptDefaultBridge, OptMTU, OptIfacePrefix, OptInternal}
+	OptDefaultBridge, options.KeyMTU, options.KeyIfacePrefix, options.KeyInternal}
 
 // Config is the typed configuration of one bridge network.
 type Config struct {
@@ -33,42 +29,51 @@ type Config struct {
 	HostBindingIPv4 netip.Addr // default host address for published ports
 	MTU             int        // 0 = kernel default (1500)
 	Internal        bool
+	IfacePrefix     string // sandbox interfaces are <IfacePrefix><N>
 }
 
 // ParseOptions decodes Docker-style options for network id. It is pure and validates
 // everything, so invalid input fails before anything is created.
 func ParseOptions(id string, internal bool, opts map[string]string) (Config, error) {
 	cfg := Config{BridgeName: DefaultBridgeName(id), ICC: true, Masquerade: true,
-		HostBindingIPv4: netip.IPv4Unspecified(), Internal: internal}
-	for _, k := range sortedKeys(opts) {
-		if err := cfg.set(k, opts[k]); err != nil {
-			return Config{}, errdefs.Wrap(errdefs.KindInvalidArgument, err)
-		}
+		HostBindingIPv4: netip.IPv4Unspecified(), Internal: internal, IfacePrefix: options.DefaultIfacePrefix}
+	if err := options.Decode(opts, cfg.set); err != nil {
+		return Config{}, err
 	}
 	return cfg, nil
+}
+
+var _ driver.OptionDecoder = (*Driver)(nil)
+
+// DecodeOptions implements driver.OptionDecoder.
+func (d *Driver) DecodeOptions(opts map[string]string) (driver.NetworkOptions, error) {
+	cfg, err := ParseOptions("", false, opts)
+	return driver.NetworkOptions{IfacePrefix: cfg.IfacePrefix}, err
 }
 
 func (c *Config) set(key, val string) error {
 	var err error
 	switch key {
 	case OptBridgeName:
-		c.BridgeName, err = parseIfName(val)
+		c.BridgeName, err = val, options.CheckIfName("bridge name", val)
 	case OptEnableICC:
-		c.ICC, err = parseBool(key, val)
+		c.ICC, err = options.ParseBool(key, val)
 	case OptEnableIPMasq:
-		c.Masquerade, err = parseBool(key, val)
-	case OptInternal:
+		c.Masquerade, err = options.ParseBool(key, val)
+	case options.KeyInternal:
 		var internal bool
-		internal, err = parseBool(key, val)
+		internal, err = options.ParseBool(key, val)
 		c.Internal = c.Internal || internal
 	case OptHostBindingIPv4:
 		c.HostBindingIPv4, err = parseHostIP(val)
-	case OptMTU:
-		c.MTU, err = parseMTU(val)
-	case OptIfacePrefix, OptDefaultBridge:
-		// consumed by the controller / accepted for compatibility
+	case options.KeyMTU:
+		c.MTU, err = options.ParseMTU(val, options.MinMTU)
+	case options.KeyIfacePrefix:
+		c.IfacePrefix, err = options.ParseIfacePrefix(val)
+	case OptDefaultBridge:
+		// accepted for compatibility
 	default:
-		return fmt.Errorf("unknown bridge driver option %q (valid options: %s)", key, strings.Join(knownOptions, ", "))
+		return options.Unknown(Name, key, knownOptions...)
 	}
 	return err
 }
@@ -81,42 +86,10 @@ func DefaultBridgeName(id string) string {
 	return "br-" + id
 }
 
-func parseIfName(s string) (string, error) {
-	if s == "" || len(s) > 15 || strings.ContainsAny(s, "/ \t\n:") || s == "." || s == ".." {
-		return "", fmt.Errorf("invalid bridge name %q: 1 to 15 characters, no '/', ':' or spaces", s)
-	}
-	return s, nil
-}
-
-func parseBool(key, s string) (bool, error) {
-	b, err := strconv.ParseBool(s)
-	if err != nil {
-		return false, fmt.Errorf("option %s: %q is not a boolean (true or false)", key, s)
-	}
-	return b, nil
-}
-
 func parseHostIP(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil || !a.Is4() && !a.Is4In6() {
 		return netip.Addr{}, fmt.Errorf("option %s: %q is not an IPv4 address", OptHostBindingIPv4, s)
 	}
 	return a.Unmap(), nil
-}
-
-func parseMTU(s string) (int, error) {
-	mtu, err := strconv.Atoi(s)
-	if err != nil || mtu < 68 || mtu > 65535 {
-		return 0, fmt.Errorf("option %s: %q is not a valid MTU (68 to 65535)", OptMTU, s)
-	}
-	return mtu, nil
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

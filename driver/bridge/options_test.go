@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/piernet/pier/driver/options"
 	"github.com/piernet/pier/errdefs"
 )
 
@@ -20,14 +21,15 @@ func TestParseOptions(t *testing.T) {
 		wantErr  string
 	}{
 		{name: "defaults", want: Config{BridgeName: "br-0123456789ab", ICC: true, Masquerade: true,
-			HostBindingIPv4: netip.IPv4Unspecified()}},
+			HostBindingIPv4: netip.IPv4Unspecified(), IfacePrefix: "eth"}},
 		{name: "docker keys", opts: map[string]string{
 			OptBridgeName: "mybr", OptEnableICC: "false", OptEnableIPMasq: "false",
-			OptHostBindingIPv4: "192.0.2.10", OptMTU: "9000", OptInternal: "true", OptIfacePrefix: "ens",
-		}, want: Config{BridgeName: "mybr", HostBindingIPv4: netip.MustParseAddr("192.0.2.10"), MTU: 9000, Internal: true}},
+			OptHostBindingIPv4: "192.0.2.10", options.KeyMTU: "9000", options.KeyInternal: "true", options.KeyIfacePrefix: "ens",
+		}, want: Config{BridgeName: "mybr", HostBindingIPv4: netip.MustParseAddr("192.0.2.10"), MTU: 9000, Internal: true, IfacePrefix: "ens"}},
 		{name: "--internal flag", internal: true, want: Config{BridgeName: "br-0123456789ab", ICC: true,
-			Masquerade: true, HostBindingIPv4: netip.IPv4Unspecified(), Internal: true}},
-		{name: "bad mtu", opts: map[string]string{OptMTU: "20"}, wantErr: "not a valid MTU"},
+			Masquerade: true, HostBindingIPv4: netip.IPv4Unspecified(), Internal: true, IfacePrefix: "eth"}},
+		{name: "bad mtu", opts: map[string]string{options.KeyMTU: "20"}, wantErr: "not a valid MTU"},
+		{name: "bad prefix", opts: map[string]string{options.KeyIfacePrefix: "e/th"}, wantErr: "not a valid interface prefix"},
 		{name: "bad bool", opts: map[string]string{OptEnableICC: "yes please"}, wantErr: "not a boolean"},
 		{name: "long name", opts: map[string]string{OptBridgeName: "a-very-long-bridge-name"}, wantErr: "invalid bridge name"},
 		{name: "v6 host ip", opts: map[string]string{OptHostBindingIPv4: "::1"}, wantErr: "not an IPv4 address"},
@@ -63,7 +65,7 @@ func TestDeriveMAC(t *testing.T) {
 }
 
 func FuzzParseOptions(f *testing.F) {
-	f.Add(OptMTU, "1500")
+	f.Add(options.KeyMTU, "1500")
 	f.Add(OptBridgeName, "br0")
 	f.Add(OptHostBindingIPv4, "10.0.0.1")
 	f.Fuzz(func(t *testing.T, k, v string) {

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/driver/options"
 	"github.com/piernet/pier/errdefs"
 )
 
@@ -161,21 +162,28 @@ func TestOptionsAndMTU(t *testing.T) {
 	ctx := t.Context()
 	d, k, _ := fakeDriver(t)
 	for opts, kind := range map[string]errdefs.Kind{
-		optMTU + "=abc":       errdefs.KindInvalidArgument,
-		optVXLANIDs + "=0":    errdefs.KindInvalidArgument,
-		optVXLANIDs + "=1,x":  errdefs.KindInvalidArgument,
-		optEncrypted + "=":    errdefs.KindNotImplemented,
-		optEncrypted + "=yes": errdefs.KindNotImplemented,
+		options.KeyMTU + "=abc":        errdefs.KindInvalidArgument,
+		options.KeyMTU + "=1279":       errdefs.KindInvalidArgument,
+		options.KeyMTU + "=0":          errdefs.KindUnknown, // accepted: derived from the underlay
+		"some.other.key=x":             errdefs.KindUnknown, // ignored, as Docker does
+		options.KeyIfacePrefix + "=a:": errdefs.KindInvalidArgument,
+		optVXLANIDs + "=0":             errdefs.KindInvalidArgument,
+		optVXLANIDs + "=1,x":           errdefs.KindInvalidArgument,
+		optEncrypted + "=":             errdefs.KindNotImplemented,
+		optEncrypted + "=yes":          errdefs.KindNotImplemented,
 	} {
 		key, val, _ := strings.Cut(opts, "=")
-		if err := ValidateOptions(map[string]string{key: val}); !errdefs.Is(err, kind) {
+		if _, err := d.DecodeOptions(map[string]string{key: val}); !errdefs.Is(err, kind) {
 			t.Errorf("%s: %v, want %v", opts, err, kind)
 		}
+	}
+	if o, err := d.DecodeOptions(map[string]string{options.KeyIfacePrefix: "ov"}); err != nil || o.IfacePrefix != "ov" {
+		t.Errorf("container_iface_prefix: %+v %v, want ov", o, err)
 	}
 	if want, n, err := d.VNIRequest(map[string]string{optVXLANIDs: "5000,5001"}, 1); err != nil || fmt.Sprint(want, n) != "[5000 5001] 2" {
 		t.Errorf("vxlanid_list: %v %d %v", want, n, err)
 	}
-	nc := driver.NetworkConfig{ID: "big", Name: "big", VNIs: []uint32{7}, Options: map[string]string{optMTU: "1460"}}
+	nc := driver.NetworkConfig{ID: "big", Name: "big", VNIs: []uint32{7}, Options: map[string]string{options.KeyMTU: "1460"}}
 	if err := d.CreateNetwork(ctx, nc); err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ import (
 	"sync"
 
 	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/driver/options"
 	"github.com/piernet/pier/errdefs"
 )
 
@@ -36,7 +37,6 @@ const Name = "overlay"
 // Docker's option keys.
 const (
 	optVXLANIDs  = "com.docker.network.driver.overlay.vxlanid_list"
-	optMTU       = "com.docker.network.driver.mtu"
 	optEncrypted = "encrypted"
 )
 
@@ -127,33 +127,39 @@ func parseVNIs(s string) ([]uint32, error) {
 	return out, nil
 }
 
-// ValidateOptions checks the driver options before anything is allocated.
-func ValidateOptions(opts map[string]string) error {
-	_, err := parseOptions(opts)
-	return err
+var _ driver.OptionDecoder = (*Driver)(nil)
+
+// DecodeOptions implements driver.OptionDecoder. Keys the overlay does not know are
+// ignored, as Docker's overlay does.
+func (d *Driver) DecodeOptions(opts map[string]string) (driver.NetworkOptions, error) {
+	o, err := parseOptions(opts)
+	return driver.NetworkOptions{IfacePrefix: o.ifacePrefix}, err
 }
 
-type options struct{ mtu int }
+type config struct {
+	mtu         int // 0 = derived from the underlay
+	ifacePrefix string
+}
 
-func parseOptions(opts map[string]string) (options, error) {
-	var o options
-	for k, v := range opts {
+func parseOptions(opts map[string]string) (config, error) {
+	o := config{ifacePrefix: options.DefaultIfacePrefix}
+	err := options.Decode(opts, func(k, v string) error {
+		var err error
 		switch k {
 		case optVXLANIDs:
-			if _, err := parseVNIs(v); err != nil {
-				return o, err
+			_, err = parseVNIs(v)
+		case options.KeyMTU:
+			if v != "0" { // Docker's "derive it"
+				o.mtu, err = options.ParseMTU(v, options.MinMTUIPv6)
 			}
-		case optMTU:
-			mtu, err := strconv.Atoi(v)
-			if err != nil || mtu < 1280 && mtu != 0 || mtu > 65535 {
-				return o, errdefs.InvalidArgument("invalid MTU %q: want a number from 1280 to 65535", v)
-			}
-			o.mtu = mtu
+		case options.KeyIfacePrefix:
+			o.ifacePrefix, err = options.ParseIfacePrefix(v)
 		case optEncrypted:
-			return o, errdefs.NotImplemented("encrypted overlays (-o encrypted) are not available yet in this pier: the network would not be encrypted, so it is refused")
+			err = errdefs.NotImplemented("encrypted overlays (-o encrypted) are not available yet in this pier: the network would not be encrypted, so it is refused")
 		}
-	}
-	return o, nil
+		return err
+	})
+	return o, err
 }
 
 // CreateNetwork records the network; its devices are made at the first local join.

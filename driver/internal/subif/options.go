@@ -3,20 +3,16 @@ package subif
 import (
 	"fmt"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 
-	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/driver/options"
 )
 
-// Docker's option keys shared by the sub-interface drivers.
-const (
-	OptParent      = "parent"
-	OptMTU         = "com.docker.network.driver.mtu"
-	OptIfacePrefix = "com.docker.network.container_iface_prefix"
-	OptInternal    = "com.docker.network.internal"
-)
+// OptParent is the parent-interface option of the sub-interface drivers (Docker's
+// key; the shared com.docker.network.* keys are in driver/options).
+const OptParent = "parent"
 
 // Config is the typed configuration of one network.
 type Config struct {
@@ -26,7 +22,8 @@ type Config struct {
 	Internal bool
 	// VLAN is set when Parent has the form name.id: the 802.1q sub-interface is
 	// created (and removed with the network) if Parent does not exist.
-	VLAN *VLAN
+	VLAN        *VLAN
+	IfacePrefix string // sandbox interfaces are <IfacePrefix><N>
 }
 
 // VLAN is an 802.1q sub-interface to create.
@@ -38,21 +35,22 @@ type VLAN struct {
 // ParseOptions decodes Docker-style options for kind. It is pure and validates
 // everything, so invalid input fails before anything is created.
 func ParseOptions(kind *Kind, internal bool, opts map[string]string) (Config, error) {
-	cfg := Config{Mode: kind.Modes[0], Internal: internal}
-	keys := make([]string, 0, len(opts))
-	for k := range opts {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if err := cfg.set(kind, k, opts[k]); err != nil {
-			return Config{}, errdefs.Wrap(errdefs.KindInvalidArgument, err)
-		}
+	cfg := Config{Mode: kind.Modes[0], Internal: internal, IfacePrefix: options.DefaultIfacePrefix}
+	if err := options.Decode(opts, func(k, v string) error { return cfg.set(kind, k, v) }); err != nil {
+		return Config{}, err
 	}
 	if cfg.Parent == "" {
 		cfg.Internal = true // nothing beyond the network: no gateway to route through
 	}
 	return cfg, nil
+}
+
+var _ driver.OptionDecoder = (*Driver)(nil)
+
+// DecodeOptions implements driver.OptionDecoder.
+func (d *Driver) DecodeOptions(opts map[string]string) (driver.NetworkOptions, error) {
+	cfg, err := ParseOptions(d.kind, false, opts)
+	return driver.NetworkOptions{IfacePrefix: cfg.IfacePrefix}, err
 }
 
 func (c *Config) set(kind *Kind, key, val string) error {
@@ -65,25 +63,22 @@ func (c *Config) set(kind *Kind, key, val string) error {
 			return fmt.Errorf("invalid %s %q (valid modes: %s)", kind.ModeOpt, val, strings.Join(kind.Modes, ", "))
 		}
 		c.Mode = val
-	case OptMTU:
-		c.MTU, err = parseMTU(val)
-	case OptInternal:
+	case options.KeyMTU:
+		c.MTU, err = options.ParseMTU(val, options.MinMTU)
+	case options.KeyInternal:
 		var b bool
-		if b, err = strconv.ParseBool(val); err != nil {
-			return fmt.Errorf("option %s: %q is not a boolean (true or false)", key, val)
-		}
+		b, err = options.ParseBool(key, val)
 		c.Internal = c.Internal || b
-	case OptIfacePrefix:
-		// consumed by the controller
+	case options.KeyIfacePrefix:
+		c.IfacePrefix, err = options.ParseIfacePrefix(val)
 	default:
-		valid := []string{OptParent, kind.ModeOpt, OptMTU, OptIfacePrefix, OptInternal}
-		return fmt.Errorf("unknown %s driver option %q (valid options: %s)", kind.Name, key, strings.Join(valid, ", "))
+		return options.Unknown(kind.Name, key, OptParent, kind.ModeOpt, options.KeyMTU, options.KeyIfacePrefix, options.KeyInternal)
 	}
 	return err
 }
 
 func parseParent(s string) (string, *VLAN, error) {
-	if err := checkIfName(s); err != nil {
+	if err := options.CheckIfName("parent interface name", s); err != nil {
 		return "", nil, err
 	}
 	if s == "lo" {
@@ -98,19 +93,4 @@ func parseParent(s string) (string, *VLAN, error) {
 		return "", nil, fmt.Errorf("invalid parent %q: a VLAN sub-interface is name.id with an id from 1 to 4094, e.g. eth0.10", s)
 	}
 	return s, &VLAN{Lower: lower, ID: vid}, nil
-}
-
-func checkIfName(s string) error {
-	if s == "" || len(s) > 15 || strings.ContainsAny(s, "/ \t\n:") || s == "." || s == ".." {
-		return fmt.Errorf("invalid parent interface name %q: 1 to 15 characters, no '/', ':' or spaces", s)
-	}
-	return nil
-}
-
-func parseMTU(s string) (int, error) {
-	mtu, err := strconv.Atoi(s)
-	if err != nil || mtu < 68 || mtu > 65535 {
-		return 0, fmt.Errorf("option %s: %q is not a valid MTU (68 to 65535)", OptMTU, s)
-	}
-	return mtu, nil
 }

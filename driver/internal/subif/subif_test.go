@@ -71,14 +71,14 @@ func TestParseOptions(t *testing.T) {
 		want     Config
 		err      string
 	}{
-		{opts: nil, want: Config{Mode: "bridge", Internal: true}},
-		{opts: map[string]string{"parent": "eth1"}, want: Config{Parent: "eth1", Mode: "bridge"}},
-		{opts: map[string]string{"parent": "eth1"}, internal: true, want: Config{Parent: "eth1", Mode: "bridge", Internal: true}},
+		{opts: nil, want: Config{Mode: "bridge", Internal: true, IfacePrefix: "eth"}},
+		{opts: map[string]string{"parent": "eth1"}, want: Config{Parent: "eth1", Mode: "bridge", IfacePrefix: "eth"}},
+		{opts: map[string]string{"parent": "eth1"}, internal: true, want: Config{Parent: "eth1", Mode: "bridge", Internal: true, IfacePrefix: "eth"}},
 		{opts: map[string]string{"parent": "eth1", "macvlan_mode": "private", "com.docker.network.driver.mtu": "1400"},
-			want: Config{Parent: "eth1", Mode: "private", MTU: 1400}},
-		{opts: map[string]string{"parent": "eth0.10"}, want: Config{Parent: "eth0.10", Mode: "bridge", VLAN: &VLAN{Lower: "eth0", ID: 10}}},
+			want: Config{Parent: "eth1", Mode: "private", MTU: 1400, IfacePrefix: "eth"}},
+		{opts: map[string]string{"parent": "eth0.10"}, want: Config{Parent: "eth0.10", Mode: "bridge", VLAN: &VLAN{Lower: "eth0", ID: 10}, IfacePrefix: "eth"}},
 		{opts: map[string]string{"parent": "eth1", "com.docker.network.internal": "true", "com.docker.network.container_iface_prefix": "mv"},
-			want: Config{Parent: "eth1", Mode: "bridge", Internal: true}},
+			want: Config{Parent: "eth1", Mode: "bridge", Internal: true, IfacePrefix: "mv"}},
 		{opts: map[string]string{"parent": "lo"}, err: "the loopback interface cannot be a parent"},
 		{opts: map[string]string{"parent": "eth0.0"}, err: "an id from 1 to 4094"},
 		{opts: map[string]string{"parent": "eth0.4095"}, err: "an id from 1 to 4094"},
@@ -88,6 +88,8 @@ func TestParseOptions(t *testing.T) {
 		{opts: map[string]string{"macvlan_mode": "hub"}, err: `invalid macvlan_mode "hub" (valid modes: bridge, private, vepa, passthru)`},
 		{opts: map[string]string{"ipvlan_mode": "l3"}, err: `unknown macvlan driver option "ipvlan_mode" (valid options: parent, macvlan_mode,`},
 		{opts: map[string]string{"com.docker.network.driver.mtu": "9"}, err: "not a valid MTU"},
+		{opts: map[string]string{"com.docker.network.internal": "maybe"}, err: "not a boolean"},
+		{opts: map[string]string{"com.docker.network.container_iface_prefix": "mv1"}, err: "not a valid interface prefix"},
 	} {
 		got, err := ParseOptions(macvlanKind, tc.internal, tc.opts)
 		if tc.err != "" {
