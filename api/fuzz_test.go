@@ -98,3 +98,25 @@ func requireKind(t *testing.T, err error) {
 		t.Fatalf("error %q has kind %v; a bad request body must be a user error", err, k)
 	}
 }
+
+func FuzzServiceCreateBody(f *testing.F) {
+	for _, s := range []string{`{"Name":"web","Networks":["app"],"Ports":["80/tcp","53/udp"],"Sticky":"10m","StopGrace":"30s"}`,
+		`{"Name":"db","Networks":["a","b"],"EndpointMode":"dnsrr"}`, `{"Ports":["x"]}`, `{"Sticky":"-1s"}`, `null`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		spec, err := decodeServiceCreate(data)
+		if err != nil {
+			requireKind(t, err)
+			return
+		}
+		if spec.Sticky < 0 || spec.StopGrace < 0 {
+			t.Fatalf("negative duration accepted: %+v", spec)
+		}
+		for _, p := range spec.Ports {
+			if p.Port == 0 || (p.Proto != "tcp" && p.Proto != "udp") {
+				t.Fatalf("invalid port accepted: %+v", p)
+			}
+		}
+	})
+}
