@@ -26,7 +26,13 @@ func serve(t *testing.T, ns *netns.Namespace, addr string) {
 // saw, or "" if the connection failed. A dropped SYN shows as a timeout.
 func connect(t *testing.T, ns *netns.Namespace, addr string) string {
 	t.Helper()
-	c, err := netlab.Dial(t, ns, "tcp", net.JoinHostPort(addr, "80"), 500*time.Millisecond)
+	return connectTo(t, ns, net.JoinHostPort(addr, "80"))
+}
+
+// connectTo is connect to host:port addr.
+func connectTo(t *testing.T, ns *netns.Namespace, addr string) string {
+	t.Helper()
+	c, err := netlab.Dial(t, ns, "tcp", addr, 500*time.Millisecond)
 	if err != nil {
 		return ""
 	}

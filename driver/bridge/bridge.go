@@ -3,7 +3,8 @@
 // gateway address on the bridge, and the network's firewall state (isolation, ICC,
 // masquerade) handed to the firewall package. It owns nothing outside the host
 // namespace it was given, and never configures addresses inside sandboxes (the
-// controller does).
+// controller does). Every kernel call goes through Kernel (kernel.go); the unit tests
+// drive the driver through a fake of it that prints `ip link`-like text.
 //
 // Lock order: Driver.mu only; kernel I/O happens outside it where possible.
 package bridge
@@ -20,7 +21,6 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
-	vns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/piernet/pier/driver"
@@ -55,10 +55,10 @@ type Firewall interface {
 
 // Driver is the bridge driver.
 type Driver struct {
-	host *netns.Namespace
-	fw   Firewall
-	pub  Publisher
-	log  *slog.Logger
+	k   Kernel
+	fw  Firewall
+	pub Publisher
+	log *slog.Logger
 
 	reaper    *reaper
 	mu        sync.Mutex // guards the fields below
@@ -88,11 +88,11 @@ type endpoint struct {
 	bindings           []portmap.Binding // published now (this endpoint is the gateway)
 }
 
-// New returns a bridge driver programming the host namespace host and firewall fw,
+// New returns a bridge driver programming the kernel k (NewHostKernel) and firewall fw,
 // publishing ports through pub.
-func New(host *netns.Namespace, fw Firewall, pub Publisher, log *slog.Logger) *Driver {
+func New(k Kernel, fw Firewall, pub Publisher, log *slog.Logger) *Driver {
 	log = log.With("component", "bridge")
-	return &Driver{host: host, fw: fw, pub: pub, log: log, reaper: &reaper{nl: host.NL, do: host.Do, log: log},
+	return &Driver{k: k, fw: fw, pub: pub, log: log, reaper: &reaper{k: k, log: log},
 		networks: map[string]*network{}, endpoints: map[string]*endpoint{}}
 }
 
@@ -179,12 +179,12 @@ func (d *Driver) setup(ctx context.Context, n *network, u *undo.Stack) error {
 		return err
 	}
 	if created {
-		u.Push(func() error { return d.host.NL.LinkDel(br) })
+		u.Push(func() error { return d.k.LinkDel("", br) })
 	}
 	if err := d.addGateways(br, n); err != nil {
 		return err
 	}
-	if err := d.host.NL.LinkSetUp(br); err != nil {
+	if err := d.k.LinkSet("", br, Change{Up: true}); err != nil {
 		return fmt.Errorf("setting bridge %s up: %w", n.cfg.BridgeName, err)
 	}
 	if err := d.enableForwarding(n); err != nil {
@@ -201,7 +201,7 @@ func (d *Driver) setup(ctx context.Context, n *network, u *undo.Stack) error {
 // is reused only if it is a bridge.
 func (d *Driver) ensureBridge(n *network) (netlink.Link, bool, error) {
 	name := n.cfg.BridgeName
-	if l, err := d.host.NL.LinkByName(name); err == nil {
+	if l, err := d.k.LinkByName("", name); err == nil {
 		if l.Type() != "bridge" {
 			return nil, false, errdefs.Conflict("interface %q exists and is not a bridge", name)
 		}
@@ -210,12 +210,12 @@ func (d *Driver) ensureBridge(n *network) (netlink.Link, bool, error) {
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name, attrs.MTU, attrs.Group = name, n.cfg.MTU, OwnerGroup
 	br := &netlink.Bridge{LinkAttrs: attrs}
-	if err := d.host.NL.LinkAdd(br); err != nil {
+	if err := d.k.LinkAdd(br); err != nil {
 		return nil, false, fmt.Errorf("creating bridge %s: %w", name, err)
 	}
 	// The kernel ignores IFLA_IFALIAS on creation: the owner mark needs its own request.
-	if err := d.host.NL.LinkSetAlias(br, ownerAlias+n.id); err != nil {
-		_ = d.host.NL.LinkDel(br)
+	if err := d.k.LinkSet("", br, Change{Alias: ownerAlias + n.id}); err != nil {
+		_ = d.k.LinkDel("", br)
 		return nil, false, fmt.Errorf("marking bridge %s as pier's: %w", name, err)
 	}
 	return br, true, nil
@@ -230,7 +230,7 @@ func (d *Driver) addGateways(br netlink.Link, n *network) error {
 		if gw.Addr().Is6() {
 			a.Flags = unix.IFA_F_NODAD
 		}
-		if err := d.host.NL.AddrReplace(br, a); err != nil {
+		if err := d.k.AddrReplace(br, a); err != nil {
 			return fmt.Errorf("adding gateway %s to %s: %w", gw, n.cfg.BridgeName, err)
 		}
 	}
@@ -238,16 +238,16 @@ func (d *Driver) addGateways(br netlink.Link, n *network) error {
 }
 
 func (d *Driver) enableForwarding(n *network) error {
-	if err := d.host.SetSysctl("net/ipv4/ip_forward", "1"); err != nil {
+	if err := d.k.SetSysctl("net/ipv4/ip_forward", "1"); err != nil {
 		return err
 	}
 	if !n.subnet6.IsValid() {
 		return nil
 	}
-	if err := d.host.SetSysctl("net/ipv6/conf/"+n.cfg.BridgeName+"/disable_ipv6", "0"); err != nil {
+	if err := d.k.SetSysctl("net/ipv6/conf/"+n.cfg.BridgeName+"/disable_ipv6", "0"); err != nil {
 		return err
 	}
-	return d.host.SetSysctl("net/ipv6/conf/all/forwarding", "1")
+	return d.k.SetSysctl("net/ipv6/conf/all/forwarding", "1")
 }
 
 func (n *network) firewallState() firewall.Bridge {
@@ -284,7 +284,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, nid string) error {
 }
 
 func (d *Driver) deleteOwnedBridge(name, nid string) error {
-	l, err := d.host.NL.LinkByName(name)
+	l, err := d.k.LinkByName("", name)
 	if err != nil {
 		return nil // already gone
 	}
@@ -374,12 +374,12 @@ func (d *Driver) Join(ctx context.Context, req driver.JoinRequest) (driver.JoinR
 }
 
 func (d *Driver) createVeth(n *network, ep *endpoint, req driver.JoinRequest) error {
-	sb, err := vns.GetFromPath(req.SandboxKey)
+	sb, closeSB, err := d.k.OpenSandbox(req.SandboxKey)
 	if err != nil {
-		return fmt.Errorf("opening sandbox namespace %s: %w", req.SandboxKey, err)
+		return err
 	}
-	defer sb.Close()
-	br, err := d.host.NL.LinkByName(n.cfg.BridgeName)
+	defer closeSB()
+	br, err := d.k.LinkByName("", n.cfg.BridgeName)
 	if err != nil {
 		return fmt.Errorf("finding bridge %s: %w", n.cfg.BridgeName, err)
 	}
@@ -387,10 +387,10 @@ func (d *Driver) createVeth(n *network, ep *endpoint, req driver.JoinRequest) er
 	attrs.Name, attrs.MTU = HostVethName(ep.id), n.cfg.MTU
 	attrs.MasterIndex = br.Attrs().Index
 	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: req.IfName, PeerHardwareAddr: ep.mac,
-		PeerNamespace: netlink.NsFd(int(sb))}
-	err = d.host.NL.LinkAdd(veth)
+		PeerNamespace: sb}
+	err = d.k.LinkAdd(veth)
 	if errors.Is(err, unix.EEXIST) && d.removeHostVeth(ep.id) == nil {
-		err = d.host.NL.LinkAdd(veth) // a leftover of an interrupted operation
+		err = d.k.LinkAdd(veth) // a leftover of an interrupted operation
 	}
 	if err != nil {
 		_ = d.removeHostVeth(ep.id)
@@ -409,12 +409,8 @@ func (d *Driver) createVeth(n *network, ep *endpoint, req driver.JoinRequest) er
 // needs none, and each one's DAD and MLD packets are flooded to every other port of
 // the bridge (quadratic work for the kernel with hundreds of endpoints).
 func (d *Driver) upQuietly(veth netlink.Link) error {
-	err := d.host.NL.LinkSetIP6AddrGenMode(veth, 1) // IN6_ADDR_GEN_MODE_NONE
-	if err == nil {
-		err = d.host.NL.LinkSetUp(veth)
-	}
-	if err != nil {
-		_ = d.host.NL.LinkDel(veth)
+	if err := d.k.LinkSet("", veth, Change{NoIP6AddrGen: true, Up: true}); err != nil {
+		_ = d.k.LinkDel("", veth)
 		return fmt.Errorf("setting %s up: %w", veth.Attrs().Name, err)
 	}
 	return nil
@@ -426,8 +422,8 @@ func (d *Driver) hairpin(veth netlink.Link, req driver.JoinRequest) error {
 	if len(req.Ports) == 0 {
 		return nil
 	}
-	if err := d.host.NL.LinkSetHairpin(veth, true); err != nil {
-		_ = d.host.NL.LinkDel(veth)
+	if err := d.k.LinkSet("", veth, Change{Hairpin: true}); err != nil {
+		_ = d.k.LinkDel("", veth)
 		return fmt.Errorf("setting hairpin mode on %s: %w", veth.Attrs().Name, err)
 	}
 	return nil
@@ -440,8 +436,8 @@ func (d *Driver) isolate(n *network, veth netlink.Link) error {
 	if n.cfg.ICC {
 		return nil
 	}
-	if err := d.host.NL.LinkSetIsolated(veth, true); err != nil {
-		_ = d.host.NL.LinkDel(veth)
+	if err := d.k.LinkSet("", veth, Change{Isolated: true}); err != nil {
+		_ = d.k.LinkDel("", veth)
 		return fmt.Errorf("isolating port %s (enable_icc=false): %w", veth.Attrs().Name, err)
 	}
 	return nil
@@ -466,7 +462,7 @@ func (d *Driver) setJoined(ep *endpoint, req driver.JoinRequest) {
 // Leave removes the veth pair (both ends go with the host side); the kernel's slow
 // part happens in the background (see reaper).
 func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
-	l, err := d.host.NL.LinkByName(HostVethName(eid))
+	l, err := d.k.LinkByName("", HostVethName(eid))
 	if err != nil {
 		return nil // already gone
 	}
@@ -481,11 +477,11 @@ func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
 }
 
 func (d *Driver) removeHostVeth(eid string) error {
-	l, err := d.host.NL.LinkByName(HostVethName(eid))
+	l, err := d.k.LinkByName("", HostVethName(eid))
 	if err != nil {
 		return nil // already gone
 	}
-	if err := d.host.NL.LinkDel(l); err != nil {
+	if err := d.k.LinkDel("", l); err != nil {
 		return fmt.Errorf("deleting veth %s: %w", l.Attrs().Name, err)
 	}
 	return nil
@@ -512,18 +508,18 @@ func (d *Driver) vethIntact(nid, eid string) bool {
 	if err != nil {
 		return false
 	}
-	l, err := d.host.NL.LinkByName(HostVethName(eid))
+	l, err := d.k.LinkByName("", HostVethName(eid))
 	if err != nil {
 		return false
 	}
-	br, err := d.host.NL.LinkByName(n.cfg.BridgeName)
+	br, err := d.k.LinkByName("", n.cfg.BridgeName)
 	return err == nil && l.Attrs().MasterIndex == br.Attrs().Index
 }
 
 // Cleanup implements driver.Restorer: it deletes bridges and veths pier created for
 // networks and endpoints that no longer exist (leftovers of interrupted operations).
 func (d *Driver) Cleanup(ctx context.Context, live driver.Live) error {
-	links, err := netns.Dump(d.host.NL.LinkList)
+	links, err := d.k.LinkList()
 	if err != nil {
 		return fmt.Errorf("listing links: %w", err)
 	}
@@ -538,7 +534,7 @@ func (d *Driver) Cleanup(ctx context.Context, live driver.Live) error {
 		}
 		d.log.InfoContext(ctx, "removing leftover interface", "name", l.Attrs().Name)
 		// ENODEV: a deletion still running in the kernel got there first.
-		if err := d.host.NL.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		if err := d.k.LinkDel("", l); err != nil && !errors.Is(err, unix.ENODEV) {
 			errs = append(errs, fmt.Errorf("removing leftover %s: %w", l.Attrs().Name, err))
 		}
 	}

@@ -26,8 +26,8 @@ type Deps struct {
 // Register adds the built-in drivers to r and starts their background work; the
 // returned Closer stops it (call it after the controller is done).
 func Register(r *driver.Registry, deps Deps) (io.Closer, error) {
-	br := bridge.New(deps.Host, deps.Firewall, deps.Publish, deps.Logger)
 	k := subif.HostKernel{Host: deps.Host}
+	br := bridge.New(bridge.NewHostKernel(deps.Host), deps.Firewall, deps.Publish, deps.Logger)
 	for _, d := range []driver.Driver{
 		null.Driver{},
 		host.Driver{},

@@ -35,7 +35,7 @@ var _ Kernel = HostKernel{}
 
 // LinkByName implements Kernel.
 func (k HostKernel) LinkByName(ns, name string) (l netlink.Link, err error) {
-	err = k.in(ns, func(h *netlink.Handle) (err error) { l, err = h.LinkByName(name); return })
+	err = k.In(ns, func(h *netlink.Handle) (err error) { l, err = h.LinkByName(name); return })
 	return l, err
 }
 
@@ -44,7 +44,7 @@ func (k HostKernel) LinkAdd(l netlink.Link) error { return k.Host.NL.LinkAdd(l) 
 
 // LinkDel implements Kernel.
 func (k HostKernel) LinkDel(ns string, l netlink.Link) error {
-	return k.in(ns, func(h *netlink.Handle) error { return h.LinkDel(l) })
+	return k.In(ns, func(h *netlink.Handle) error { return h.LinkDel(l) })
 }
 
 // LinkSetUp implements Kernel.
@@ -70,7 +70,8 @@ func (k HostKernel) OpenSandbox(key string) (netlink.NsFd, func(), error) {
 	return netlink.NsFd(int(h)), func() { h.Close() }, nil
 }
 
-func (k HostKernel) in(ns string, fn func(*netlink.Handle) error) error {
+// In runs fn with a netlink handle in namespace ns ("" is the host).
+func (k HostKernel) In(ns string, fn func(*netlink.Handle) error) error {
 	if ns == "" {
 		return fn(k.Host.NL)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/driver/internal/drivertest"
 	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/internal/golden"
 )
@@ -41,19 +42,7 @@ const (
 	eid  = "fedcba9876543210fedcba9876543210"
 )
 
-func netCfg(id string, opts map[string]string, subnets ...string) driver.NetworkConfig {
-	nc := driver.NetworkConfig{ID: id, Name: "n-" + id[:4], Options: opts}
-	for _, s := range subnets {
-		p := netip.MustParsePrefix(s)
-		d := driver.IPAMData{Pool: p, Gateway: netip.PrefixFrom(p.Addr().Next(), p.Bits())}
-		if p.Addr().Is4() {
-			nc.IPv4 = append(nc.IPv4, d)
-		} else {
-			nc.IPv6 = append(nc.IPv6, d)
-		}
-	}
-	return nc
-}
+var netCfg = drivertest.Network
 
 func joinReq(addr4 string) driver.JoinRequest {
 	r := driver.JoinRequest{NetworkID: nid, EndpointID: eid, SandboxKey: "/run/pier/netns/sb1", IfName: "eth0",
