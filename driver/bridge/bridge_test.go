@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"errors"
+	"github.com/piernet/pier/driver/options"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -84,7 +85,7 @@ func netCfg(opts map[string]string, subnets ...string) driver.NetworkConfig {
 }
 
 // iccOff is a dual-stack network with ICC off and a smaller MTU.
-var iccOff = netCfg(map[string]string{OptEnableICC: "false", OptMTU: "1400"}, "172.18.0.0/16", "fd00:18::/64")
+var iccOff = netCfg(map[string]string{OptEnableICC: "false", options.KeyMTU: "1400"}, "172.18.0.0/16", "fd00:18::/64")
 
 func mustCreate(t *testing.T, d *Driver, nc driver.NetworkConfig) {
 	t.Helper()
