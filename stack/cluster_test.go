@@ -21,10 +21,19 @@ import (
 	"github.com/piernet/pier/netns"
 )
 
-// clusterHosts are n test hosts on one underlay (a veth pair or a bridge in the
-// first host's namespace... here: a lab namespace with a bridge), each a clustered
-// stack on one embedded etcd.
-func clusterHosts(t testing.TB, n int) []*env {
+// clusterHosts are n test hosts on one underlay (a bridge in a lab namespace), each a
+// clustered stack on one embedded etcd.
+func clusterHosts(t testing.TB, n int) []*env { return newClusterLab(t, n).hosts }
+
+// clusterLab is clustered test hosts h1..hn at 192.0.2.1... and the lab namespace whose
+// bridge lab0 is their underlay.
+type clusterLab struct {
+	hosts []*env
+	lab   string // the lab namespace's path
+}
+
+// newClusterLab builds n clustered hosts; setup adjusts every host's cluster options.
+func newClusterLab(t testing.TB, n int, setup ...func(*ClusterOptions)) *clusterLab {
 	t.Helper()
 	nstest.Require(t, "root")
 	etcd := clustertest.Start(t)
@@ -49,13 +58,31 @@ func clusterHosts(t testing.TB, n int) []*env {
 			underlay(t, lab, e.hostPath, name, addr)
 			e.opts.Cluster = &ClusterOptions{KV: cluster.NewEtcdKV(etcd.Client(t)), NodeID: "node-" + name, NodeName: name,
 				Advertise: addr, TTL: 1500 * time.Millisecond, Version: "test"}
+			for _, f := range setup {
+				f(e.opts.Cluster)
+			}
 		}))
 		if err := hosts[i].s.Controller.EnsurePredefined(t.Context(), true); err != nil {
 			t.Fatal(err)
 		}
 	}
 	t.Cleanup(func() { deleteClusterState(t, hosts) }) // before each host's own teardown
-	return hosts
+	return &clusterLab{hosts: hosts, lab: labPath}
+}
+
+// outsider is a machine on the hosts' LAN: a namespace on the lab bridge at
+// 192.0.2.254/24, loopback up. It returns its path.
+func (l *clusterLab) outsider(t testing.TB) string {
+	t.Helper()
+	lab, err := netns.Open(l.lab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	path, _ := nstest.NewPinned(t)
+	underlay(t, lab, path, "out", netip.MustParseAddr("192.0.2.254"))
+	upLoopback(t, path)
+	return path
 }
 
 // deleteClusterState removes every sandbox on every host, then the global networks
