@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -226,76 +225,22 @@ func flushNeigh(t *testing.T, ns *netns.Namespace) {
 	}
 }
 
-// startCapture reads frames on dev in ns until the returned function is called, which
-// reports the VNI of the last VXLAN packet seen on DefaultPort and how many there were.
+// startCapture counts the VXLAN packets to DefaultPort on dev in ns until the returned
+// function is called, which reports the VNI of the last one and how many there were.
 func startCapture(t *testing.T, ns *netns.Namespace, dev string) func() (uint32, int) {
 	t.Helper()
-	var fd int
-	var err error
-	nstest.Do(t, ns.Handle, func() {
-		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
+	var vni uint32
+	var n int
+	stop := netlab.Capture(t, ns, dev, func(f []byte) {
+		if v, _, ok := netlab.VXLAN(f, DefaultPort); ok {
+			vni, n = v, n+1
+		}
 	})
-	must(t, err)
-	l, err := ns.NL.LinkByName(dev)
-	must(t, err)
-	must(t, unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: l.Attrs().Index}))
-	tv := unix.NsecToTimeval(int64(200 * time.Millisecond))
-	must(t, unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv))
-	type result struct {
-		vni uint32
-		n   int
-	}
-	stop, done := make(chan struct{}), make(chan result, 1)
-	go func() {
-		var r result
-		buf := make([]byte, 65536)
-		for {
-			select {
-			case <-stop:
-				done <- r
-				return
-			default:
-			}
-			n, _, err := unix.Recvfrom(fd, buf, 0)
-			if err != nil || n < 14+20+8+8 {
-				continue
-			}
-			if vni, ok := vxlanVNI(buf[:n]); ok {
-				r.vni, r.n = vni, r.n+1
-			}
-		}
-	}()
-	var res *result
-	t.Cleanup(func() { unix.Close(fd) })
 	return func() (uint32, int) {
-		if res == nil {
-			close(stop)
-			r := <-done
-			res = &r
-		}
-		return res.vni, res.n
+		stop()
+		return vni, n
 	}
 }
-
-// vxlanVNI parses an Ethernet/IPv4/UDP frame to DefaultPort and returns its VNI.
-func vxlanVNI(f []byte) (uint32, bool) {
-	if binary.BigEndian.Uint16(f[12:14]) != unix.ETH_P_IP {
-		return 0, false
-	}
-	ip := f[14:]
-	ihl := int(ip[0]&0x0f) * 4
-	if ip[9] != unix.IPPROTO_UDP || len(ip) < ihl+16 {
-		return 0, false
-	}
-	udp := ip[ihl:]
-	if binary.BigEndian.Uint16(udp[2:4]) != DefaultPort {
-		return 0, false
-	}
-	vx := udp[8:]
-	return binary.BigEndian.Uint32(vx[4:8]) >> 8, vx[0]&0x08 != 0
-}
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // TestManyPeers programs 5,000 peers on one host without any sysctl tuning (Docker's
 // overlay broke near 1,000 when its neighbour entries hit gc_thresh3) and checks the
