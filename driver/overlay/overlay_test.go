@@ -284,6 +284,67 @@ func BenchmarkAddPeer(b *testing.B) {
 }
 
 func benchAddPeer(b *testing.B, existing int) {
+	d, nc, _ := benchHost(b, existing)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		p := benchPeer(nc, existing+1+i%50000)
+		if err := d.AddPeer(ctx, p); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		_ = d.RemovePeer(ctx, p)
+		b.StartTimer()
+	}
+}
+
+// BenchmarkOverlayJoinAtScale measures one more local endpoint joining an overlay that
+// already has N endpoints on other hosts (the overlay issue's goal: the join cost is
+// flat, ratio ≤ 1.2 between N=1,000 and N=10). "join" is the usual case, the network
+// already extended to this host; "extend" is the host's first join, which programs
+// all N peers and so grows with N by design.
+func BenchmarkOverlayJoinAtScale(b *testing.B) {
+	for _, first := range []bool{false, true} {
+		for _, existing := range []int{10, 1000} {
+			name := fmt.Sprintf("join/N=%d", existing)
+			if first {
+				name = fmt.Sprintf("extend/N=%d", existing)
+			}
+			b.Run(name, func(b *testing.B) { benchJoin(b, existing, first) })
+		}
+	}
+}
+
+func benchJoin(b *testing.B, existing int, first bool) {
+	d, nc, sb := benchHost(b, existing)
+	ctx := context.Background()
+	if first {
+		if err := d.Leave(ctx, nc.ID, "local0000000"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		ec := driver.EndpointConfig{NetworkID: nc.ID, EndpointID: fmt.Sprintf("join%08d", i),
+			Addr4: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200, byte(i >> 8), byte(i)}), 8)}
+		if _, err := d.CreateEndpoint(ctx, ec); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := d.Join(ctx, driver.JoinRequest{NetworkID: nc.ID, EndpointID: ec.EndpointID, SandboxKey: sb.Path, IfName: "eth1"}); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if err := d.Leave(ctx, nc.ID, ec.EndpointID); err != nil {
+			b.Fatal(err)
+		}
+		_ = d.DeleteEndpoint(ctx, nc.ID, ec.EndpointID)
+		b.StartTimer()
+	}
+}
+
+// benchHost is a host namespace with an underlay, a driver, one network extended to
+// the host by a joined local endpoint, and existing peers on another host.
+func benchHost(b *testing.B, existing int) (*Driver, driver.NetworkConfig, *netns.Namespace) {
 	nstest.Require(b, "root")
 	host := netlab.NewNS(b)
 	attrs := netlink.NewLinkAttrs()
@@ -307,24 +368,16 @@ func benchAddPeer(b *testing.B, existing int) {
 	if _, err := d.Join(ctx, driver.JoinRequest{NetworkID: nc.ID, EndpointID: "local0000000", SandboxKey: sb.Path, IfName: "eth0"}); err != nil {
 		b.Fatal(err)
 	}
-	peer := func(i int) driver.Peer {
-		return driver.Peer{NetworkID: nc.ID, EndpointID: fmt.Sprintf("x%d", i), Node: netip.MustParseAddr("192.0.2.99"),
-			Addr4: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 8),
-			MAC:   net.HardwareAddr{2, 0x43, 0, byte(i >> 16), byte(i >> 8), byte(i)}}
-	}
 	for i := range existing {
-		if err := d.AddPeer(ctx, peer(i)); err != nil {
+		if err := d.AddPeer(ctx, benchPeer(nc, i)); err != nil {
 			b.Fatal(err)
 		}
 	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		p := peer(existing + 1 + i%50000)
-		if err := d.AddPeer(ctx, p); err != nil {
-			b.Fatal(err)
-		}
-		b.StopTimer()
-		_ = d.RemovePeer(ctx, p)
-		b.StartTimer()
-	}
+	return d, nc, sb
+}
+
+func benchPeer(nc driver.NetworkConfig, i int) driver.Peer {
+	return driver.Peer{NetworkID: nc.ID, EndpointID: fmt.Sprintf("x%d", i), Node: netip.MustParseAddr("192.0.2.99"),
+		Addr4: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 8),
+		MAC:   net.HardwareAddr{2, 0x43, 0, byte(i >> 16), byte(i >> 8), byte(i)}}
 }
