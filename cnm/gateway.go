@@ -141,9 +141,11 @@ func (c *Controller) recordPublished(ctx context.Context, sb *Sandbox, gw *Endpo
 
 // checkPorts refuses to join a sandbox with published ports to a network whose driver
 // cannot publish them (macvlan, ipvlan, plugins); networks without interfaces (host,
-// none) ignore ports, as in Docker.
+// none) ignore ports, as in Docker. Overlays do not publish either, but in cluster
+// mode the gateway bridge that gives their sandboxes the way out publishes the ports,
+// as docker_gwbridge does.
 func (c *Controller) checkPorts(ctx context.Context, sb *Sandbox, n *Network) error {
-	if len(sb.Ports) == 0 || n.Internal || c.capability(n).NoInterface {
+	if len(sb.Ports) == 0 || n.Internal || c.capability(n).NoInterface || n.global() && c.cluster != nil {
 		return nil
 	}
 	drv, err := c.driver(ctx, n.Driver)

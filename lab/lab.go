@@ -444,7 +444,13 @@ func tail(path string) string {
 }
 
 // Kill SIGKILLs a host's pierd, as a crash would.
-func (l *Lab) Kill(name string) error {
+func (l *Lab) Kill(name string) error { return l.halt(name, 0) }
+
+// Stop stops a host's pierd gracefully, as `systemctl stop` would: SIGTERM, then
+// SIGKILL after 10 s. Its sandboxes stay.
+func (l *Lab) Stop(name string) error { return l.halt(name, 10*time.Second) }
+
+func (l *Lab) halt(name string, grace time.Duration) error {
 	h, err := l.Host(name)
 	if err != nil {
 		return err
@@ -452,12 +458,12 @@ func (l *Lab) Kill(name string) error {
 	if !alive(h.PID) {
 		return errdefs.Conflict("pierd on %s is not running", h.Name)
 	}
-	stop(h.PID, 0)
+	stop(h.PID, grace)
 	h.PID = 0
 	return l.save()
 }
 
-// Start starts a host's pierd again (after Kill).
+// Start starts a host's pierd again (after Kill or Stop).
 func (l *Lab) Start(ctx context.Context, name string) error {
 	h, err := l.Host(name)
 	if err != nil {

@@ -17,14 +17,24 @@ import (
 	"github.com/piernet/pier/cluster/clustertest"
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/netlab"
 	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
 )
 
-// clusterHosts are n test hosts on one underlay (a veth pair or a bridge in the
-// first host's namespace... here: a lab namespace with a bridge), each a clustered
-// stack on one embedded etcd.
-func clusterHosts(t testing.TB, n int) []*env {
+// clusterHosts are n test hosts on one underlay (a bridge in a lab namespace), each a
+// clustered stack on one embedded etcd.
+func clusterHosts(t testing.TB, n int) []*env { return newClusterLab(t, n).hosts }
+
+// clusterLab is clustered test hosts h1..hn at 192.0.2.1... and the lab namespace whose
+// bridge lab0 is their underlay.
+type clusterLab struct {
+	hosts []*env
+	lab   string // the lab namespace's path
+}
+
+// newClusterLab builds n clustered hosts; setup adjusts every host's cluster options.
+func newClusterLab(t testing.TB, n int, setup ...func(*ClusterOptions)) *clusterLab {
 	t.Helper()
 	nstest.Require(t, "root")
 	etcd := clustertest.Start(t)
@@ -49,13 +59,31 @@ func clusterHosts(t testing.TB, n int) []*env {
 			underlay(t, lab, e.hostPath, name, addr)
 			e.opts.Cluster = &ClusterOptions{KV: cluster.NewEtcdKV(etcd.Client(t)), NodeID: "node-" + name, NodeName: name,
 				Advertise: addr, TTL: 1500 * time.Millisecond, Version: "test"}
+			for _, f := range setup {
+				f(e.opts.Cluster)
+			}
 		}))
 		if err := hosts[i].s.Controller.EnsurePredefined(t.Context(), true); err != nil {
 			t.Fatal(err)
 		}
 	}
 	t.Cleanup(func() { deleteClusterState(t, hosts) }) // before each host's own teardown
-	return hosts
+	return &clusterLab{hosts: hosts, lab: labPath}
+}
+
+// outsider is a machine on the hosts' LAN: a namespace on the lab bridge at
+// 192.0.2.254/24, loopback up. It returns its path.
+func (l *clusterLab) outsider(t testing.TB) string {
+	t.Helper()
+	lab, err := netns.Open(l.lab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	path, _ := nstest.NewPinned(t)
+	underlay(t, lab, path, "out", netip.MustParseAddr("192.0.2.254"))
+	upLoopback(t, path)
+	return path
 }
 
 // deleteClusterState removes every sandbox on every host, then the global networks
@@ -370,4 +398,54 @@ func (e *env) addrPrefix(sb, net string) netip.Prefix {
 	}
 	e.t.Fatalf("%s is not on %s", sb, net)
 	return netip.Prefix{}
+}
+
+// TestOverlayOnTheWire: between clustered hosts an overlay's traffic is VXLAN on the
+// underlay: UDP from one host's address to the other's, to the configured port (4790
+// here), with the network's VNI, carrying the sandboxes' frames; no frame of the
+// overlay's subnet crosses the underlay bare.
+func TestOverlayOnTheWire(t *testing.T) {
+	const port = 4790
+	l := newClusterLab(t, 2, func(o *ClusterOptions) { o.VXLANPort = port })
+	h1, h2 := l.hosts[0], l.hosts[1]
+	ov := h1.network(cnm.NetworkSpec{Name: "ov", Driver: "overlay", Attachable: true})
+	waitNetwork(t, h2, "ov")
+	a := h1.sandbox("a", "ov")
+	h2.sandbox("b", "ov")
+	listen(t, h2.sandboxKey("b"))
+	b, subnet := h2.addr("b", "ov", false), h2.addrPrefix("b", "ov")
+	lab, err := netns.Open(l.lab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	hosts := map[netip.Addr]bool{netip.MustParseAddr("192.0.2.1"): true, netip.MustParseAddr("192.0.2.2"): true}
+	var tunnelled, bare int
+	var stray []string
+	stop := netlab.Capture(t, lab, "lab-h2", func(f []byte) {
+		osrc, odst, _, _, _ := netlab.IPv4(f)
+		if vni, inner, ok := netlab.VXLAN(f, port); ok {
+			src, dst, _, _, ok := netlab.IPv4(inner)
+			if vni == ov.VNIs[0] && ok && subnet.Contains(netip.AddrFrom4(src)) && subnet.Contains(netip.AddrFrom4(dst)) &&
+				hosts[netip.AddrFrom4(osrc)] && hosts[netip.AddrFrom4(odst)] && osrc != odst {
+				tunnelled++
+			} else if ok {
+				stray = append(stray, fmt.Sprintf("VNI %d %v->%v in %v->%v", vni, netip.AddrFrom4(src), netip.AddrFrom4(dst),
+					netip.AddrFrom4(osrc), netip.AddrFrom4(odst)))
+			}
+			return
+		}
+		if subnet.Contains(netip.AddrFrom4(osrc)) || subnet.Contains(netip.AddrFrom4(odst)) {
+			bare++
+		}
+	})
+	if err := within(5*time.Second, func() error { return dialEcho(a.Key, b, time.Second) }); err != nil {
+		t.Fatalf("TCP across hosts: %v", err)
+	}
+	stop()
+	if tunnelled == 0 || bare > 0 || len(stray) > 0 {
+		t.Fatalf("on the underlay: %d VXLAN packets to port %d with VNI %d between the hosts, %d bare packets of %s, other VXLAN: %v",
+			tunnelled, port, ov.VNIs[0], bare, subnet, stray)
+	}
+	t.Logf("%d VXLAN packets, VNI %d, UDP port %d", tunnelled, ov.VNIs[0], port)
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -226,76 +225,22 @@ func flushNeigh(t *testing.T, ns *netns.Namespace) {
 	}
 }
 
-// startCapture reads frames on dev in ns until the returned function is called, which
-// reports the VNI of the last VXLAN packet seen on DefaultPort and how many there were.
+// startCapture counts the VXLAN packets to DefaultPort on dev in ns until the returned
+// function is called, which reports the VNI of the last one and how many there were.
 func startCapture(t *testing.T, ns *netns.Namespace, dev string) func() (uint32, int) {
 	t.Helper()
-	var fd int
-	var err error
-	nstest.Do(t, ns.Handle, func() {
-		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
+	var vni uint32
+	var n int
+	stop := netlab.Capture(t, ns, dev, func(f []byte) {
+		if v, _, ok := netlab.VXLAN(f, DefaultPort); ok {
+			vni, n = v, n+1
+		}
 	})
-	must(t, err)
-	l, err := ns.NL.LinkByName(dev)
-	must(t, err)
-	must(t, unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: l.Attrs().Index}))
-	tv := unix.NsecToTimeval(int64(200 * time.Millisecond))
-	must(t, unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv))
-	type result struct {
-		vni uint32
-		n   int
-	}
-	stop, done := make(chan struct{}), make(chan result, 1)
-	go func() {
-		var r result
-		buf := make([]byte, 65536)
-		for {
-			select {
-			case <-stop:
-				done <- r
-				return
-			default:
-			}
-			n, _, err := unix.Recvfrom(fd, buf, 0)
-			if err != nil || n < 14+20+8+8 {
-				continue
-			}
-			if vni, ok := vxlanVNI(buf[:n]); ok {
-				r.vni, r.n = vni, r.n+1
-			}
-		}
-	}()
-	var res *result
-	t.Cleanup(func() { unix.Close(fd) })
 	return func() (uint32, int) {
-		if res == nil {
-			close(stop)
-			r := <-done
-			res = &r
-		}
-		return res.vni, res.n
+		stop()
+		return vni, n
 	}
 }
-
-// vxlanVNI parses an Ethernet/IPv4/UDP frame to DefaultPort and returns its VNI.
-func vxlanVNI(f []byte) (uint32, bool) {
-	if binary.BigEndian.Uint16(f[12:14]) != unix.ETH_P_IP {
-		return 0, false
-	}
-	ip := f[14:]
-	ihl := int(ip[0]&0x0f) * 4
-	if ip[9] != unix.IPPROTO_UDP || len(ip) < ihl+16 {
-		return 0, false
-	}
-	udp := ip[ihl:]
-	if binary.BigEndian.Uint16(udp[2:4]) != DefaultPort {
-		return 0, false
-	}
-	vx := udp[8:]
-	return binary.BigEndian.Uint32(vx[4:8]) >> 8, vx[0]&0x08 != 0
-}
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // TestManyPeers programs 5,000 peers on one host without any sysctl tuning (Docker's
 // overlay broke near 1,000 when its neighbour entries hit gc_thresh3) and checks the
@@ -339,6 +284,67 @@ func BenchmarkAddPeer(b *testing.B) {
 }
 
 func benchAddPeer(b *testing.B, existing int) {
+	d, nc, _ := benchHost(b, existing)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		p := benchPeer(nc, existing+1+i%50000)
+		if err := d.AddPeer(ctx, p); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		_ = d.RemovePeer(ctx, p)
+		b.StartTimer()
+	}
+}
+
+// BenchmarkOverlayJoinAtScale measures one more local endpoint joining an overlay that
+// already has N endpoints on other hosts (the overlay issue's goal: the join cost is
+// flat, ratio ≤ 1.2 between N=1,000 and N=10). "join" is the usual case, the network
+// already extended to this host; "extend" is the host's first join, which programs
+// all N peers and so grows with N by design.
+func BenchmarkOverlayJoinAtScale(b *testing.B) {
+	for _, first := range []bool{false, true} {
+		for _, existing := range []int{10, 1000} {
+			name := fmt.Sprintf("join/N=%d", existing)
+			if first {
+				name = fmt.Sprintf("extend/N=%d", existing)
+			}
+			b.Run(name, func(b *testing.B) { benchJoin(b, existing, first) })
+		}
+	}
+}
+
+func benchJoin(b *testing.B, existing int, first bool) {
+	d, nc, sb := benchHost(b, existing)
+	ctx := context.Background()
+	if first {
+		if err := d.Leave(ctx, nc.ID, "local0000000"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		ec := driver.EndpointConfig{NetworkID: nc.ID, EndpointID: fmt.Sprintf("join%08d", i),
+			Addr4: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200, byte(i >> 8), byte(i)}), 8)}
+		if _, err := d.CreateEndpoint(ctx, ec); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := d.Join(ctx, driver.JoinRequest{NetworkID: nc.ID, EndpointID: ec.EndpointID, SandboxKey: sb.Path, IfName: "eth1"}); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if err := d.Leave(ctx, nc.ID, ec.EndpointID); err != nil {
+			b.Fatal(err)
+		}
+		_ = d.DeleteEndpoint(ctx, nc.ID, ec.EndpointID)
+		b.StartTimer()
+	}
+}
+
+// benchHost is a host namespace with an underlay, a driver, one network extended to
+// the host by a joined local endpoint, and existing peers on another host.
+func benchHost(b *testing.B, existing int) (*Driver, driver.NetworkConfig, *netns.Namespace) {
 	nstest.Require(b, "root")
 	host := netlab.NewNS(b)
 	attrs := netlink.NewLinkAttrs()
@@ -362,24 +368,16 @@ func benchAddPeer(b *testing.B, existing int) {
 	if _, err := d.Join(ctx, driver.JoinRequest{NetworkID: nc.ID, EndpointID: "local0000000", SandboxKey: sb.Path, IfName: "eth0"}); err != nil {
 		b.Fatal(err)
 	}
-	peer := func(i int) driver.Peer {
-		return driver.Peer{NetworkID: nc.ID, EndpointID: fmt.Sprintf("x%d", i), Node: netip.MustParseAddr("192.0.2.99"),
-			Addr4: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 8),
-			MAC:   net.HardwareAddr{2, 0x43, 0, byte(i >> 16), byte(i >> 8), byte(i)}}
-	}
 	for i := range existing {
-		if err := d.AddPeer(ctx, peer(i)); err != nil {
+		if err := d.AddPeer(ctx, benchPeer(nc, i)); err != nil {
 			b.Fatal(err)
 		}
 	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		p := peer(existing + 1 + i%50000)
-		if err := d.AddPeer(ctx, p); err != nil {
-			b.Fatal(err)
-		}
-		b.StopTimer()
-		_ = d.RemovePeer(ctx, p)
-		b.StartTimer()
-	}
+	return d, nc, sb
+}
+
+func benchPeer(nc driver.NetworkConfig, i int) driver.Peer {
+	return driver.Peer{NetworkID: nc.ID, EndpointID: fmt.Sprintf("x%d", i), Node: netip.MustParseAddr("192.0.2.99"),
+		Addr4: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 8),
+		MAC:   net.HardwareAddr{2, 0x43, 0, byte(i >> 16), byte(i >> 8), byte(i)}}
 }
