@@ -116,5 +116,12 @@ func (s *Server) serviceInfo(ctx context.Context, svc cnm.Service) types.Service
 		}
 		info.Tasks = append(info.Tasks, t)
 	}
+	for _, ep := range s.c.RemoteTasks(ctx, svc) {
+		t := types.ServiceTask{ID: ep.SandboxID, Name: ep.SandboxName, Node: ep.Node.Name, Draining: ep.Draining}
+		if ep.Addr4.IsValid() {
+			t.Addrs = []string{ep.Addr4.Addr().String()}
+		}
+		info.Tasks = append(info.Tasks, t)
+	}
 	return info
 }

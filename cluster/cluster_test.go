@@ -166,6 +166,10 @@ func describe(ev Event) string {
 		return "endpoint+ " + ev.Endpoint.Name + "@" + ev.Endpoint.NodeID
 	case EndpointRemoved:
 		return "endpoint- " + ev.Endpoint.Name + "@" + ev.Endpoint.NodeID
+	case ServiceAdded:
+		return "service+ " + ev.Service.Name
+	case ServiceRemoved:
+		return "service- " + ev.Service.Name
 	}
 	return "node " + ev.Node.Name + " " + string(ev.Node.State)
 }

@@ -26,6 +26,9 @@
 //	ipam/pools                    the list of global pools, one key changed by CAS
 //	ipam/addrs/<pool>/<addr>      address claim (owner: "endpoint" or "gateway")
 //	vni/<n>                       network ID
+//	services/<id>                 ServiceRecord (global services)
+//	names/services/<name>         service ID (name uniqueness)
+//	acks/<epID>/<nodeID>          the node stopped choosing draining task endpoint epID
 //
 // Node state is derived, not written on failure: ready = alive/<id> exists; left =
 // the record says Left; down = the record exists without an alive key. So every node,

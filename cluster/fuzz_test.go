@@ -53,3 +53,8 @@ func FuzzDecodeEndpoint(f *testing.F) {
 func FuzzDecodePools(f *testing.F) {
 	fuzzDecoder(f, decodePools, `{"Pools":[{"ID":"10.0.0.0/24","Subnet":"10.0.0.0/24","Network":"ov"}]}`, `{"Pools":[{"ID":"x","Subnet":"10.0.0.0/24"}]}`, ``)
 }
+
+func FuzzDecodeService(f *testing.F) {
+	fuzzDecoder(f, DecodeService, `{"ID":"s","Name":"web","Mode":"vip","Ports":["80/tcp"],"StopGrace":1000000000,"VIPs":[{"NetworkID":"n","Addr":"10.0.0.2/24"}],"Created":"2026-01-01T00:00:00Z"}`,
+		`{"ID":"s","Name":"web","VIPs":[]}`, `{"ID":"s","Name":"w","VIPs":[{"NetworkID":"n","Addr":"fd00::1/64"}]}`, `null`)
+}

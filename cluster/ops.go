@@ -139,7 +139,7 @@ func (c *Cluster) DeleteEndpoint(ctx context.Context, nid, eid string) error {
 	if !ok {
 		return nil
 	}
-	ops := []Op{Delete(kv.Key)}
+	ops := []Op{Delete(kv.Key), clearAcks(eid)}
 	if rec, err := DecodeEndpoint(kv.Value); err == nil {
 		if held, ok, _ := c.kv.Get(ctx, epNameKey(nid, rec.Name)); ok && string(held.Value) == eid {
 			ops = append(ops, Delete(held.Key))

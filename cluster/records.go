@@ -21,9 +21,12 @@ const (
 	prefNetNames  = Root + "names/networks/" // names/networks/<name>: network ID
 	prefEndpoints = Root + "endpoints/"      // endpoints/<net>/<ep>: EndpointRecord
 	prefEpNames   = Root + "names/endpoints/"
-	keyPools      = Root + "ipam/pools"  // one key: the list of global pools (CAS)
-	prefAddrs     = Root + "ipam/addrs/" // ipam/addrs/<pool>/<addr>: owner
-	prefVNIs      = Root + "vni/"        // vni/<n>: network ID
+	keyPools      = Root + "ipam/pools"      // one key: the list of global pools (CAS)
+	prefAddrs     = Root + "ipam/addrs/"     // ipam/addrs/<pool>/<addr>: owner
+	prefVNIs      = Root + "vni/"            // vni/<n>: network ID
+	prefServices  = Root + "services/"       // services/<id>: ServiceRecord
+	prefSvcNames  = Root + "names/services/" // names/services/<name>: service ID
+	prefAcks      = Root + "acks/"           // acks/<endpoint>/<node>: the node stopped choosing a draining task
 )
 
 // NodeRecord is a node's static facts (nodes/<id>).
@@ -81,6 +84,46 @@ type EndpointRecord struct {
 	Addr6       netip.Prefix `json:",omitempty"`
 	MAC         string       `json:",omitempty"`
 	DNSNames    []string     `json:",omitempty"`
+	// Service is the ID of the service the endpoint's sandbox is a task of; Draining:
+	// its removal began, no node may choose it for new connections.
+	Service  string `json:",omitempty"`
+	Draining bool   `json:",omitempty"`
+}
+
+// ServiceRecord is a service on global networks (services/<id>).
+type ServiceRecord struct {
+	ID        string
+	Name      string
+	Mode      string
+	Ports     []string      `json:",omitempty"` // "80/tcp"
+	Sticky    time.Duration `json:",omitempty"`
+	StopGrace time.Duration
+	VIPs      []ServiceVIPRecord
+	Created   time.Time
+	CreatedBy string
+}
+
+// ServiceVIPRecord is a service's network and its virtual IP there (none in dnsrr).
+type ServiceVIPRecord struct {
+	NetworkID string
+	Addr      netip.Prefix `json:",omitempty"`
+}
+
+// DecodeService decodes and checks a service record.
+func DecodeService(b []byte) (ServiceRecord, error) {
+	var r ServiceRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, errdefs.Internal("decoding service record: %v", err)
+	}
+	if !validID(r.ID) || !validName(r.Name) || len(r.VIPs) == 0 || r.Sticky < 0 || r.StopGrace < 0 {
+		return r, errdefs.Internal("invalid service record (id %q, name %q, %d networks)", r.ID, r.Name, len(r.VIPs))
+	}
+	for _, v := range r.VIPs {
+		if !validID(v.NetworkID) || v.Addr.IsValid() && !v.Addr.Addr().Is4() {
+			return r, errdefs.Internal("invalid virtual IP %v on network %q in service record %s", v.Addr, v.NetworkID, r.ID)
+		}
+	}
+	return r, nil
 }
 
 // Decoders validate: what comes back from etcd is input like any other.
@@ -131,6 +174,9 @@ func DecodeEndpoint(b []byte) (EndpointRecord, error) {
 	}
 	if r.Addr4.IsValid() && !r.Addr4.Addr().Is4() || r.Addr6.IsValid() && !r.Addr6.Addr().Is6() {
 		return r, errdefs.Internal("invalid addresses %v/%v in endpoint record %s", r.Addr4, r.Addr6, r.ID)
+	}
+	if r.Service != "" && !validID(r.Service) {
+		return r, errdefs.Internal("invalid service %q in endpoint record %s", r.Service, r.ID)
 	}
 	return r, nil
 }

@@ -14,12 +14,14 @@ type view struct {
 	alive     map[string]bool
 	networks  map[string]NetworkRecord
 	endpoints map[string]EndpointRecord // by endpoint ID
+	services  map[string]ServiceRecord
+	acks      map[string]map[string]bool // endpoint ID → node IDs that stopped choosing it
 	self      string
 }
 
 func newView() view {
 	return view{members: map[string]NodeRecord{}, alive: map[string]bool{}, networks: map[string]NetworkRecord{},
-		endpoints: map[string]EndpointRecord{}}
+		endpoints: map[string]EndpointRecord{}, services: map[string]ServiceRecord{}, acks: map[string]map[string]bool{}}
 }
 
 func (v *view) stateLocked(id string) NodeState {
@@ -46,6 +48,8 @@ const (
 	EndpointAdded // also an update
 	EndpointRemoved
 	NodeChanged // a node appeared, went down, came back or left
+	ServiceAdded
+	ServiceRemoved
 )
 
 // Event is one change of the view.
@@ -54,6 +58,7 @@ type Event struct {
 	Network  NetworkRecord
 	Endpoint EndpointRecord
 	Node     Node
+	Service  ServiceRecord
 }
 
 // Snapshot is the view at the moment of a Subscribe.
@@ -61,6 +66,7 @@ type Snapshot struct {
 	Networks  []NetworkRecord
 	Endpoints []EndpointRecord // visible ones only
 	Nodes     []Node
+	Services  []ServiceRecord
 }
 
 // relist reads everything under Root at one revision and replaces the view, emitting
@@ -122,6 +128,31 @@ func (v *view) apply(key string, val []byte, del bool, log interface{ Warn(strin
 			return
 		}
 		v.networks[id] = r
+	case strings.HasPrefix(key, prefServices):
+		id := strings.TrimPrefix(key, prefServices)
+		if del {
+			delete(v.services, id)
+			return
+		}
+		r, err := DecodeService(val)
+		if err != nil {
+			log.Warn("ignoring a bad service record", "key", key, "err", err)
+			return
+		}
+		v.services[id] = r
+	case strings.HasPrefix(key, prefAcks):
+		eid, node, _ := strings.Cut(strings.TrimPrefix(key, prefAcks), "/")
+		switch {
+		case del:
+			delete(v.acks[eid], node)
+			if len(v.acks[eid]) == 0 {
+				delete(v.acks, eid)
+			}
+		case v.acks[eid] == nil:
+			v.acks[eid] = map[string]bool{node: true}
+		default:
+			v.acks[eid][node] = true
+		}
 	case strings.HasPrefix(key, prefEndpoints):
 		rest := strings.TrimPrefix(key, prefEndpoints)
 		_, id, _ := strings.Cut(rest, "/")
@@ -145,6 +176,11 @@ func diff(a, b *view) []Event {
 	for id, n := range b.networks {
 		if o, ok := a.networks[id]; !ok || !sameNetwork(o, n) {
 			evs = append(evs, Event{Kind: NetworkAdded, Network: n})
+		}
+	}
+	for id, s := range b.services {
+		if o, ok := a.services[id]; !ok || string(mustJSON(o)) != string(mustJSON(s)) {
+			evs = append(evs, Event{Kind: ServiceAdded, Service: s})
 		}
 	}
 	for id, ep := range a.endpoints {
@@ -174,6 +210,11 @@ func diff(a, b *view) []Event {
 			if m, ok := b.members[id]; ok {
 				evs = append(evs, Event{Kind: NodeChanged, Node: Node{NodeRecord: m, State: b.stateLocked(id)}})
 			}
+		}
+	}
+	for id, s := range a.services {
+		if _, ok := b.services[id]; !ok {
+			evs = append(evs, Event{Kind: ServiceRemoved, Service: s})
 		}
 	}
 	for id, n := range a.networks {
@@ -253,6 +294,16 @@ func (v *view) clone() view {
 	for k, x := range v.endpoints {
 		out.endpoints[k] = x
 	}
+	for k, x := range v.services {
+		out.services[k] = x
+	}
+	for k, x := range v.acks {
+		m := make(map[string]bool, len(x))
+		for n := range x {
+			m[n] = true
+		}
+		out.acks[k] = m
+	}
 	return out
 }
 
@@ -273,6 +324,9 @@ func (c *Cluster) Subscribe(ctx context.Context) (Snapshot, <-chan Event) {
 	}
 	for id, m := range c.view.members {
 		snap.Nodes = append(snap.Nodes, Node{NodeRecord: m, State: c.view.stateLocked(id)})
+	}
+	for _, s := range c.view.services {
+		snap.Services = append(snap.Services, s)
 	}
 	s := &subscription{out: make(chan Event), wake: make(chan struct{}, 1), done: make(chan struct{})}
 	c.subs[s] = struct{}{}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"sort"
+	"time"
 
 	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/errdefs"
@@ -40,6 +41,15 @@ type Cluster interface {
 	AllocateVNIs(ctx context.Context, netID string, want []uint32, n int) ([]uint32, error)
 	// ReleaseVNIs frees what AllocateVNIs reserved for netID.
 	ReleaseVNIs(ctx context.Context, netID string) error
+	// CreateService records a service on global networks (Conflict when its name is
+	// taken in the cluster); DeleteService removes it.
+	CreateService(ctx context.Context, s Service) error
+	DeleteService(ctx context.Context, id string) error
+	// AckWithdrawal records that this node stopped choosing draining endpoint eid;
+	// WaitWithdrawn waits until every ready node did, or timeout passes, and returns
+	// the names of the nodes that had not.
+	AckWithdrawal(ctx context.Context, eid string) error
+	WaitWithdrawn(ctx context.Context, eid string, timeout time.Duration) ([]string, error)
 	// Watch returns the cluster's current state and then every change, in order and
 	// without gaps, until ctx ends. Endpoints of nodes that are down are not in the
 	// state and are reported removed when their node goes down.
@@ -68,12 +78,15 @@ type RemoteEndpoint struct {
 	Addr6       netip.Prefix
 	MAC         string
 	Names       []string // the names it answers to on its network (embedded DNS)
+	Service     string   // the service its sandbox is a task of (ID)
+	Draining    bool     // that task is being removed: no new connections
 }
 
 // ClusterState is a snapshot of the global records.
 type ClusterState struct {
 	Networks  []Network
 	Endpoints []RemoteEndpoint // all live endpoints, this node's included
+	Services  []Service
 }
 
 // ClusterEventKind says what changed.
@@ -85,6 +98,8 @@ const (
 	NetworkRemoved
 	EndpointAdded // also an update of an endpoint already known
 	EndpointRemoved
+	ServiceAdded // also an update
+	ServiceRemoved
 )
 
 // ClusterEvent is one change of the global records.
@@ -92,6 +107,7 @@ type ClusterEvent struct {
 	Kind     ClusterEventKind
 	Network  Network        // NetworkAdded, NetworkRemoved (ID set)
 	Endpoint RemoteEndpoint // EndpointAdded, EndpointRemoved (ID, NetworkID set)
+	Service  Service        // ServiceAdded, ServiceRemoved
 }
 
 // errNoCluster refuses global-scope work on a single-host controller.

@@ -717,3 +717,13 @@ func TestSlowStoreDoesNotStallDisconnects(t *testing.T) {
 		t.Fatalf("endpoint left locally: %+v", eps)
 	}
 }
+
+// Services are not modelled by the fake (stack's cluster tests run them on etcd).
+func (f *fakeCluster) CreateService(context.Context, Service) error {
+	return errdefs.NotImplemented("fake cluster: no services")
+}
+func (f *fakeCluster) DeleteService(context.Context, string) error { return nil }
+func (f *fakeCluster) AckWithdrawal(context.Context, string) error { return nil }
+func (f *fakeCluster) WaitWithdrawn(context.Context, string, time.Duration) ([]string, error) {
+	return nil, nil
+}

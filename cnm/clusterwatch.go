@@ -54,6 +54,9 @@ func (c *Controller) adoptGlobal(ctx context.Context, st ClusterState) error {
 			c.adoptOrLog(ctx, c.networks[n.ID])
 		}
 	}
+	for i := range st.Services {
+		c.adoptService(ctx, &st.Services[i])
+	}
 	mine := map[string]RemoteEndpoint{}
 	for _, ep := range st.Endpoints {
 		if ep.Node.ID == c.self.ID {
@@ -144,10 +147,16 @@ func (c *Controller) applyEvent(ctx context.Context, ev ClusterEvent) {
 		c.dropGlobalNetwork(ctx, *n)
 	case EndpointAdded:
 		if ev.Endpoint.Node.ID != c.self.ID {
+			old := c.remoteTask(ev.Endpoint)
 			c.addRemote(ctx, ev.Endpoint)
+			c.remoteTaskChanged(ctx, ev.Endpoint, old)
 		}
 	case EndpointRemoved:
+		old := c.remoteTask(ev.Endpoint)
 		c.removeRemote(ctx, ev.Endpoint)
+		c.remoteTaskChanged(ctx, ev.Endpoint, old)
+	case ServiceAdded, ServiceRemoved:
+		c.applyServiceEvent(ctx, ev)
 	}
 }
 
@@ -266,6 +275,7 @@ func (c *Controller) remoteView(n *Network, ep *Endpoint) RemoteEndpoint {
 		if rec, ok := c.dnsRecord(sb, ep); ok {
 			r.Names = rec.Names
 		}
+		r.Service, r.Draining = sb.Service, sb.Draining
 	}
 	return r
 }

@@ -92,9 +92,9 @@ func (c *Controller) deleteGlobalNetwork(ctx context.Context, n Network) error {
 }
 
 // checkAttachable refuses plain sandboxes on a global network created without
-// --attachable: as in Docker, only service tasks may join those.
-func checkAttachable(n *Network) error {
-	if n.global() && !n.Attachable {
+// --attachable: as in Docker, only service tasks (of a service on n) may join those.
+func checkAttachable(sb *Sandbox, svc *Service, n *Network) error {
+	if n.global() && !n.Attachable && (svc == nil || svc.vipOn(n.ID).NetworkID == "") {
 		return errdefs.Forbidden("network %s is not manually attachable: create it with --attachable to connect sandboxes to it", n.Name)
 	}
 	return nil

@@ -181,7 +181,7 @@ func (c *Controller) checkCanJoin(sb *Sandbox, n *Network) error {
 	if c.endpointOf(sb.ID, n.ID) != nil {
 		return errdefs.Forbidden("endpoint with name %s already exists in network %s", sb.Name, n.Name)
 	}
-	if err := checkAttachable(n); err != nil {
+	if err := checkAttachable(sb, c.serviceOf(sb), n); err != nil {
 		return err
 	}
 	capa := c.capability(n)

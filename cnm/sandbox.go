@@ -62,15 +62,26 @@ func (c *Controller) Dir(s Sandbox) string { return c.sandboxDir(s.ID) }
 // CreateSandbox creates a sandbox: a pinned network namespace with loopback up (or the
 // host namespace) and its hosts/resolv.conf/hostname files.
 func (c *Controller) CreateSandbox(ctx context.Context, spec SandboxSpec) (Sandbox, error) {
+	svc, err := c.taskService(spec)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	sb, err := c.createSandbox(ctx, spec, svc)
+	if err != nil || svc == nil {
+		return sb, err
+	}
+	return c.joinServiceNetworks(ctx, sb, svc)
+}
+
+func (c *Controller) createSandbox(ctx context.Context, spec SandboxSpec, svc *Service) (Sandbox, error) {
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
 	sb, err := c.newSandbox(spec)
 	if err != nil {
 		return Sandbox{}, err
 	}
-	svc, err := c.taskService(spec)
-	if err != nil {
-		return Sandbox{}, err
+	if svc != nil {
+		sb.Service = svc.ID
 	}
 	if sb.Key, err = c.sandboxKey(ctx, sb); err != nil {
 		return Sandbox{}, err
@@ -84,11 +95,6 @@ func (c *Controller) CreateSandbox(ctx context.Context, spec SandboxSpec) (Sandb
 	c.mu.Lock()
 	c.sandboxes[sb.ID] = sb
 	c.mu.Unlock()
-	if svc != nil {
-		if err := c.joinServiceNetworks(ctx, sb, svc); err != nil {
-			return Sandbox{}, err
-		}
-	}
 	return *sb, nil
 }
 

@@ -80,6 +80,10 @@ func (c *Controller) CreateService(ctx context.Context, spec ServiceSpec) (Servi
 	if err != nil {
 		return Service{}, err
 	}
+	global, err := c.checkServiceScope(nets)
+	if err != nil {
+		return Service{}, err
+	}
 	var u undo.Stack
 	for _, n := range nets {
 		v := ServiceVIP{NetworkID: n.ID}
@@ -93,7 +97,12 @@ func (c *Controller) CreateService(ctx context.Context, spec ServiceSpec) (Servi
 		}
 		svc.VIPs = append(svc.VIPs, v)
 	}
-	if err := c.store.Put(ctx, kindService, svc.ID, svc); err != nil {
+	if global {
+		err = c.cluster.CreateService(ctx, *svc)
+	} else {
+		err = c.store.Put(ctx, kindService, svc.ID, svc)
+	}
+	if err != nil {
 		return Service{}, u.Rollback(err)
 	}
 	c.mu.Lock()
@@ -160,8 +169,6 @@ func (c *Controller) serviceNetworkOK(svc *Service, n *Network, seen []*Network)
 		return errdefs.InvalidArgument("network %s is listed twice", n.Name)
 	case n.Predefined:
 		return errdefs.InvalidArgument("network %s is predefined: services need a user-defined network (no embedded DNS on %s)", n.Name, n.Name)
-	case n.global():
-		return errdefs.NotImplemented("network %s is global: services on cluster networks are not built yet (use a local network)", n.Name)
 	case svc.Mode == ModeVIP && len(n.IPv4) == 0:
 		return errdefs.InvalidArgument("network %s has no IPv4 subnet for the virtual IP", n.Name)
 	}
@@ -227,26 +234,29 @@ func (c *Controller) DeleteService(ctx context.Context, ref string) error {
 	if tasks := c.ServiceTasks(ctx, svc); len(tasks) > 0 {
 		return errdefs.Conflict("service %s has %d task(s) (%s): remove them first", svc.Name, len(tasks), tasks[0].Name)
 	}
-	if err := c.store.Delete(ctx, kindService, svc.ID); err != nil {
+	if remote := c.remoteTasks(svc.ID); len(remote) > 0 {
+		return errdefs.Conflict("service %s has %d task(s) on other nodes (%s on %s): remove them first", svc.Name, len(remote), remote[0].SandboxName, remote[0].Node.Name)
+	}
+	if err := c.deleteServiceRecord(ctx, &svc); err != nil {
 		return err
 	}
 	c.mu.Lock()
 	delete(c.services, svc.ID)
 	c.mu.Unlock()
+	c.unpublishService(ctx, &svc)
 	for _, v := range svc.VIPs {
-		if c.dns != nil {
-			c.dns.Remove(vipRecordID(svc.ID, v.NetworkID))
-		}
-		n := c.networkByID(v.NetworkID)
-		if n == nil {
-			continue
-		}
-		c.syncNetworkLB(ctx, n.ID)
-		if v.Addr.IsValid() {
+		if n := c.networkByID(v.NetworkID); n != nil && v.Addr.IsValid() {
 			c.releaseVIP(ctx, n, v.Addr)
 		}
 	}
 	return nil
+}
+
+func (c *Controller) deleteServiceRecord(ctx context.Context, svc *Service) error {
+	if n := c.networkByID(svc.VIPs[0].NetworkID); n != nil && n.global() {
+		return c.cluster.DeleteService(ctx, svc.ID)
+	}
+	return c.store.Delete(ctx, kindService, svc.ID)
 }
 
 func (c *Controller) releaseVIP(ctx context.Context, n *Network, addr netip.Prefix) {
@@ -340,6 +350,13 @@ func (c *Controller) lbService(svc *Service, nid string) (lb.Service, bool) {
 			s.Backends = append(s.Backends, ep.Addr4.Addr())
 		}
 	}
+	c.mu.RLock()
+	for _, ep := range c.remote[nid] {
+		if ep.Service == svc.ID && !ep.Draining && ep.SandboxID != "" && ep.Addr4.IsValid() {
+			s.Backends = append(s.Backends, ep.Addr4.Addr())
+		}
+	}
+	c.mu.RUnlock()
 	return s, true
 }
 

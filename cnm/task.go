@@ -27,31 +27,16 @@ func (c *Controller) taskService(spec SandboxSpec) (*Service, error) {
 }
 
 // joinServiceNetworks makes a new sandbox a task: it joins each of the service's
-// networks. On failure the sandbox is removed again. Called with opMu held.
-func (c *Controller) joinServiceNetworks(ctx context.Context, sb *Sandbox, svc *Service) error {
-	sb.Service = svc.ID
-	err := c.store.Put(ctx, kindSandbox, sb.ID, sb)
-	if err == nil {
-		c.mu.Lock()
-		c.sandboxes[sb.ID].Service = svc.ID
-		c.mu.Unlock()
-	}
+// networks (through Connect: a global network's cluster record is written outside
+// opMu). On failure the sandbox is removed again.
+func (c *Controller) joinServiceNetworks(ctx context.Context, sb Sandbox, svc *Service) (Sandbox, error) {
 	for _, v := range svc.VIPs {
-		if err != nil {
-			break
-		}
-		_, err = c.connectLocked(ctx, v.NetworkID, sb.ID, EndpointSpec{})
-	}
-	if err == nil {
-		return nil
-	}
-	undoCtx := context.WithoutCancel(ctx)
-	for _, ep := range c.sandboxEndpoints(sb.ID) {
-		if derr := c.disconnect(undoCtx, sb, ep); derr != nil {
-			err = errors.Join(err, derr)
+		if _, err := c.Connect(ctx, v.NetworkID, sb.ID, EndpointSpec{}); err != nil {
+			derr := c.DeleteSandbox(context.WithoutCancel(ctx), sb.ID, true)
+			return Sandbox{}, errors.Join(fmt.Errorf("joining the networks of service %s: %w", svc.Name, err), derr)
 		}
 	}
-	return errors.Join(fmt.Errorf("joining the networks of service %s: %w", svc.Name, err), c.deleteSandbox(undoCtx, sb))
+	return c.Sandbox(ctx, sb.ID)
 }
 
 // drainTask begins the removal of a task: it leaves every selection (the VIP backends
@@ -60,11 +45,21 @@ func (c *Controller) joinServiceNetworks(ctx context.Context, sb *Sandbox, svc *
 // sandbox that is not a serving task returns at once. Without force, a task whose
 // removal would be refused anyway (it has endpoints) is not drained.
 func (c *Controller) drainTask(ctx context.Context, ref string, force bool) error {
-	sb, svc, err := c.withdrawTask(ctx, ref, force)
+	sb, svc, global, err := c.withdrawTask(ctx, ref, force)
 	if err != nil || svc == nil {
 		return err
 	}
 	start := time.Now()
+	for _, eid := range global {
+		missing, err := c.cluster.WaitWithdrawn(ctx, eid, withdrawTimeout)
+		if err != nil {
+			return err
+		}
+		if len(missing) > 0 {
+			c.log.WarnContext(ctx, "nodes did not confirm a task's withdrawal in time", "sandbox", sb.Name, "nodes", missing)
+		}
+	}
+	c.log.DebugContext(ctx, "task withdrawn everywhere", "sandbox", sb.Name, "after", time.Since(start))
 	deadline := time.NewTimer(svc.StopGrace)
 	defer deadline.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -86,25 +81,31 @@ func (c *Controller) drainTask(ctx context.Context, ref string, force bool) erro
 	}
 }
 
+// withdrawTimeout bounds the wait for other nodes to confirm a withdrawal: a node
+// that has not within it is about to be declared down (the default node TTL is 3 s).
+const withdrawTimeout = 5 * time.Second
+
 // withdrawTask marks a task draining and reprograms every sandbox and name that
-// chose it. It returns the service only when the task was serving.
-func (c *Controller) withdrawTask(ctx context.Context, ref string, force bool) (Sandbox, *Service, error) {
+// chose it: here at once, on other nodes through its endpoint records (whose IDs it
+// returns, to wait for their acknowledgements). It returns the service only when the
+// task was serving.
+func (c *Controller) withdrawTask(ctx context.Context, ref string, force bool) (Sandbox, *Service, []string, error) {
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
 	sb, err := c.Sandbox(ctx, ref)
 	if err != nil {
-		return Sandbox{}, nil, err
+		return Sandbox{}, nil, nil, err
 	}
 	svc := c.serviceOf(&sb)
 	if svc == nil || sb.Draining || c.lb == nil && svc.Mode == ModeVIP {
-		return sb, nil, nil
+		return sb, nil, nil, nil
 	}
 	if !force && len(c.sandboxEndpoints(sb.ID)) > 0 {
-		return sb, nil, nil // refused by DeleteSandbox
+		return sb, nil, nil, nil // refused by DeleteSandbox
 	}
 	sb.Draining = true
 	if err := c.store.Put(ctx, kindSandbox, sb.ID, &sb); err != nil {
-		return sb, nil, err
+		return sb, nil, nil, err
 	}
 	c.mu.Lock()
 	c.sandboxes[sb.ID].Draining = true
@@ -116,10 +117,36 @@ func (c *Controller) withdrawTask(ctx context.Context, ref string, force bool) (
 	for _, v := range svc.VIPs {
 		c.syncNetworkLB(ctx, v.NetworkID)
 	}
+	global := c.publishDraining(ctx, live)
 	if c.lb == nil {
-		return sb, nil, nil
+		return sb, nil, nil, nil
 	}
-	return sb, svc, nil
+	return sb, svc, global, nil
+}
+
+// publishDraining re-publishes a draining task's endpoints on global networks (now
+// marked draining, without the service's names) and acknowledges for this node, whose
+// own tables were just reprogrammed. It returns the endpoint IDs.
+func (c *Controller) publishDraining(ctx context.Context, sb *Sandbox) []string {
+	if c.cluster == nil {
+		return nil
+	}
+	var ids []string
+	for _, ep := range c.sandboxEndpoints(sb.ID) {
+		n := c.networkByID(ep.NetworkID)
+		if n == nil || !n.global() {
+			continue
+		}
+		if err := c.cluster.PublishEndpoint(ctx, c.remoteView(n, ep)); err != nil {
+			c.log.ErrorContext(ctx, "publishing a draining task", "sandbox", sb.Name, "err", err)
+			continue
+		}
+		if err := c.cluster.AckWithdrawal(ctx, ep.ID); err != nil {
+			c.log.WarnContext(ctx, "acknowledging a withdrawal", "sandbox", sb.Name, "err", err)
+		}
+		ids = append(ids, ep.ID)
+	}
+	return ids
 }
 
 // restoreServices re-reserves the VIPs on the IPAM and republishes every service

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"sort"
+	"time"
 
 	"github.com/piernet/pier/api/types"
 	"github.com/piernet/pier/cluster"
@@ -11,6 +12,7 @@ import (
 	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/driver/overlay"
 	"github.com/piernet/pier/ipam"
+	"github.com/piernet/pier/lb"
 )
 
 // clusterSeam adapts package cluster to the controller's cnm.Cluster seam: it only
@@ -33,7 +35,50 @@ func (s clusterSeam) DeleteNetwork(ctx context.Context, id string) error {
 
 func (s clusterSeam) PublishEndpoint(ctx context.Context, ep cnm.RemoteEndpoint) error {
 	return s.c.PutEndpoint(ctx, cluster.EndpointRecord{ID: ep.ID, Name: ep.Name, NetworkID: ep.NetworkID,
-		SandboxID: ep.SandboxID, SandboxName: ep.SandboxName, Addr4: ep.Addr4, Addr6: ep.Addr6, MAC: ep.MAC, DNSNames: ep.Names})
+		SandboxID: ep.SandboxID, SandboxName: ep.SandboxName, Addr4: ep.Addr4, Addr6: ep.Addr6, MAC: ep.MAC, DNSNames: ep.Names,
+		Service: ep.Service, Draining: ep.Draining})
+}
+
+func (s clusterSeam) CreateService(ctx context.Context, svc cnm.Service) error {
+	return s.c.CreateService(ctx, toServiceRecord(svc))
+}
+
+func (s clusterSeam) DeleteService(ctx context.Context, id string) error {
+	return s.c.DeleteService(ctx, id)
+}
+
+func (s clusterSeam) AckWithdrawal(ctx context.Context, eid string) error {
+	return s.c.AckWithdrawal(ctx, eid)
+}
+
+func (s clusterSeam) WaitWithdrawn(ctx context.Context, eid string, timeout time.Duration) ([]string, error) {
+	return s.c.WaitWithdrawn(ctx, eid, timeout)
+}
+
+func toServiceRecord(s cnm.Service) cluster.ServiceRecord {
+	r := cluster.ServiceRecord{ID: s.ID, Name: s.Name, Mode: s.Mode, Sticky: s.Sticky, StopGrace: s.StopGrace, Created: s.Created}
+	for _, p := range s.Ports {
+		r.Ports = append(r.Ports, p.String())
+	}
+	for _, v := range s.VIPs {
+		r.VIPs = append(r.VIPs, cluster.ServiceVIPRecord{NetworkID: v.NetworkID, Addr: v.Addr})
+	}
+	return r
+}
+
+// fromServiceRecord converts a record; ports that do not parse (a record from a newer
+// node) are dropped, which widens the VIP to every port, never narrows what works.
+func fromServiceRecord(r cluster.ServiceRecord) cnm.Service {
+	s := cnm.Service{ID: r.ID, Name: r.Name, Mode: r.Mode, Sticky: r.Sticky, StopGrace: r.StopGrace, Created: r.Created}
+	for _, p := range r.Ports {
+		if port, err := lb.ParsePort(p); err == nil {
+			s.Ports = append(s.Ports, port)
+		}
+	}
+	for _, v := range r.VIPs {
+		s.VIPs = append(s.VIPs, cnm.ServiceVIP{NetworkID: v.NetworkID, Addr: v.Addr})
+	}
+	return s
 }
 
 func (s clusterSeam) WithdrawEndpoint(ctx context.Context, nid, eid string) error {
@@ -64,6 +109,9 @@ func (s clusterSeam) Watch(ctx context.Context) (cnm.ClusterState, <-chan cnm.Cl
 	for _, ep := range snap.Endpoints {
 		st.Endpoints = append(st.Endpoints, fromEndpoint(ep, nodes))
 	}
+	for _, svc := range snap.Services {
+		st.Services = append(st.Services, fromServiceRecord(svc))
+	}
 	out := make(chan cnm.ClusterEvent)
 	go func() {
 		defer close(out)
@@ -81,6 +129,10 @@ func (s clusterSeam) Watch(ctx context.Context) (cnm.ClusterState, <-chan cnm.Cl
 				ce = cnm.ClusterEvent{Kind: cnm.EndpointAdded, Endpoint: fromEndpoint(ev.Endpoint, nodes)}
 			case cluster.EndpointRemoved:
 				ce = cnm.ClusterEvent{Kind: cnm.EndpointRemoved, Endpoint: fromEndpoint(ev.Endpoint, nodes)}
+			case cluster.ServiceAdded:
+				ce = cnm.ClusterEvent{Kind: cnm.ServiceAdded, Service: fromServiceRecord(ev.Service)}
+			case cluster.ServiceRemoved:
+				ce = cnm.ClusterEvent{Kind: cnm.ServiceRemoved, Service: fromServiceRecord(ev.Service)}
 			}
 			select {
 			case out <- ce:
@@ -94,7 +146,8 @@ func (s clusterSeam) Watch(ctx context.Context) (cnm.ClusterState, <-chan cnm.Cl
 
 func fromEndpoint(ep cluster.EndpointRecord, nodes map[string]cnm.Node) cnm.RemoteEndpoint {
 	return cnm.RemoteEndpoint{ID: ep.ID, Name: ep.Name, NetworkID: ep.NetworkID, Node: nodes[ep.NodeID],
-		SandboxID: ep.SandboxID, SandboxName: ep.SandboxName, Addr4: ep.Addr4, Addr6: ep.Addr6, MAC: ep.MAC, Names: ep.DNSNames}
+		SandboxID: ep.SandboxID, SandboxName: ep.SandboxName, Addr4: ep.Addr4, Addr6: ep.Addr6, MAC: ep.MAC, Names: ep.DNSNames,
+		Service: ep.Service, Draining: ep.Draining}
 }
 
 func toRecord(n cnm.Network) cluster.NetworkRecord {

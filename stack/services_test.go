@@ -277,18 +277,14 @@ func TestServiceRollingReplacementLosesNothing(t *testing.T) {
 	for i, old := range []string{"old1", "old2", "old3"} {
 		e.taskWorking(t, fmt.Sprintf("new%d", i+1), "web", work)
 		// Let the load reach the new task before the next removal.
-		for n := ok.Load() + 50; ok.Load() < n; {
-			time.Sleep(5 * time.Millisecond)
-		}
+		awaitAnswers(t, &ok, 50)
 		if err := e.s.Controller.DeleteSandbox(t.Context(), old, true); err != nil {
 			t.Fatalf("removing %s: %v", old, err)
 		}
 	}
 	during := ok.Load() + failed.Load()
 	elapsed := time.Since(start)
-	for n := ok.Load() + 50; ok.Load() < n; {
-		time.Sleep(5 * time.Millisecond)
-	}
+	awaitAnswers(t, &ok, 50)
 	close(stop)
 	wg.Wait()
 	t.Logf("replacement took %v with %d requests (%.0f/s); %d answered, %d failed in all; by task: %v",
@@ -300,5 +296,19 @@ func TestServiceRollingReplacementLosesNothing(t *testing.T) {
 		if answered[n] == 0 {
 			t.Errorf("task %s never answered: %v", n, answered)
 		}
+	}
+}
+
+// awaitAnswers waits until the load generators counted n more answers in ok (at most
+// 20 s: a stalled load fails the test rather than hanging it).
+func awaitAnswers(t *testing.T, ok *atomic.Int64, n int64) {
+	t.Helper()
+	want := ok.Load() + n
+	deadline := time.Now().Add(20 * time.Second)
+	for ok.Load() < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("the load stalled: %d answers, waiting for %d", ok.Load(), want)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

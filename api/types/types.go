@@ -155,6 +155,7 @@ type ServiceVirtualIP struct {
 type ServiceTask struct {
 	ID       string
 	Name     string
+	Node     string   `json:",omitempty"` // the node it runs on (cluster mode)
 	Draining bool     `json:",omitempty"`
 	Addrs    []string `json:",omitempty"` // its IPv4 addresses on the service's networks
 }

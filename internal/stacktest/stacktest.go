@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/piernet/pier/cnm"
+	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/netns"
 )
 
@@ -22,7 +23,8 @@ func DeleteAll(t testing.TB, c *cnm.Controller) {
 		}
 	}
 	for _, s := range c.Services(ctx) {
-		if err := c.DeleteService(ctx, s.ID); err != nil {
+		// A global service may be gone already (removed on another node).
+		if err := c.DeleteService(ctx, s.ID); err != nil && !errdefs.Is(err, errdefs.KindNotFound) {
 			t.Errorf("cleanup: deleting service %s: %v", s.Name, err)
 		}
 	}

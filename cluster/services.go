@@ -1,0 +1,92 @@
+package cluster
+
+import (
+	"context"
+	"time"
+
+	"github.com/piernet/pier/errdefs"
+)
+
+// CreateService records a service on global networks, claiming its name cluster-wide
+// in the same transaction.
+func (c *Cluster) CreateService(ctx context.Context, rec ServiceRecord) error {
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	rec.CreatedBy = c.o.NodeID
+	nameKey := prefSvcNames + escape(rec.Name)
+	r, err := c.kv.Txn(ctx, []Cmp{Absent(prefServices + rec.ID), Absent(nameKey)},
+		[]Op{Put(prefServices+rec.ID, mustJSON(rec), 0), Put(nameKey, []byte(rec.ID), 0)})
+	if err != nil {
+		return storeErr(err)
+	}
+	if !r.Succeeded {
+		return errdefs.Conflict("service name %q is already in use in the cluster", rec.Name)
+	}
+	return nil
+}
+
+// DeleteService removes a service record and its name. The caller checked that it has
+// no tasks (the view is the judge: a task being created concurrently on another node
+// is refused there once the record is gone).
+func (c *Cluster) DeleteService(ctx context.Context, id string) error {
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	kv, ok, err := c.kv.Get(ctx, prefServices+id)
+	if err != nil {
+		return storeErr(err)
+	}
+	if !ok {
+		return errdefs.NotFound("service %s not found", id)
+	}
+	rec, err := DecodeService(kv.Value)
+	if err != nil {
+		return err
+	}
+	_, err = c.kv.Txn(ctx, []Cmp{Unchanged(kv.Key, kv.ModRev)}, []Op{Delete(kv.Key), Delete(prefSvcNames + escape(rec.Name))})
+	return storeErr(err)
+}
+
+// AckWithdrawal records that this node no longer chooses the draining endpoint eid
+// for new connections.
+func (c *Cluster) AckWithdrawal(ctx context.Context, eid string) error {
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	_, err := c.kv.Txn(ctx, nil, []Op{Put(prefAcks+eid+"/"+c.o.NodeID, []byte("1"), 0)})
+	return storeErr(err)
+}
+
+// WaitWithdrawn waits until every ready node has acknowledged that it stopped
+// choosing endpoint eid, or timeout passes (a node that does not answer within it is
+// about to be declared down, and its view goes with it). It returns the nodes that
+// had not acknowledged.
+func (c *Cluster) WaitWithdrawn(ctx context.Context, eid string, timeout time.Duration) ([]string, error) {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		missing := c.unacked(eid)
+		if len(missing) == 0 || time.Now().After(deadline) {
+			return missing, nil
+		}
+		select {
+		case <-ctx.Done():
+			return missing, ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+func (c *Cluster) unacked(eid string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for id := range c.view.alive {
+		if !c.view.acks[eid][id] {
+			out = append(out, c.view.members[id].Name)
+		}
+	}
+	return out
+}
+
+// clearAcks removes the acknowledgements of an endpoint (with its record).
+func clearAcks(eid string) Op { return DeleteUnder(prefAcks + eid + "/") }
