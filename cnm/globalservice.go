@@ -31,7 +31,14 @@ func (c *Controller) remoteTaskChanged(ctx context.Context, ep RemoteEndpoint, o
 		return
 	}
 	c.opMu.Lock()
-	c.syncNetworkLB(ctx, ep.NetworkID)
+	for _, id := range []string{ep.Service, oldService(old)} {
+		c.mu.RLock()
+		svc := c.services[id]
+		c.mu.RUnlock()
+		if svc != nil {
+			c.syncServiceLB(ctx, svc, ep.NetworkID)
+		}
+	}
 	c.opMu.Unlock()
 	if ep.Draining && c.remoteTask(ep) != nil {
 		if err := c.cluster.AckWithdrawal(ctx, ep.ID); err != nil {
@@ -111,4 +118,11 @@ func (c *Controller) checkServiceScope(nets []*Network) (global bool, err error)
 		return false, errdefs.InvalidArgument("services on global networks need cluster mode")
 	}
 	return global, nil
+}
+
+func oldService(ep *RemoteEndpoint) string {
+	if ep == nil {
+		return ""
+	}
+	return ep.Service
 }

@@ -334,30 +334,36 @@ func (c *Controller) taskNames(sb *Sandbox, nid string) []string {
 	return []string{"tasks." + svc.Name}
 }
 
-// lbService is what sandboxes on network nid program for svc: its VIP there and the
-// addresses there of its serving tasks.
-func (c *Controller) lbService(svc *Service, nid string) (lb.Service, bool) {
+// lbService is what sandboxes on network nid program for svc: its VIP there and
+// backends, the addresses there of its serving tasks (from serviceBackends).
+func (c *Controller) lbService(svc *Service, nid string, backends map[string][]netip.Addr) (lb.Service, bool) {
 	v := svc.vipOn(nid)
 	if svc.Mode != ModeVIP || !v.Addr.IsValid() {
 		return lb.Service{}, false
 	}
-	s := lb.Service{ID: lbID(svc.ID, nid), VIP: v.Addr.Addr(), Ports: svc.Ports, Sticky: svc.Sticky}
-	for _, ep := range c.networkEndpoints(nid) {
-		c.mu.RLock()
-		sb := c.sandboxes[ep.SandboxID]
-		c.mu.RUnlock()
-		if sb != nil && sb.Service == svc.ID && !sb.Draining && ep.Addr4.IsValid() {
-			s.Backends = append(s.Backends, ep.Addr4.Addr())
-		}
-	}
+	return lb.Service{ID: lbID(svc.ID, nid), VIP: v.Addr.Addr(), Ports: svc.Ports, Sticky: svc.Sticky,
+		Backends: backends[svc.ID]}, true
+}
+
+// serviceBackends returns, by service ID, the IPv4 addresses on network nid of the
+// serving tasks of every node: one pass over the network's endpoints, whatever the
+// number of services.
+func (c *Controller) serviceBackends(nid string) map[string][]netip.Addr {
+	out := map[string][]netip.Addr{}
 	c.mu.RLock()
-	for _, ep := range c.remote[nid] {
-		if ep.Service == svc.ID && !ep.Draining && ep.SandboxID != "" && ep.Addr4.IsValid() {
-			s.Backends = append(s.Backends, ep.Addr4.Addr())
+	defer c.mu.RUnlock()
+	for ep := range c.epIndex.byNetwork[nid] {
+		sb := c.sandboxes[ep.SandboxID]
+		if sb != nil && sb.Service != "" && !sb.Draining && ep.Addr4.IsValid() {
+			out[sb.Service] = append(out[sb.Service], ep.Addr4.Addr())
 		}
 	}
-	c.mu.RUnlock()
-	return s, true
+	for _, ep := range c.remote[nid] {
+		if ep.Service != "" && !ep.Draining && ep.SandboxID != "" && ep.Addr4.IsValid() {
+			out[ep.Service] = append(out[ep.Service], ep.Addr4.Addr())
+		}
+	}
+	return out
 }
 
 func lbID(svcID, nid string) string { return svcID[:12] + "_" + nid[:12] }
@@ -366,10 +372,35 @@ func lbID(svcID, nid string) string { return svcID[:12] + "_" + nid[:12] }
 // services on it. Called with opMu held; errors are logged (the sandbox keeps its
 // last programmed state, and the next change retries).
 func (c *Controller) syncNetworkLB(ctx context.Context, nid string) {
+	for _, sb := range c.joinedSandboxes(nid) {
+		c.syncSandboxLB(ctx, sb)
+	}
+}
+
+// syncServiceLB reprograms one service (its backends changed) in every local sandbox
+// on network nid: O(sandboxes there), not O(services).
+func (c *Controller) syncServiceLB(ctx context.Context, svc *Service, nid string) {
 	if c.lb == nil {
 		return
 	}
+	s, ok := c.lbService(svc, nid, c.serviceBackends(nid))
+	if !ok {
+		return
+	}
+	for _, sb := range c.joinedSandboxes(nid) {
+		if err := c.lb.Set(ctx, sb.Key, s); err != nil {
+			c.log.ErrorContext(ctx, "programming service load balancing", "sandbox", sb.Name, "service", svc.Name, "err", err)
+		}
+	}
+}
+
+// joinedSandboxes are the local sandboxes joined to network nid (not host-network).
+func (c *Controller) joinedSandboxes(nid string) []*Sandbox {
+	if c.lb == nil {
+		return nil
+	}
 	seen := map[string]bool{}
+	var out []*Sandbox
 	for _, ep := range c.networkEndpoints(nid) {
 		if ep.SandboxID == "" || seen[ep.SandboxID] {
 			continue
@@ -378,10 +409,11 @@ func (c *Controller) syncNetworkLB(ctx context.Context, nid string) {
 		c.mu.RLock()
 		sb := c.sandboxes[ep.SandboxID]
 		c.mu.RUnlock()
-		if sb != nil {
-			c.syncSandboxLB(ctx, sb)
+		if sb != nil && !sb.HostNetwork {
+			out = append(out, sb)
 		}
 	}
+	return out
 }
 
 // syncSandboxLB programs in sb the services of every network it is joined to.
@@ -391,8 +423,13 @@ func (c *Controller) syncSandboxLB(ctx context.Context, sb *Sandbox) {
 	}
 	var want []lb.Service
 	for _, ep := range c.sandboxEndpoints(sb.ID) {
-		for _, svc := range c.servicesOn(ep.NetworkID) {
-			if s, ok := c.lbService(svc, ep.NetworkID); ok {
+		svcs := c.servicesOn(ep.NetworkID)
+		if len(svcs) == 0 {
+			continue
+		}
+		backends := c.serviceBackends(ep.NetworkID)
+		for _, svc := range svcs {
+			if s, ok := c.lbService(svc, ep.NetworkID, backends); ok {
 				want = append(want, s)
 			}
 		}
@@ -408,7 +445,7 @@ func (c *Controller) refreshServices(ctx context.Context, sb *Sandbox) {
 	c.syncSandboxLB(ctx, sb)
 	if svc := c.serviceOf(sb); svc != nil {
 		for _, v := range svc.VIPs {
-			c.syncNetworkLB(ctx, v.NetworkID)
+			c.syncServiceLB(ctx, svc, v.NetworkID)
 		}
 	}
 }

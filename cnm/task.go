@@ -115,7 +115,7 @@ func (c *Controller) withdrawTask(ctx context.Context, ref string, force bool) (
 		c.log.WarnContext(ctx, "withdrawing a task's names", "sandbox", sb.Name, "err", err)
 	}
 	for _, v := range svc.VIPs {
-		c.syncNetworkLB(ctx, v.NetworkID)
+		c.syncServiceLB(ctx, svc, v.NetworkID)
 	}
 	global := c.publishDraining(ctx, live)
 	if c.lb == nil {

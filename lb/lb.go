@@ -118,6 +118,7 @@ type Table struct {
 	mu     sync.Mutex // guards the fields below; held across kernel batches
 	svcs   map[string]Service
 	slots  map[string][]netip.Addr // by service ID: the Slots backends of its slot table (nil: none)
+	vips   map[netip.Addr]string   // VIP → service ID
 	c      conn                    // nil until first use and after a failed batch
 	synced bool                    // the kernel holds exactly the rendering of svcs
 	closed bool
@@ -150,7 +151,7 @@ func newTable(k kernel, log *slog.Logger) *Table {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Table{log: log.With("component", "lb"), k: k, svcs: map[string]Service{}, slots: map[string][]netip.Addr{}}
+	return &Table{log: log.With("component", "lb"), k: k, svcs: map[string]Service{}, slots: map[string][]netip.Addr{}, vips: map[netip.Addr]string{}}
 }
 
 // Set adds service s or replaces the service with its ID, in one batch. Setting
@@ -165,10 +166,8 @@ func (t *Table) Set(ctx context.Context, s Service) error {
 	if t.closed {
 		return ErrClosed
 	}
-	for id, o := range t.svcs {
-		if id != s.ID && o.VIP == s.VIP {
-			return fmt.Errorf("service %s: virtual IP %v is service %s's", s.ID, s.VIP, id)
-		}
+	if id, taken := t.vips[s.VIP]; taken && id != s.ID {
+		return fmt.Errorf("service %s: virtual IP %v is service %s's", s.ID, s.VIP, id)
 	}
 	old, had := t.svcs[s.ID]
 	if had && old.equalDispatch(s) && old.equalChain(s) && t.synced {
@@ -246,7 +245,7 @@ func (t *Table) Flush(ctx context.Context) error {
 		t.dropConnLocked()
 		return fmt.Errorf("deleting table: %w", err)
 	}
-	t.svcs, t.slots = map[string]Service{}, map[string][]netip.Addr{}
+	t.svcs, t.slots, t.vips = map[string]Service{}, map[string][]netip.Addr{}, map[netip.Addr]string{}
 	t.synced = false
 	return nil
 }
@@ -298,12 +297,15 @@ func (t *Table) applyLocked(ctx context.Context, id string, want *Service) error
 }
 
 func (t *Table) setLocked(id string, s *Service, slots []netip.Addr) {
+	if old, ok := t.svcs[id]; ok {
+		delete(t.vips, old.VIP)
+	}
 	if s == nil {
 		delete(t.svcs, id)
 		delete(t.slots, id)
 		return
 	}
-	t.svcs[id], t.slots[id] = *s, slots
+	t.svcs[id], t.slots[id], t.vips[s.VIP] = *s, slots, id
 }
 
 func (t *Table) connLocked() (conn, error) {
