@@ -4,10 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -28,13 +25,11 @@ func BenchmarkBackendChange(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer tbl.Close()
-			slab0 := slabKB(b)
 			for i := range n {
 				if err := tbl.Set(b.Context(), svcN(i, 10)); err != nil {
 					b.Fatal(err)
 				}
 			}
-			slabPer := float64(slabKB(b)-slab0) / float64(n)
 			full, less := svcN(n/2, 10), svcN(n/2, 10)
 			less.Backends = less.Backends[1:]
 			lat := make([]time.Duration, 0, b.N)
@@ -52,7 +47,6 @@ func BenchmarkBackendChange(b *testing.B) {
 			}
 			b.StopTimer()
 			reportPercentiles(b, lat)
-			b.ReportMetric(slabPer, "slab-KB/service")
 		})
 	}
 }
@@ -106,19 +100,4 @@ func reportPercentiles(b *testing.B, lat []time.Duration) {
 	at := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) }
 	b.ReportMetric(at(0.5), "p50-µs")
 	b.ReportMetric(at(0.99), "p99-µs")
-}
-
-// slabKB is the kernel's slab memory (nftables objects live there).
-func slabKB(b *testing.B) int {
-	data, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		b.Fatal(err)
-	}
-	for line := range strings.SplitSeq(string(data), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "Slab:" {
-			n, _ := strconv.Atoi(f[1])
-			return n
-		}
-	}
-	return 0
 }
