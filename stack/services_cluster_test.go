@@ -12,10 +12,11 @@ import (
 	"github.com/piernet/pier/lb"
 )
 
-// A service on an overlay across three clustered hosts: created on host 1, tasks on
-// hosts 2 and 3, a client on host 1. The VIP spreads the client's connections over
-// both remote tasks, names resolve on every host, and removing a task under load —
-// acknowledged by every node through etcd before its grace period — fails nothing.
+// A service on an overlay across three clustered hosts: created on host 1, a task on
+// each host, a client on host 1. The VIP spreads the client's connections over the
+// three tasks, names resolve, and replacing the tasks one by one under load — each
+// removal acknowledged by every node through etcd before its grace period — fails
+// nothing.
 func TestServiceVIPAcrossClusterHosts(t *testing.T) {
 	hosts := clusterHosts(t, 3)
 	ctx := t.Context()
@@ -27,48 +28,58 @@ func TestServiceVIPAcrossClusterHosts(t *testing.T) {
 		waitFor(t, "the service on another host", func() bool { _, err := h.s.Controller.Service(ctx, "web"); return err == nil })
 	}
 	const work = 10 * time.Millisecond
-	hosts[1].taskWorking(t, "t2", "web", work)
-	hosts[2].taskWorking(t, "t3", "web", work)
+	tasks := []string{"t1", "t2", "t3"}
+	for i, name := range tasks {
+		hosts[i].taskWorking(t, name, "web", work)
+	}
 	client := hosts[0].sandbox("client", "ov")
 
-	// Converged when both remote tasks answer through the VIP.
+	// Converged when every task answers through the VIP.
 	seen := map[string]int{}
-	waitFor(t, "both tasks behind the VIP on host 1", func() bool {
+	waitFor(t, "all three tasks behind the VIP on host 1", func() bool {
 		if name, err := askName(client.Key, vip); err == nil {
 			seen[name]++
 		}
-		return seen["t2"] > 0 && seen["t3"] > 0
+		return seen["t1"] > 0 && seen["t2"] > 0 && seen["t3"] > 0
 	})
-	// 300 connections, p = 1/2: mean 150, sd 8.7; 100 is 5.8 sd below.
+	// 999 connections, p = 1/3 ± 1/64: mean ≈ 333, sd ≈ 15; 250 is > 5 sd below.
 	counts := map[string]int{}
-	for range 300 {
+	for range 999 {
 		name, err := askName(client.Key, vip)
 		if err != nil {
 			t.Fatalf("connection to the VIP across hosts: %v", err)
 		}
 		counts[name]++
 	}
-	if counts["t2"] < 100 || counts["t3"] < 100 {
-		t.Fatalf("300 connections over tasks on hosts 2 and 3: %v", counts)
+	for _, name := range tasks {
+		if counts[name] < 250 {
+			t.Errorf("task %s answered %d of 999 (want ≥ 250): %v", name, counts[name], counts)
+		}
 	}
-	t.Logf("300 connections from host 1 through the VIP: %v", counts)
+	t.Logf("999 connections from host 1 through the VIP: %v", counts)
 	if got, err := lookup(t, hosts[0], client, "web"); err != nil || !slices.Equal(got, []string{vip.Addr().String()}) {
 		t.Fatalf("web from host 1 = %v, %v; want the VIP", got, err)
 	}
-	want := []string{hosts[1].addr("t2", "ov", false).String(), hosts[2].addr("t3", "ov", false).String()}
+	var want []string
+	for i, name := range tasks {
+		want = append(want, hosts[i].addr(name, "ov", false).String())
+	}
 	slices.Sort(want)
-	got := queryA(t, hosts[0], client, "tasks.web")
+	got := queryA(t, hosts[2], hosts[2].sandbox("probe", "ov"), "tasks.web")
 	slices.Sort(got)
 	if !slices.Equal(got, want) {
-		t.Fatalf("tasks.web from host 1 = %v, want %v", got, want)
+		t.Fatalf("tasks.web from host 3 = %v, want %v", got, want)
 	}
 	if err := hosts[0].s.Controller.DeleteService(ctx, "web"); err == nil {
 		t.Fatal("a service with tasks on other hosts was removed")
 	}
 
-	// Remove t2 (on host 2) while host 1's client drives load at the VIP.
+	// Replace the three tasks, one host after the other, while host 1's client drives
+	// load at the VIP.
 	var ok, failed atomic.Int64
 	var firstErr atomic.Value
+	var mu sync.Mutex
+	answered := map[string]int{}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range 4 {
@@ -79,39 +90,49 @@ func TestServiceVIPAcrossClusterHosts(t *testing.T) {
 					return
 				default:
 				}
-				if _, err := askName(client.Key, vip); err != nil {
+				if name, err := askName(client.Key, vip); err != nil {
 					failed.Add(1)
 					firstErr.CompareAndSwap(nil, err)
 				} else {
 					ok.Add(1)
+					mu.Lock()
+					answered[name]++
+					mu.Unlock()
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
 		})
 	}
 	awaitAnswers(t, &ok, 50)
-	start := time.Now()
-	if err := hosts[1].s.Controller.DeleteSandbox(ctx, "t2", true); err != nil {
-		t.Fatal(err)
+	var removals []time.Duration
+	for i, old := range tasks {
+		hosts[i].taskWorking(t, "n"+old[1:], "web", work)
+		awaitAnswers(t, &ok, 50)
+		start := time.Now()
+		if err := hosts[i].s.Controller.DeleteSandbox(ctx, old, true); err != nil {
+			t.Fatal(err)
+		}
+		removals = append(removals, time.Since(start))
 	}
-	removal := time.Since(start)
 	awaitAnswers(t, &ok, 50)
 	close(stop)
 	wg.Wait()
-	t.Logf("removing t2 took %v (withdrawal acknowledged by every node, then its connections finished); %d requests answered, %d failed",
-		removal, ok.Load(), failed.Load())
+	t.Logf("replacing 3 tasks on 3 hosts: removals took %v (acknowledged by every node, then connections finished); %d requests answered, %d failed; by task %v",
+		removals, ok.Load(), failed.Load(), answered)
 	if failed.Load() > 0 {
-		t.Fatalf("%d requests failed while t2 was removed; first: %v", failed.Load(), firstErr.Load())
+		t.Fatalf("%d requests failed during the rolling replacement; first: %v", failed.Load(), firstErr.Load())
 	}
-	for range 20 {
-		if name, err := askName(client.Key, vip); err != nil || name != "t3" {
-			t.Fatalf("after t2's removal: %q, %v (want t3 only)", name, err)
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if answered[n] == 0 {
+			t.Errorf("new task %s never answered: %v", n, answered)
 		}
 	}
-	if err := hosts[2].s.Controller.DeleteSandbox(ctx, "t3", true); err != nil {
-		t.Fatal(err)
+	for i, n := range []string{"n1", "n2", "n3"} {
+		if err := hosts[i].s.Controller.DeleteSandbox(ctx, n, true); err != nil {
+			t.Fatal(err)
+		}
 	}
-	waitFor(t, "host 1 to see no task", func() bool { return len(hosts[0].s.Controller.RemoteTasks(ctx, svc)) == 0 })
+	waitFor(t, "host 1 to see no remote task", func() bool { return len(hosts[0].s.Controller.RemoteTasks(ctx, svc)) == 0 })
 	if err := hosts[0].s.Controller.DeleteService(ctx, "web"); err != nil {
 		t.Fatal(err)
 	}
