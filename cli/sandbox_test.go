@@ -27,6 +27,10 @@ func TestSandboxCreateRequest(t *testing.T) {
 			            {"Network":"backend","IPv4Address":"","IPv6Address":"","Aliases":null}],
 			"DNS":["10.0.0.53"],"DNSSearch":["example.com"],"DNSOptions":["ndots:2"],"ExtraHosts":["db:10.0.0.5","gw:10.0.0.1"]}`,
 	}, {
+		name: "a task of a service",
+		args: []string{"--name", "web1", "--service", "web"},
+		want: `{"Name":"web1","Hostname":"","HostNetwork":false,"Networks":null,"DNS":null,"DNSSearch":null,"DNSOptions":null,"ExtraHosts":null,"Service":"web"}`,
+	}, {
 		name: "host network",
 		args: []string{"--name", "h", "--network", "host"},
 		want: `{"Name":"h","Hostname":"","HostNetwork":false,"Networks":[{"Network":"host","IPv4Address":"","IPv6Address":"","Aliases":null}],
