@@ -3,6 +3,7 @@ package cnm
 import (
 	"context"
 	"slices"
+	"strings"
 
 	"github.com/piernet/pier/errdefs"
 )
@@ -59,7 +60,7 @@ func (c *Controller) remoteTasks(id string) []RemoteEndpoint {
 			}
 		}
 	}
-	slices.SortFunc(out, func(a, b RemoteEndpoint) int { return compareStrings(a.SandboxName, b.SandboxName) })
+	slices.SortFunc(out, func(a, b RemoteEndpoint) int { return strings.Compare(a.SandboxName, b.SandboxName) })
 	return out
 }
 

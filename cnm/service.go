@@ -2,6 +2,7 @@ package cnm
 
 import (
 	"context"
+	"strings"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -183,18 +184,8 @@ func (c *Controller) Services(ctx context.Context) []Service {
 	for _, s := range c.services {
 		out = append(out, *s)
 	}
-	slices.SortFunc(out, func(a, b Service) int { return compareStrings(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b Service) int { return strings.Compare(a.Name, b.Name) })
 	return out
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Service returns a service by ID, name or unique ID prefix.
@@ -218,7 +209,7 @@ func (c *Controller) ServiceTasks(ctx context.Context, svc Service) []Sandbox {
 			out = append(out, *sb)
 		}
 	}
-	slices.SortFunc(out, func(a, b Sandbox) int { return compareStrings(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b Sandbox) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
