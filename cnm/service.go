@@ -2,10 +2,10 @@ package cnm
 
 import (
 	"context"
-	"strings"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/piernet/pier/dns"
