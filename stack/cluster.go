@@ -230,10 +230,13 @@ func (s *Stack) joinCluster(ctx context.Context, o Options, reg *driver.Registry
 		return nil, err
 	}
 	s.cluster = cl
-	if err := reg.Register(overlay.New(overlay.Options{Kernel: overlay.HostKernel{Host: s.Host}, Advertise: co.Advertise,
-		Port: co.VXLANPort, Logger: o.Logger})); err != nil {
+	ov := overlay.New(overlay.Options{Kernel: overlay.HostKernel{Host: s.Host}, Advertise: co.Advertise,
+		Port: co.VXLANPort, Logger: o.Logger, ProbeTunnel: true})
+	if err := reg.Register(ov); err != nil {
 		return nil, err
 	}
+	ov.Start(ctx)
+	s.overlay = ov
 	s.ClusterView = &ClusterView{c: cl, store: co.Endpoints, token: co.Token, selfID: co.NodeID}
 	return clusterSeam{cl}, nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/driver/bridge"
 	"github.com/piernet/pier/driver/builtin"
+	"github.com/piernet/pier/driver/overlay"
 	"github.com/piernet/pier/driver/remote"
 	"github.com/piernet/pier/firewall"
 	"github.com/piernet/pier/ipam"
@@ -82,6 +83,7 @@ type Stack struct {
 
 	store   *store.Store
 	cluster *cluster.Cluster
+	overlay *overlay.Driver
 	nsm     *netns.Manager
 	drivers io.Closer
 	dns     *dns.Server
@@ -210,6 +212,9 @@ func (s *Stack) Close() error {
 	}
 	if s.cluster != nil {
 		errs = append(errs, s.cluster.Close(context.Background()))
+	}
+	if s.overlay != nil {
+		errs = append(errs, s.overlay.Close())
 	}
 	if s.dns != nil {
 		errs = append(errs, s.dns.Close())

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/piernet/pier/driver"
@@ -20,10 +22,14 @@ type fakeKernel struct {
 	owner map[string]string // name -> network ID
 	peers map[string]string // vxlan/mac -> entry
 	mtu   int
+
+	mu      sync.Mutex            // guards the fields below (the probe goroutine reads them)
+	answers map[netip.Addr]string // what dst answers: "icmp", "tcp", "icmp tcp"
+	probes  []string              // the probes sent, "sandbox dst proto"
 }
 
 func newFakeKernel() *fakeKernel {
-	return &fakeKernel{links: map[string]string{}, owner: map[string]string{}, peers: map[string]string{}, mtu: 1500}
+	return &fakeKernel{links: map[string]string{}, owner: map[string]string{}, peers: map[string]string{}, mtu: 1500, answers: map[netip.Addr]string{}}
 }
 
 func (k *fakeKernel) EnsureNetwork(ctx context.Context, d Devices) error {
@@ -86,6 +92,21 @@ func (k *fakeKernel) Owned(ctx context.Context) ([]OwnedLink, error) {
 
 func (k *fakeKernel) UnderlayMTU(ctx context.Context, addr netip.Addr) (int, error) {
 	return k.mtu, nil
+}
+
+func (k *fakeKernel) UnderlayIface(ctx context.Context, addr netip.Addr) (string, error) {
+	return "eth0", nil
+}
+
+func (k *fakeKernel) Reach(ctx context.Context, sandboxKey string, dst netip.Addr, tcp bool) error {
+	proto := map[bool]string{false: "icmp", true: "tcp"}[tcp]
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.probes = append(k.probes, fmt.Sprintf("%s %s %s", sandboxKey, dst, proto))
+	if slices.Contains(strings.Fields(k.answers[dst]), proto) {
+		return nil
+	}
+	return fmt.Errorf("no %s answer from %s", proto, dst)
 }
 
 func (k *fakeKernel) dump() string {

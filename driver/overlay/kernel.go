@@ -36,6 +36,12 @@ type Kernel interface {
 	Owned(ctx context.Context) ([]OwnedLink, error)
 	// UnderlayMTU is the MTU of the interface holding addr.
 	UnderlayMTU(ctx context.Context, addr netip.Addr) (int, error)
+	// UnderlayIface names the host's interface that packets to addr leave through.
+	UnderlayIface(ctx context.Context, addr netip.Addr) (string, error)
+	// Reach sends one probe from inside the sandbox namespace to dst, an ICMP echo or
+	// (tcp) a TCP SYN, and returns nil once anything answers (echo reply, SYN-ACK or
+	// RST), an error when nothing does before ctx ends.
+	Reach(ctx context.Context, sandboxKey string, dst netip.Addr, tcp bool) error
 }
 
 // Devices are a network's devices on one host.

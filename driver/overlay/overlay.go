@@ -13,6 +13,11 @@
 //
 // The driver owns no cluster state: VNIs come from the controller (allocated in the
 // cluster store), peers from the controller's watch.
+//
+// With Options.ProbeTunnel, the driver also checks once per network and remote node
+// that TCP crosses the tunnel (probe.go), on a goroutine Start launches and Close
+// stops. Lock order: Driver.mu, then prober.mu; the probe goroutine takes only the
+// latter and does its kernel I/O under neither.
 package overlay
 
 import (
@@ -20,11 +25,14 @@ import (
 	"crypto/sha256"
 	"errors"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/driver/options"
@@ -55,6 +63,11 @@ type Options struct {
 	Advertise netip.Addr // this host's underlay address (the VTEP's source)
 	Port      int        // VXLAN UDP port; 0 = DefaultPort
 	Logger    *slog.Logger
+	// ProbeTunnel turns on the tunnel probe (probe.go): once per network and remote
+	// node, after a local join, check that TCP crosses the VXLAN tunnel where ICMP does,
+	// and warn of a broken checksum offload when it does not. Start runs it.
+	ProbeTunnel bool
+	ProbeWait   time.Duration // per probe attempt; 0 = DefaultProbeWait
 }
 
 // Driver is the overlay driver. Safe for concurrent use.
@@ -63,6 +76,7 @@ type Driver struct {
 	local netip.Addr
 	port  int
 	log   *slog.Logger
+	probe *prober // nil when the tunnel probe is off
 
 	mu        sync.Mutex // guards the maps and everything they point to
 	networks  map[string]*network
@@ -83,6 +97,7 @@ type endpoint struct {
 	addr4, addr6 netip.Prefix
 	mac          net.HardwareAddr
 	port         string // host-side veth while joined
+	sandboxKey   string // while joined
 }
 
 // New returns an overlay driver.
@@ -93,8 +108,56 @@ func New(o Options) *Driver {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Driver{k: o.Kernel, local: o.Advertise, port: o.Port, log: o.Logger.With("component", "overlay"),
+	d := &Driver{k: o.Kernel, local: o.Advertise, port: o.Port, log: o.Logger.With("component", "overlay"),
 		networks: map[string]*network{}, endpoints: map[string]*endpoint{}}
+	if o.ProbeTunnel {
+		if o.ProbeWait == 0 {
+			o.ProbeWait = DefaultProbeWait
+		}
+		d.probe = newProber(o.Kernel, d.log, o.ProbeWait)
+	}
+	return d
+}
+
+// Start launches the driver's background work (the tunnel probe, when on).
+func (d *Driver) Start(ctx context.Context) {
+	if d.probe != nil {
+		d.probe.start(ctx)
+	}
+}
+
+// Close stops the background work and waits for it; idempotent.
+func (d *Driver) Close() error {
+	if d.probe != nil {
+		d.probe.close()
+	}
+	return nil
+}
+
+// probePeersLocked schedules a tunnel probe from sandboxKey to each remote node of n.
+func (d *Driver) probePeersLocked(n *network, sandboxKey string, peers ...driver.Peer) {
+	if d.probe == nil || sandboxKey == "" {
+		return
+	}
+	for _, p := range peers {
+		dst := p.Addr4.Addr()
+		if !p.Addr4.IsValid() {
+			dst = p.Addr6.Addr()
+		}
+		if dst.IsValid() && p.Node != d.local {
+			d.probe.enqueue(probeJob{network: n.cfg.Name, nid: n.cfg.ID, sandboxKey: sandboxKey, node: p.Node, dst: dst})
+		}
+	}
+}
+
+// joinedSandboxLocked is the sandbox of any local endpoint joined to n, or "".
+func (d *Driver) joinedSandboxLocked(n *network) string {
+	for eid := range n.joined {
+		if ep := d.endpoints[eid]; ep != nil && ep.sandboxKey != "" {
+			return ep.sandboxKey
+		}
+	}
+	return ""
 }
 
 func (d *Driver) Name() string { return Name }
@@ -274,7 +337,8 @@ func (d *Driver) Join(ctx context.Context, req driver.JoinRequest) (driver.JoinR
 		d.retractIfIdleLocked(ctx, n)
 		return driver.JoinResult{}, err
 	}
-	ep.port, n.joined[ep.id] = p.Name, true
+	ep.port, ep.sandboxKey, n.joined[ep.id] = p.Name, req.SandboxKey, true
+	d.probePeersLocked(n, req.SandboxKey, slices.Collect(maps.Values(n.peers))...)
 	// No gateway: sandboxes reach the outside through the gateway bridge, not the overlay.
 	return driver.JoinResult{}, nil
 }
@@ -345,7 +409,7 @@ func (d *Driver) Leave(ctx context.Context, nid, eid string) error {
 		return err
 	}
 	if ep, ok := d.endpoints[eid]; ok {
-		ep.port = ""
+		ep.port, ep.sandboxKey = "", ""
 	}
 	if n, ok := d.networks[nid]; ok {
 		delete(n.joined, eid)
@@ -377,7 +441,11 @@ func (d *Driver) AddPeer(ctx context.Context, p driver.Peer) error {
 	if !n.extended {
 		return nil
 	}
-	return d.k.SetPeer(ctx, n.dev.VXLAN, entry(p), true)
+	if err := d.k.SetPeer(ctx, n.dev.VXLAN, entry(p), true); err != nil {
+		return err
+	}
+	d.probePeersLocked(n, d.joinedSandboxLocked(n), p)
+	return nil
 }
 
 // RemovePeer implements driver.PeerDriver.
@@ -428,7 +496,8 @@ func (d *Driver) RestoreEndpoint(ctx context.Context, ec driver.EndpointConfig, 
 		return false, err
 	}
 	ep := d.endpoints[ec.EndpointID]
-	ep.port, n.joined[ep.id] = portName(ep.id), true
+	ep.port, ep.sandboxKey, n.joined[ep.id] = portName(ep.id), join.SandboxKey, true
+	d.probePeersLocked(n, join.SandboxKey, slices.Collect(maps.Values(n.peers))...)
 	return d.k.PortAttached(ctx, ep.port, n.dev.Bridge), nil
 }
 

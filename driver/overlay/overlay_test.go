@@ -6,8 +6,11 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -380,4 +383,43 @@ func benchPeer(nc driver.NetworkConfig, i int) driver.Peer {
 	return driver.Peer{NetworkID: nc.ID, EndpointID: fmt.Sprintf("x%d", i), Node: netip.MustParseAddr("192.0.2.99"),
 		Addr4: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 8),
 		MAC:   net.HardwareAddr{2, 0x43, 0, byte(i >> 16), byte(i >> 8), byte(i)}}
+}
+
+// TestTunnelProbeAcrossHosts runs the tunnel probe over a real VXLAN pair: a working
+// tunnel earns no warning; one whose far end silently drops TCP (what a broken
+// checksum offload looks like from here) earns the warning naming the interface.
+func TestTunnelProbeAcrossHosts(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		dropTCP, wantWarn bool
+	}{{"tcp works", false, false}, {"tcp dropped", true, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newTwoHosts(t)
+			rec := &recorder{}
+			h.drv[0] = New(Options{Kernel: HostKernel{Host: h.hosts[0]}, Advertise: h.vtep[0], Logger: slog.New(rec),
+				ProbeTunnel: true})
+			must(t, h.drv[0].CreateNetwork(t.Context(), h.nc))
+			h.drv[0].Start(t.Context())
+			t.Cleanup(func() { _ = h.drv[0].Close() })
+			h.join(1)
+			if tc.dropTCP {
+				nft := exec.Command("nsenter", "--net="+h.sboxes[1].Path, "nft", "-f", "-")
+				nft.Stdin = strings.NewReader("table inet t { chain in { type filter hook input priority 0; meta l4proto tcp drop; }; }")
+				if out, err := nft.CombinedOutput(); err != nil {
+					t.Fatalf("nft: %v: %s", err, out)
+				}
+			}
+			h.join(0)
+			h.peer(1, 0, true)
+			h.peer(0, 1, true) // host 0 probes host 1 from its joined sandbox
+			got := rec.waitOutcomes(t, 1, 10*time.Second)
+			want := "DEBUG 192.0.2.2 tunnel probe: TCP and ICMP pass"
+			if tc.wantWarn {
+				want = "WARN 192.0.2.2 " + tcpFailsMessage("ov", h.vtep[1], "under0")
+			}
+			if got[0] != want {
+				t.Fatalf("probe outcome %q, want %q", got[0], want)
+			}
+		})
+	}
 }
