@@ -1,6 +1,8 @@
 package stack
 
 import (
+	"bytes"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"maps"
@@ -186,4 +188,84 @@ func (e *env) sandboxKey(name string) string {
 		e.t.Fatal(err)
 	}
 	return sb.Key
+}
+
+// TestOverlayLargeTransfersAndUDP: 2 MiB each way across hosts through an echo over
+// one TCP connection (compared byte for byte: a wrong MTU stalls this, not a ping),
+// and UDP datagrams of the overlay's full MTU.
+func TestOverlayLargeTransfersAndUDP(t *testing.T) {
+	hosts := clusterHosts(t, 2)
+	hosts[0].network(cnm.NetworkSpec{Name: "ov", Driver: "overlay", Attachable: true})
+	waitFor(t, "ov on host 2", func() bool { _, err := hosts[1].s.Controller.Network(t.Context(), "ov"); return err == nil })
+	web := hosts[0].sandbox("web", "ov")
+	cli := hosts[1].sandbox("cli", "ov")
+	listen(t, web.Key)
+	webAddr := hosts[0].addr("web", "ov", false)
+	ns, err := netns.Open(cli.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	var c net.Conn
+	waitFor(t, "a connection across hosts", func() bool {
+		err := ns.Do(func() (err error) {
+			c, err = net.DialTimeout("tcp", netip.AddrPortFrom(webAddr, 7777).String(), time.Second)
+			return
+		})
+		return err == nil
+	})
+	defer c.Close()
+	payload := make([]byte, 2<<20)
+	if _, err := rand.Read(payload); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	errc := make(chan error, 1)
+	go func() { _, err := c.Write(payload); errc <- err }()
+	back := make([]byte, len(payload))
+	if _, err := io.ReadFull(c, back); err != nil {
+		t.Fatalf("reading 2 MiB back across hosts: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("writing 2 MiB across hosts: %v", err)
+	}
+	if !bytes.Equal(back, payload) {
+		t.Fatal("the 2 MiB echoed across hosts differ from what was sent")
+	}
+	// UDP at the overlay MTU (1450 here: 1500 − 50): 1450 − 28 bytes of payload.
+	var srv net.PacketConn
+	wns, err := netns.Open(web.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wns.Close()
+	if err := wns.Do(func() (err error) { srv, err = net.ListenPacket("udp4", ":5353"); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = srv.WriteTo(buf[:n], from)
+		}
+	}()
+	var u net.Conn
+	if err := ns.Do(func() (err error) { u, err = net.Dial("udp4", netip.AddrPortFrom(webAddr, 5353).String()); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	dgram := payload[:1450-28]
+	got := make([]byte, 2048)
+	waitFor(t, "a full-MTU UDP echo across hosts", func() bool {
+		_ = u.SetDeadline(time.Now().Add(500 * time.Millisecond))
+		if _, err := u.Write(dgram); err != nil {
+			return false
+		}
+		n, err := u.Read(got)
+		return err == nil && bytes.Equal(got[:n], dgram)
+	})
 }
