@@ -221,15 +221,6 @@ func dockerEnv(dir string) []string {
 	return append(env, "DOCKER_CONFIG="+filepath.Join(dir, "docker-config"), "DOCKER_CLI_HINTS=false")
 }
 
-// ping pings addr from inside the namespace at key.
-func ping(key, addr string) error {
-	out, err := exec.Command("nsenter", "--net="+key, "ping", "-c1", "-W2", addr).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ping %s: %v\n%s", addr, err, out)
-	}
-	return nil
-}
-
 type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer

@@ -13,6 +13,7 @@ import (
 	vns "github.com/vishvananda/netns"
 
 	"github.com/piernet/pier/internal/netlab"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
 )
 
@@ -41,7 +42,7 @@ func rewrites(t *testing.T, ns vns.NsHandle, want, what string, change func()) i
 	t.Helper()
 	before := tableHandle(t, ns)
 	change()
-	waitFor(t, 10*time.Second, what+": table restored", func() bool { return dumpNow(t, ns) == want })
+	nstest.Eventually(t, what+": table restored", 10*time.Second, func() bool { return dumpNow(t, ns) == want })
 	return tableHandle(t, ns) - before
 }
 

@@ -1,6 +1,7 @@
 package netns
 
 import (
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -34,10 +35,10 @@ func TestStopProcesses(t *testing.T) {
 	outside := start(t, "nsenter", "--net="+hostPath, "--", "sleep", "300")
 	want := []int{polite.pid, stubborn.pid}
 	slices.Sort(want)
-	waitFor(t, func() bool {
+	nstest.Eventually(t, fmt.Sprintf("processes %v in the namespace", want), 10*time.Second, func() bool {
 		pids, err := m.procs.In(key)
 		return err == nil && slices.Equal(pids, want)
-	}, "processes %v in the namespace", want)
+	})
 	if n, err := m.Processes(t.Context(), key); n != 2 || err != nil {
 		t.Fatalf("Processes = %d, %v; want 2", n, err)
 	}
@@ -96,14 +97,4 @@ func (p *proc) signal(t *testing.T) syscall.Signal {
 		t.Fatalf("process %d exited without a signal: %v", p.pid, p.cmd.ProcessState)
 	}
 	return ws.Signal()
-}
-
-func waitFor(t *testing.T, ok func() bool, format string, args ...any) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if ok() {
-			return
-		}
-	}
-	t.Fatalf("timed out waiting for "+format, args...)
 }

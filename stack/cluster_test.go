@@ -82,7 +82,6 @@ func (l *clusterLab) outsider(t testing.TB) string {
 	defer lab.Close()
 	path, _ := nstest.NewPinned(t)
 	underlay(t, lab, path, "out", netip.MustParseAddr("192.0.2.254"))
-	upLoopback(t, path)
 	return path
 }
 
@@ -105,11 +104,7 @@ func deleteClusterState(t testing.TB, hosts []*env) {
 		}
 	}
 	for _, h := range hosts {
-		deadline := time.Now().Add(5 * time.Second)
-		for hasGlobal(h) && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		if hasGlobal(h) {
+		if _, ok := nstest.Poll(5*time.Second, func() bool { return !hasGlobal(h) }); !ok {
 			t.Errorf("cleanup: global networks still listed on a host")
 		}
 	}
@@ -285,16 +280,10 @@ func report(b *testing.B, what string, lat []time.Duration) {
 
 func waitNetwork(t testing.TB, h *env, name string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := h.s.Controller.Network(t.Context(), name); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("network %s not seen", name)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	nstest.Eventually(t, "network "+name+" to be seen", 5*time.Second, func() bool {
+		_, err := h.s.Controller.Network(t.Context(), name)
+		return err == nil
+	})
 }
 
 // resolveOnce asks the embedded DNS in the namespace at key for name's A record.
