@@ -63,14 +63,8 @@ func publishedLab(t *testing.T) (host vns.NsHandle, outside *netns.Namespace) {
 // web container (which sees the client's own address), retrying for up to 5 s.
 func reachesPublishedPort(t *testing.T, outside *netns.Namespace) bool {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		if connectTo(t, outside, "203.0.113.1:8080") == "203.0.113.2" {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-	}
+	_, ok := nstest.Poll(5*time.Second, func() bool { return connectTo(t, outside, "203.0.113.1:8080") == "203.0.113.2" })
+	return ok
 }
 
 // TestKernelSelfHeals breaks pier's table the ways other tools do and checks

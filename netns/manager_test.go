@@ -49,7 +49,7 @@ func TestDefaultRouteReplaceAndRemoveKeepsConnectedDefault(t *testing.T) {
 	if err := m.SetDefaultRoute(ctx, key, DefaultRoute{}); err != nil {
 		t.Fatal(err)
 	}
-	rs, _ := sb.NL.RouteList(nil, netlink.FAMILY_V4)
+	rs, _ := Dump(func() ([]netlink.Route, error) { return sb.NL.RouteList(nil, netlink.FAMILY_V4) })
 	for _, r := range rs {
 		if r.Gw != nil {
 			t.Errorf("gateway route left: %v", r)
@@ -62,7 +62,7 @@ func TestDefaultRouteReplaceAndRemoveKeepsConnectedDefault(t *testing.T) {
 
 func defaults(t *testing.T, ns *Namespace) int {
 	t.Helper()
-	rs, err := ns.NL.RouteList(nil, netlink.FAMILY_ALL)
+	rs, err := Dump(func() ([]netlink.Route, error) { return ns.NL.RouteList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		t.Fatal(err)
 	}

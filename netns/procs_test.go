@@ -2,6 +2,7 @@ package netns
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -35,9 +36,11 @@ func TestStopProcesses(t *testing.T) {
 	outside := start(t, "nsenter", "--net="+hostPath, "--", "sleep", "300")
 	want := []int{polite.pid, stubborn.pid}
 	slices.Sort(want)
-	nstest.Eventually(t, fmt.Sprintf("processes %v in the namespace", want), 10*time.Second, func() bool {
+	// Both must have exec'd sleep: before that the stubborn one's shell may not have
+	// set its trap yet, and a TERM would end it.
+	nstest.Eventually(t, fmt.Sprintf("processes %v in the namespace, running sleep", want), 10*time.Second, func() bool {
 		pids, err := m.procs.In(key)
-		return err == nil && slices.Equal(pids, want)
+		return err == nil && slices.Equal(pids, want) && isSleep(polite.pid) && isSleep(stubborn.pid)
 	})
 	if n, err := m.Processes(t.Context(), key); n != 2 || err != nil {
 		t.Fatalf("Processes = %d, %v; want 2", n, err)
@@ -97,4 +100,9 @@ func (p *proc) signal(t *testing.T) syscall.Signal {
 		t.Fatalf("process %d exited without a signal: %v", p.pid, p.cmd.ProcessState)
 	}
 	return ws.Signal()
+}
+
+func isSleep(pid int) bool {
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return err == nil && string(comm) == "sleep\n"
 }

@@ -53,7 +53,7 @@ func TestBridgeOptionsReachTheKernel(t *testing.T) {
 	if got := l.Attrs().HardwareAddr.String(); got != wantMAC || ep.MAC != wantMAC {
 		t.Errorf("MAC = %s (record %s), want %s derived from %s", got, ep.MAC, wantMAC, ep.Addr4)
 	}
-	addrs, err := inside.NL.AddrList(l, netlink.FAMILY_V6)
+	addrs, err := netns.Dump(func() ([]netlink.Addr, error) { return inside.NL.AddrList(l, netlink.FAMILY_V6) })
 	if err != nil {
 		t.Fatal(err)
 	}

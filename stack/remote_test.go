@@ -284,7 +284,7 @@ func addrsOf(t *testing.T, key, name string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	as, err := ns.NL.AddrList(l, netlink.FAMILY_ALL)
+	as, err := netns.Dump(func() ([]netlink.Addr, error) { return ns.NL.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +318,9 @@ func checkJoinedInterface(t *testing.T, p *pluginEnv, key string) {
 		t.Errorf("default route = %v", got)
 	}
 	dst := netns.PrefixToIPNet(netip.MustParsePrefix("203.0.113.0/24"))
-	rs, err := ns.NL.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
+	rs, err := netns.Dump(func() ([]netlink.Route, error) {
+		return ns.NL.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
+	})
 	if err != nil || len(rs) != 1 || rs[0].Gw.String() != "198.51.100.1" {
 		t.Errorf("static route to 203.0.113.0/24 = %v, %v", rs, err)
 	}
