@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"syscall"
 	"testing"
@@ -17,19 +16,7 @@ import (
 // one outside it: Stop ends exactly the two inside, the TERM-ignoring one by SIGKILL.
 func TestStopProcesses(t *testing.T) {
 	nstest.Require(t, "root")
-	hostPath, _ := nstest.NewPinned(t)
-	host, err := Open(hostPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer host.Close()
-	m := NewManager(filepath.Join(t.TempDir(), "netns"), host)
-	defer m.Close()
-	key, err := m.Create(t.Context(), "sb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Destroy(t.Context(), key)
+	m, key, hostPath := newManager(t)
 
 	polite := start(t, "nsenter", "--net="+key, "--", "sleep", "300")
 	stubborn := start(t, "nsenter", "--net="+key, "--", "sh", "-c", `trap "" TERM; exec sleep 300`)
