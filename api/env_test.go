@@ -4,17 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/piernet/pier/api/types"
-	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/internal/stacktest"
 	"github.com/piernet/pier/ipam"
 	"github.com/piernet/pier/stack"
@@ -31,16 +27,11 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	hostPath, _ := nstest.NewPinned(t)
-	dir := t.TempDir()
-	resolv := filepath.Join(dir, "resolv.conf")
-	if err := os.WriteFile(resolv, []byte("nameserver 192.0.2.53\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	e := &env{t: t, hostPath: hostPath, execRoot: filepath.Join(dir, "exec")}
-	st, err := stack.Open(t.Context(), stack.Options{DataRoot: filepath.Join(dir, "data"), ExecRoot: e.execRoot,
-		HostNetNS: hostPath, HostResolvConf: resolv, Logger: log,
+	h := stacktest.NewHost(t, "nameserver 192.0.2.53\n")
+	log := h.Logger
+	e := &env{t: t, hostPath: h.NetNS, execRoot: h.ExecRoot}
+	st, err := stack.Open(t.Context(), stack.Options{DataRoot: h.DataRoot, ExecRoot: e.execRoot,
+		HostNetNS: h.NetNS, HostResolvConf: h.ResolvConf, Logger: log,
 		DefaultPools: []ipam.PredefinedPool{{Base: netip.MustParsePrefix("10.128.0.0/9"), Size: 24}}})
 	if err != nil {
 		t.Fatalf("opening stack: %v", err)
@@ -51,7 +42,7 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	e.srv = New(Config{Controller: st.Controller, Logger: log, Version: "test", ID: "test-id",
-		DataRoot: filepath.Join(dir, "data"), Drivers: []string{"bridge", "host", "null"}})
+		DataRoot: h.DataRoot, Drivers: []string{"bridge", "host", "null"}})
 	return e
 }
 
@@ -132,11 +123,4 @@ func (e *env) state() string {
 		b.WriteString("sandbox " + sb.Name + "\n")
 	}
 	return b.String()
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
 }

@@ -1,8 +1,8 @@
 package api
 
 import (
+	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/piernet/pier/api/types"
+	"github.com/piernet/pier/internal/nstest"
 )
 
 func TestSandboxCreate(t *testing.T) {
@@ -40,8 +41,8 @@ func TestSandboxCreate(t *testing.T) {
 	// The sandbox is a real network stack: a second one reaches it on the network.
 	var db types.SandboxInfo
 	e.must(201, "POST", "/pier/v1/sandboxes", `{"Name":"db","Networks":[{"Network":"app"}]}`).decode(t, &db)
-	if out, err := exec.Command("nsenter", "--net="+db.Key, "ping", "-c1", "-W2", "10.9.0.5").CombinedOutput(); err != nil {
-		t.Fatalf("ping from db to web: %v\n%s", err, out)
+	if err := nstest.PingOnce(db.Key, netip.MustParseAddr("10.9.0.5")); err != nil {
+		t.Fatalf("ping from db to web: %v", err)
 	}
 	var list []types.SandboxInfo
 	e.must(200, "GET", "/pier/v1/sandboxes", nil).decode(t, &list)

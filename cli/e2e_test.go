@@ -146,17 +146,15 @@ func startEnv(t *testing.T, pierdArgs ...string) *env {
 
 // waitReady polls `pier network ls` until pierd answers.
 func (e *env) waitReady(exited chan struct{}, log *os.File) {
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	if _, ok := nstest.Poll(20*time.Second, func() bool {
 		select {
 		case <-exited:
 			e.t.Fatalf("pierd exited during start:\n%s", readLog(log))
 		default:
 		}
-		if r := e.pier("network", "ls", "-q"); r.code == 0 {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+		return e.pier("network", "ls", "-q").code == 0
+	}); ok {
+		return
 	}
 	e.t.Fatalf("pierd did not answer on %s within 20s:\n%s", e.sock, readLog(log))
 }
@@ -269,32 +267,29 @@ func (b *background) stop() int {
 
 // waitSandboxIP polls until sandbox name exists and returns its first IPv4 address.
 func (e *env) waitSandboxIP(name string) string {
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	var addr string
+	if _, ok := nstest.Poll(20*time.Second, func() bool {
 		r := e.pier("sandbox", "inspect", name, "-f", "{{range .Endpoints}}{{.IPv4Address}} {{end}}")
-		if addr, _, ok := strings.Cut(strings.TrimSpace(r.out), "/"); r.code == 0 && ok {
-			return addr
-		}
-		time.Sleep(20 * time.Millisecond)
+		a, _, ok := strings.Cut(strings.TrimSpace(r.out), "/")
+		addr = a
+		return r.code == 0 && ok
+	}); !ok {
+		e.t.Fatalf("sandbox %s did not appear within 20s", name)
 	}
-	e.t.Fatalf("sandbox %s did not appear within 20s", name)
-	return ""
+	return addr
 }
 
 // waitPage fetches http://ip/ from a second `pier run --rm` sandbox until httpd answers.
 func (e *env) waitPage(ip string) string {
-	deadline := time.Now().Add(20 * time.Second)
 	var last pierResult
-	for time.Now().Before(deadline) {
+	if _, ok := nstest.Poll(20*time.Second, func() bool {
 		last = e.pier("run", "--rm", "--network", "app", "--", "busybox", "wget", "-qO-", fmt.Sprintf("http://%s/", ip))
-		if last.code == 0 {
-			if last.out != "hello from web\n" {
-				e.t.Fatalf("wget got %q", last.out)
-			}
-			return last.out
-		}
-		time.Sleep(50 * time.Millisecond)
+		return last.code == 0
+	}); !ok {
+		e.t.Fatalf("wget http://%s/ failed for 20s; last: %+v", ip, last)
 	}
-	e.t.Fatalf("wget http://%s/ failed for 20s; last: %+v", ip, last)
-	return ""
+	if last.out != "hello from web\n" {
+		e.t.Fatalf("wget got %q", last.out)
+	}
+	return last.out
 }

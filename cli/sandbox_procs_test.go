@@ -24,7 +24,7 @@ func TestSandboxRmForceStopsProcesses(t *testing.T) {
 	e := startEnv(t, "--sandbox-stop-timeout", "1")
 	e.mustPier("network", "create", "procs", "--subnet", "10.91.0.0/24")
 	run := e.startPier("run", "--name", "busy", "--network", "procs", "--", "sleep", "300")
-	waitUntil(t, func() bool { return e.pier("sandbox", "inspect", "busy").code == 0 }, "pier run to create sandbox busy")
+	nstest.Eventually(t, "pier run to create sandbox busy", 20*time.Second, func() bool { return e.pier("sandbox", "inspect", "busy").code == 0 })
 	key := e.mustPier("sandbox", "inspect", "busy", "-f", "{{.Key}}")
 	var st unix.Stat_t
 	if err := unix.Stat(key, &st); err != nil {
@@ -32,9 +32,9 @@ func TestSandboxRmForceStopsProcesses(t *testing.T) {
 	}
 	polite := e.startPier("exec", "busy", "--", "sleep", "300")
 	stubborn := e.startPier("exec", "busy", "--", "sh", "-c", `trap "" TERM; exec sleep 300`)
-	waitUntil(t, func() bool {
+	nstest.Eventually(t, "sandbox inspect to report 3 processes", 20*time.Second, func() bool {
 		return e.mustPier("sandbox", "inspect", "busy", "-f", "{{.Processes}}") == "3"
-	}, "sandbox inspect to report 3 processes")
+	})
 
 	if r := e.pier("sandbox", "rm", "busy"); r.code != 1 || !strings.Contains(r.err, "sandbox busy has 3 process(es) running in it") {
 		t.Fatalf("sandbox rm without -f: %+v, want refused naming the processes", r)
@@ -102,14 +102,4 @@ func (b *background) wait(t *testing.T) int {
 		t.Fatalf("pier %v still runs:\n%s", b.cmd.Args, readLog(b.out))
 		return -1
 	}
-}
-
-func waitUntil(t *testing.T, ok func() bool, what string) {
-	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if ok() {
-			return
-		}
-	}
-	t.Fatalf("timed out waiting for %s", what)
 }

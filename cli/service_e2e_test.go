@@ -101,14 +101,12 @@ func (e *env) startTaskServer(name string) {
 // waitServed fetches url from inside sandbox sb until it answers (a task's httpd may
 // still be starting).
 func (e *env) waitServed(sb, url string) string {
-	deadline := time.Now().Add(20 * time.Second)
 	var last pierResult
-	for time.Now().Before(deadline) {
-		if last = e.pier("exec", sb, "--", "busybox", "wget", "-qO-", url); last.code == 0 {
-			return last.out
-		}
-		time.Sleep(50 * time.Millisecond)
+	if _, ok := nstest.Poll(20*time.Second, func() bool {
+		last = e.pier("exec", sb, "--", "busybox", "wget", "-qO-", url)
+		return last.code == 0
+	}); !ok {
+		e.t.Fatalf("wget %s from %s failed for 20s; last: %+v", url, sb, last)
 	}
-	e.t.Fatalf("wget %s from %s failed for 20s; last: %+v", url, sb, last)
-	return ""
+	return last.out
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/ipam"
 )
 
@@ -27,17 +28,6 @@ func newNode(t *testing.T, kv KV, name string, i int) *Cluster {
 	return c
 }
 
-func eventually(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func stateOf(c *Cluster, name string) NodeState {
 	for _, n := range c.Nodes() {
 		if n.Name == name {
@@ -51,7 +41,7 @@ func TestNodeNamesAndLiveness(t *testing.T) {
 	kv := NewFake()
 	a := newNode(t, kv, "h1", 1)
 	b := newNode(t, kv, "h2", 2)
-	eventually(t, "h1 to see h2 ready", 2*time.Second, func() bool { return stateOf(a, "h2") == Ready })
+	nstest.Eventually(t, "h1 to see h2 ready", 2*time.Second, func() bool { return stateOf(a, "h2") == Ready })
 	// A live node's name cannot be taken; nothing is written by the refused start.
 	before := kv.Rev()
 	dup, _ := New(Options{KV: kv, NodeID: "other", NodeName: "h2", Advertise: netip.MustParseAddr("192.0.2.9")})
@@ -63,16 +53,16 @@ func TestNodeNamesAndLiveness(t *testing.T) {
 	}
 	// h2's lease expires: h1 sees it down; its keepalive rejoins.
 	kv.Expire(LeaseID(b.lease.Load()))
-	eventually(t, "h1 to see h2 down", 2*time.Second, func() bool { return stateOf(a, "h2") == Down })
-	eventually(t, "h2 to rejoin", 3*time.Second, func() bool { return stateOf(a, "h2") == Ready })
+	nstest.Eventually(t, "h1 to see h2 down", 2*time.Second, func() bool { return stateOf(a, "h2") == Down })
+	nstest.Eventually(t, "h2 to rejoin", 3*time.Second, func() bool { return stateOf(a, "h2") == Ready })
 	// A graceful close shows as left at once.
 	if err := b.Close(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "h1 to see h2 left", time.Second, func() bool { return stateOf(a, "h2") == Left })
+	nstest.Eventually(t, "h1 to see h2 left", time.Second, func() bool { return stateOf(a, "h2") == Left })
 	// A new node (new ID) may take the name of one that is not alive.
 	c := newNode(t, kv, "h2", 3)
-	eventually(t, "h1 to see the new h2", time.Second, func() bool {
+	nstest.Eventually(t, "h1 to see the new h2", time.Second, func() bool {
 		for _, n := range a.Nodes() {
 			if n.Name == "h2" && n.ID == c.o.NodeID && n.State == Ready {
 				return true
@@ -109,7 +99,7 @@ func TestNetworksAndEndpointsAcrossNodes(t *testing.T) {
 		t.Fatalf("%d nodes created network ov, want 1 (%v)", won, errs)
 	}
 	var nid string
-	eventually(t, "h3 to see ov", time.Second, func() bool {
+	nstest.Eventually(t, "h3 to see ov", time.Second, func() bool {
 		ns := nodes[2].Networks()
 		if len(ns) == 1 {
 			nid = ns[0].ID
@@ -139,7 +129,7 @@ func TestNetworksAndEndpointsAcrossNodes(t *testing.T) {
 	}
 	// h1 dies: its endpoint is withdrawn from h3's view (and comes back with it).
 	nodes[0].cancel() // the keepalive stops, as in a crash
-	eventually(t, "h3 to withdraw web", 4*time.Second, func() bool { return len(nodes[2].Endpoints(nid)) == 0 })
+	nstest.Eventually(t, "h3 to withdraw web", 4*time.Second, func() bool { return len(nodes[2].Endpoints(nid)) == 0 })
 	if got := collect(t, events, 2); !contains(got, "endpoint- web@id-h1") || !contains(got, "node h1 down") {
 		t.Fatalf("events after h1 died: %v", got)
 	}
@@ -150,7 +140,7 @@ func TestNetworksAndEndpointsAcrossNodes(t *testing.T) {
 	if err := nodes[1].DeleteNetwork(ctx, nid); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "h3 to drop ov", time.Second, func() bool { return len(nodes[2].Networks()) == 0 })
+	nstest.Eventually(t, "h3 to drop ov", time.Second, func() bool { return len(nodes[2].Networks()) == 0 })
 	if err := nodes[1].CreateNetwork(ctx, NetworkRecord{ID: "again", Name: "ov", Driver: "overlay"}); err != nil {
 		t.Fatalf("re-using the name of a deleted network: %v", err)
 	}
@@ -298,7 +288,7 @@ func TestCompactionLosesNothing(t *testing.T) {
 	if err := a.CreateNetwork(ctx, NetworkRecord{ID: "n1", Name: "ov", Driver: "overlay"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "h2 to see ov", time.Second, func() bool { return len(b.Networks()) == 1 })
+	nstest.Eventually(t, "h2 to see ov", time.Second, func() bool { return len(b.Networks()) == 1 })
 	_, events := b.Subscribe(ctx)
 	for i := range 20 {
 		if err := a.PutEndpoint(ctx, EndpointRecord{ID: fmt.Sprintf("e%d", i), Name: fmt.Sprintf("e%d", i), NetworkID: "n1"}); err != nil {
@@ -312,7 +302,7 @@ func TestCompactionLosesNothing(t *testing.T) {
 			kv.Compact(kv.Rev())
 		}
 	}
-	eventually(t, "h2 to see 15 endpoints", 3*time.Second, func() bool { return len(b.Endpoints("n1")) == 15 })
+	nstest.Eventually(t, "h2 to see 15 endpoints", 3*time.Second, func() bool { return len(b.Endpoints("n1")) == 15 })
 	final := map[string]bool{}
 	for _, ep := range b.Endpoints("n1") {
 		final[ep.Name] = true

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/piernet/pier/cluster/clustertest"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/ipam"
 )
 
@@ -81,7 +82,7 @@ func TestOnEtcd(t *testing.T) {
 	if err := a.CreateNetwork(ctx, NetworkRecord{ID: "n1", Name: "ov", Driver: "overlay"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "h2 to see ov", 2*time.Second, func() bool { return len(b.Networks()) == 1 })
+	nstest.Eventually(t, "h2 to see ov", 2*time.Second, func() bool { return len(b.Networks()) == 1 })
 	// The member dies under h2's watch; h2 stays behind while the store moves on and
 	// its history is compacted.
 	kvB.hold()
@@ -89,7 +90,7 @@ func TestOnEtcd(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // let the watches notice
 	etcd.Restart(t)
 	// The clients reconnect on their own (gRPC backoff); writes work again once they have.
-	eventually(t, "h1's client to reconnect", 15*time.Second, func() bool {
+	nstest.Eventually(t, "h1's client to reconnect", 15*time.Second, func() bool {
 		return a.PutEndpoint(ctx, EndpointRecord{ID: "e0", Name: "e0", NetworkID: "n1"}) == nil
 	})
 	for i := 1; i < 10; i++ {
@@ -106,7 +107,7 @@ func TestOnEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	kvB.release()
-	eventually(t, "h2 to converge after the compaction", 10*time.Second, func() bool {
+	nstest.Eventually(t, "h2 to converge after the compaction", 10*time.Second, func() bool {
 		eps := b.Endpoints("n1")
 		return len(eps) == 9
 	})
@@ -115,13 +116,13 @@ func TestOnEtcd(t *testing.T) {
 			t.Fatal("h2 kept a deleted endpoint")
 		}
 	}
-	eventually(t, "h3 to see h1 ready and its endpoints", 5*time.Second, func() bool {
+	nstest.Eventually(t, "h3 to see h1 ready and its endpoints", 5*time.Second, func() bool {
 		return stateOf(c, "h1") == Ready && len(c.Endpoints("n1")) == 9
 	})
 	// h1 stops renewing: h3 sees it down within TTL + 1 s (plus etcd's whole-second rounding).
 	a.cancel()
 	start := time.Now()
-	eventually(t, "h3 to see h1 down", 4*time.Second, func() bool { return stateOf(c, "h1") == Down })
+	nstest.Eventually(t, "h3 to see h1 down", 4*time.Second, func() bool { return stateOf(c, "h1") == Down })
 	t.Logf("h1 seen down %v after its keepalive stopped (TTL %v, rounded up to whole seconds by etcd)", time.Since(start).Round(10*time.Millisecond), a.o.TTL)
 	if len(c.Endpoints("n1")) != 0 {
 		t.Fatalf("h1's endpoints still visible on h3 while it is down")

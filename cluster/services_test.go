@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/nstest"
 )
 
 func TestServicesAcrossNodes(t *testing.T) {
@@ -40,7 +41,7 @@ func TestServicesAcrossNodes(t *testing.T) {
 func TestWithdrawalNeedsEveryReadyNode(t *testing.T) {
 	kv := NewFake()
 	a, b, c := newNode(t, kv, "a", 1), newNode(t, kv, "b", 2), newNode(t, kv, "c", 3)
-	eventually(t, "three ready nodes", 5*time.Second, func() bool { return len(a.unacked("ep1")) == 3 })
+	nstest.Eventually(t, "three ready nodes", 5*time.Second, func() bool { return len(a.unacked("ep1")) == 3 })
 	for _, n := range []*Cluster{a, b} {
 		if err := n.AckWithdrawal(t.Context(), "ep1"); err != nil {
 			t.Fatal(err)
@@ -76,5 +77,5 @@ func TestWithdrawalNeedsEveryReadyNode(t *testing.T) {
 	if err := a.DeleteEndpoint(t.Context(), "n1", "ep1"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "acknowledgements cleared with the endpoint", 5*time.Second, func() bool { return len(a.unacked("ep1")) == 3 })
+	nstest.Eventually(t, "acknowledgements cleared with the endpoint", 5*time.Second, func() bool { return len(a.unacked("ep1")) == 3 })
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/piernet/pier/dns"
 	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/ipam"
 	"github.com/piernet/pier/store"
 )
@@ -332,18 +333,6 @@ func (nd *node) close() {
 	nd.st.Close()
 }
 
-// eventually polls cond for up to 5 s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 func TestGlobalNetworkAcrossNodes(t *testing.T) {
 	ctx := t.Context()
 	s := newFakeStore(t)
@@ -357,11 +346,11 @@ func TestGlobalNetworkAcrossNodes(t *testing.T) {
 	if n.Scope != driver.ScopeGlobal || !n.IPv4[0].Subnet.IsValid() {
 		t.Fatalf("created %+v, want global scope with a pool", n)
 	}
-	eventually(t, "h2 to list ov", func() bool { got, err := b.c.Network(ctx, "ov"); return err == nil && got.ID == n.ID })
+	nstest.Eventually(t, "h2 to list ov", 5*time.Second, func() bool { got, err := b.c.Network(ctx, "ov"); return err == nil && got.ID == n.ID })
 	if got, _ := b.c.Network(ctx, "ov"); got.Scope != driver.ScopeGlobal || got.IPv4[0].Subnet != n.IPv4[0].Subnet {
 		t.Fatalf("h2 sees %+v", got)
 	}
-	eventually(t, "h2's driver to set up ov", func() bool { return strings.Contains(b.drv.callList(), "CreateNetwork ov") })
+	nstest.Eventually(t, "h2's driver to set up ov", 5*time.Second, func() bool { return strings.Contains(b.drv.callList(), "CreateNetwork ov") })
 	if _, err := b.c.CreateNetwork(ctx, NetworkSpec{Name: "ov", Driver: "gdrv"}); !errdefs.Is(err, errdefs.KindConflict) {
 		t.Fatalf("same name on h2: %v, want Conflict", err)
 	}
@@ -390,13 +379,13 @@ func TestGlobalNetworkAcrossNodes(t *testing.T) {
 	}
 	// h2's DNS answers h1's sandbox by name and alias; h2's driver knows the peer.
 	for _, name := range []string{"web", "www"} {
-		eventually(t, "h2 to resolve "+name, func() bool {
+		nstest.Eventually(t, "h2 to resolve "+name, 5*time.Second, func() bool {
 			got := b.dns.resolve(n.ID, name)
 			return len(got) == 1 && got[0] == epA.Addr4.Addr()
 		})
 	}
-	eventually(t, "h2's driver to know web", func() bool { return b.drv.dump() == epA.Addr4.String()+" via 192.0.2.1" })
-	eventually(t, "h1's driver to know cli", func() bool { return a.drv.dump() == epB.Addr4.String()+" via 192.0.2.2" })
+	nstest.Eventually(t, "h2's driver to know web", 5*time.Second, func() bool { return b.drv.dump() == epA.Addr4.String()+" via 192.0.2.1" })
+	nstest.Eventually(t, "h1's driver to know cli", 5*time.Second, func() bool { return a.drv.dump() == epB.Addr4.String()+" via 192.0.2.2" })
 	// Remote endpoints are read-only: not among h2's endpoints.
 	if eps, _ := b.c.Endpoints(ctx, "ov"); len(eps) != 1 || eps[0].ID != epB.ID {
 		t.Fatalf("h2's local endpoints: %+v", eps)
@@ -416,11 +405,11 @@ func TestGlobalNetworkAcrossNodes(t *testing.T) {
 	if err := a.c.Disconnect(ctx, "ov", "web"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "h2 to forget web", func() bool { return len(b.dns.resolve(n.ID, "web")) == 0 && b.drv.dump() == "" })
+	nstest.Eventually(t, "h2 to forget web", 5*time.Second, func() bool { return len(b.dns.resolve(n.ID, "web")) == 0 && b.drv.dump() == "" })
 	if err := b.c.DeleteNetwork(ctx, "ov"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "h1 to drop ov", func() bool { _, err := a.c.Network(ctx, "ov"); return errdefs.Is(err, errdefs.KindNotFound) })
+	nstest.Eventually(t, "h1 to drop ov", 5*time.Second, func() bool { _, err := a.c.Network(ctx, "ov"); return errdefs.Is(err, errdefs.KindNotFound) })
 	// The pool went back: a new global network gets a subnet again.
 	if _, err := a.c.CreateNetwork(ctx, NetworkSpec{Name: "ov2", Driver: "gdrv", IPAM: []PoolSpec{{Subnet: n.IPv4[0].Subnet}}}); err != nil {
 		t.Fatalf("re-using the released subnet: %v", err)
@@ -524,7 +513,7 @@ func TestGlobalNetworkVNIs(t *testing.T) {
 	if fmt.Sprint(n1.VNIs, n2.VNIs) != "[4096] [4097]" {
 		t.Fatalf("VNIs %v %v", n1.VNIs, n2.VNIs)
 	}
-	eventually(t, "h2's driver to get ov1 with its VNI", func() bool {
+	nstest.Eventually(t, "h2's driver to get ov1 with its VNI", 5*time.Second, func() bool {
 		b.drv.mu.Lock()
 		defer b.drv.mu.Unlock()
 		return fmt.Sprint(b.drv.gateways[n1.ID].VNIs) == "[4096]"

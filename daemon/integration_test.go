@@ -51,7 +51,7 @@ func TestDockerCLI(t *testing.T) {
 			t.Errorf("inspect Containers:\n%s\nlacks %q", containers, want)
 		}
 	}
-	if err := ping(db.Key, "10.20.0.200"); err != nil {
+	if err := nstest.PingOnce(db.Key, netip.MustParseAddr("10.20.0.200")); err != nil {
 		t.Errorf("db cannot reach web on app: %v", err)
 	}
 
@@ -220,7 +220,7 @@ func TestRestart(t *testing.T) {
 	d.mustDocker("network", "create", "--subnet", "10.40.0.0/24", "app")
 	a := d.sandbox(types.SandboxCreateRequest{Name: "a", Networks: []types.SandboxNetwork{{Network: "app", IPv4Address: "10.40.0.10"}}})
 	d.sandbox(types.SandboxCreateRequest{Name: "b", Networks: []types.SandboxNetwork{{Network: "app", IPv4Address: "10.40.0.11"}, {Network: "bridge"}}})
-	if err := ping(a.Key, "10.40.0.11"); err != nil {
+	if err := nstest.PingOnce(a.Key, netip.MustParseAddr("10.40.0.11")); err != nil {
 		t.Fatal(err)
 	}
 	want := snapshot(d)
@@ -239,7 +239,7 @@ func TestRestart(t *testing.T) {
 		if got := snapshot(d); got != want {
 			t.Errorf("after %v and restart:\n%s\nwant\n%s", sig, got, want)
 		}
-		if err := ping(a.Key, "10.40.0.11"); err != nil {
+		if err := nstest.PingOnce(a.Key, netip.MustParseAddr("10.40.0.11")); err != nil {
 			t.Errorf("after %v and restart: %v", sig, err)
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/piernet/pier/api/types"
+	"github.com/piernet/pier/internal/nstest"
 )
 
 // TestLinkLocalIPs: IPAMConfig.LinkLocalIPs given through the moby SDK are configured
@@ -60,7 +61,7 @@ func TestLinkLocalIPs(t *testing.T) {
 			t.Errorf("ip addr in sandbox a = %v, want %s", addrs, w)
 		}
 	}
-	if err := ping(b.Key, "169.254.41.2"); err != nil {
+	if err := nstest.PingOnce(b.Key, netip.MustParseAddr("169.254.41.2")); err != nil {
 		t.Errorf("ping from b to a's link-local address: %v", err)
 	}
 	if got := inspectLinkLocal(t, d, "a"); !slices.Equal(got, want) {
@@ -71,7 +72,7 @@ func TestLinkLocalIPs(t *testing.T) {
 	if got := inspectLinkLocal(t, d, "a"); !slices.Equal(got, want) {
 		t.Errorf("after a restart, sandbox inspect LinkLocalIPs = %v, want %v", got, want)
 	}
-	if err := ping(b.Key, "169.254.41.2"); err != nil {
+	if err := nstest.PingOnce(b.Key, netip.MustParseAddr("169.254.41.2")); err != nil {
 		t.Errorf("after a restart: %v", err)
 	}
 }

@@ -1,11 +1,12 @@
 package daemon_test
 
 import (
-	"github.com/piernet/pier/internal/nstest"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/piernet/pier/internal/nstest"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/network"

@@ -101,17 +101,16 @@ func (d *pierd) start() {
 	}
 	d.exited = make(chan struct{})
 	go func() { _ = d.cmd.Wait(); close(d.exited) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	if _, ok := nstest.Poll(20*time.Second, func() bool {
 		select {
 		case <-d.exited:
 			d.t.Fatalf("pierd exited during start: %v\n%s", d.cmd.ProcessState, d.log)
 		default:
 		}
-		if r, err := d.request("GET", "/_ping", nil); err == nil && r.status == 200 {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+		r, err := d.request("GET", "/_ping", nil)
+		return err == nil && r.status == 200
+	}); ok {
+		return
 	}
 	d.t.Fatalf("pierd did not answer on %s within 20s\n%s", d.sock, d.log)
 }
@@ -219,15 +218,6 @@ func dockerEnv(dir string) []string {
 		}
 	}
 	return append(env, "DOCKER_CONFIG="+filepath.Join(dir, "docker-config"), "DOCKER_CLI_HINTS=false")
-}
-
-// ping pings addr from inside the namespace at key.
-func ping(key, addr string) error {
-	out, err := exec.Command("nsenter", "--net="+key, "ping", "-c1", "-W2", addr).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ping %s: %v\n%s", addr, err, out)
-	}
-	return nil
 }
 
 type syncBuffer struct {

@@ -124,7 +124,7 @@ func startBaseline(b *testing.B, n *testNS) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	waitFor(b, func() bool {
+	nstest.Eventually(b, "svc1 to resolve", 5*time.Second, func() bool {
 		out, err := n.run(b, "nsenter", "--net="+n.path, "--", "busybox", "nslookup", "-type=a", "svc1", baselineAddr)
 		return err == nil && strings.Contains(out, "172.30.1.1")
 	})

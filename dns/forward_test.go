@@ -8,6 +8,7 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"github.com/piernet/pier/internal/nstest"
 )
 
 func ups(a ...netip.AddrPort) []netip.AddrPort { return a }
@@ -172,7 +173,7 @@ func TestIdenticalQuestionsShareOneUpstreamQuery(t *testing.T) {
 	for range 10 {
 		wg.Go(func() { sb.query(t, "same.example.", mdns.TypeA) })
 	}
-	waitFor(t, func() bool {
+	nstest.Eventually(t, "one flight and one upstream query", 5*time.Second, func() bool {
 		s.flights.mu.Lock()
 		defer s.flights.mu.Unlock()
 		return len(s.flights.m) == 1 && f.queries(up) == 1
@@ -281,22 +282,10 @@ func TestRemovedSandboxStopsWaiting(t *testing.T) {
 	sb := fakeSandbox(t, s, SandboxConfig{ID: "sb", Upstreams: ups(up)}, f)
 	done := make(chan *mdns.Msg)
 	go func() { done <- sb.query(t, "x.example.", mdns.TypeA) }()
-	waitFor(t, func() bool { return f.queries(up) == 1 })
+	nstest.Eventually(t, "one upstream query", 5*time.Second, func() bool { return f.queries(up) == 1 })
 	sb.cancel()
 	if m := <-done; m.Rcode != mdns.RcodeServerFailure {
 		t.Fatalf("rcode %s", mdns.RcodeToString[m.Rcode])
 	}
 	sb.wg.Wait()
-}
-
-// waitFor polls cond until it holds or 5 s pass.
-func waitFor(t testing.TB, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(time.Millisecond)
-	}
 }

@@ -6,9 +6,11 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	mdns "github.com/miekg/dns"
 	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/nstest"
 )
 
 func TestSandboxLifecycleErrors(t *testing.T) {
@@ -50,7 +52,7 @@ func TestStartContextClosesServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancel()
-	waitFor(t, func() bool {
+	nstest.Eventually(t, "the server to close", 5*time.Second, func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return s.closed

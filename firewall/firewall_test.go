@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/piernet/pier/internal/nstest"
 )
 
 var equatePrefix = cmpopts.EquateComparable(netip.Prefix{}, netip.Addr{})
@@ -25,7 +26,7 @@ func TestRenderGolden(t *testing.T) {
 func TestRenderIgnoresInputOrder(t *testing.T) {
 	s := goldenState()
 	slices.Reverse(s.Bridges)
-	s.Bridges[0].Subnets6 = pfx("fd00:17::1/64", "fd00:17::/64") // unmasked duplicate
+	s.Bridges[0].Subnets6 = nstest.Prefixes("fd00:17::1/64", "fd00:17::/64") // unmasked duplicate
 	if diff := cmp.Diff(Render(goldenState()), Render(s)); diff != "" {
 		t.Errorf("Render depends on input order (-want +got):\n%s", diff)
 	}
@@ -88,7 +89,7 @@ func TestEachChangeIsOneElementBatch(t *testing.T) {
 		steps = append(steps, step{"set " + b.Name, func() error { return fw.SetBridge(ctx, b) }, 1})
 	}
 	changed := goldenState().Bridges[0]
-	changed.ICC, changed.Subnets4 = true, pfx("172.28.0.0/16", "172.29.0.0/16")
+	changed.ICC, changed.Subnets4 = true, nstest.Prefixes("172.28.0.0/16", "172.29.0.0/16")
 	steps = append(steps,
 		step{"set same again", func() error { return fw.SetBridge(ctx, goldenState().Bridges[2]) }, 0},
 		step{"change one bridge", func() error { return fw.SetBridge(ctx, changed) }, 1},
@@ -146,9 +147,9 @@ func testStates() []State {
 		flipped[i].Owner = strings.Repeat(fmt.Sprint(i+4), 64)
 	}
 	overlap := []Bridge{
-		{Name: "br-x", Owner: "x", Subnets4: pfx("10.0.0.0/8"), Masquerade: true, ICC: true},
-		{Name: "br-y", Owner: "y", Subnets4: pfx("10.1.0.0/16", "10.2.0.0/24", "192.168.7.7/32"), Subnets6: pfx("fd00::/48"), Masquerade: true},
-		{Name: "br-z", Owner: "z", Subnets4: pfx("10.1.0.0/16", "10.2.1.0/24"), Subnets6: pfx("fd00::/56", "::/0"), Masquerade: true},
+		{Name: "br-x", Owner: "x", Subnets4: nstest.Prefixes("10.0.0.0/8"), Masquerade: true, ICC: true},
+		{Name: "br-y", Owner: "y", Subnets4: nstest.Prefixes("10.1.0.0/16", "10.2.0.0/24", "192.168.7.7/32"), Subnets6: nstest.Prefixes("fd00::/48"), Masquerade: true},
+		{Name: "br-z", Owner: "z", Subnets4: nstest.Prefixes("10.1.0.0/16", "10.2.1.0/24"), Subnets6: nstest.Prefixes("fd00::/56", "::/0"), Masquerade: true},
 	}
 	remapped := goldenState().Ports
 	remapped[ownerWeb] = []PortBinding{pb("0.0.0.0", 8080, "tcp", "172.17.0.9", 8080), pb("203.0.113.7", 80, "tcp", "172.17.0.9", 80)}
@@ -301,9 +302,9 @@ func TestInvalidBridgeIsRejected(t *testing.T) {
 		{},
 		{Name: "a-name-longer-than-15"},
 		{Name: "br/x"},
-		{Name: "br0", Subnets4: pfx("fd00::/64")},
-		{Name: "br0", Subnets6: pfx("10.0.0.0/8")},
-		{Name: "br0", Subnets6: pfx("::ffff:10.0.0.0/104")},
+		{Name: "br0", Subnets4: nstest.Prefixes("fd00::/64")},
+		{Name: "br0", Subnets6: nstest.Prefixes("10.0.0.0/8")},
+		{Name: "br0", Subnets6: nstest.Prefixes("::ffff:10.0.0.0/104")},
 		{Name: "br0", Owner: strings.Repeat("x", 129)},
 	} {
 		fw, k := newFake(t)
@@ -354,8 +355,8 @@ func TestStateIsACopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := fw.State()
-	s.Bridges[0].Subnets4[0] = pfx("1.0.0.0/8")[0]
-	if got := fw.State().Bridges[0].Subnets4[0]; got != pfx("172.17.0.0/16")[0] {
+	s.Bridges[0].Subnets4[0] = nstest.Prefixes("1.0.0.0/8")[0]
+	if got := fw.State().Bridges[0].Subnets4[0]; got != nstest.Prefixes("172.17.0.0/16")[0] {
 		t.Errorf("State() shares memory with the firewall: %v", got)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/piernet/pier/internal/nstest"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden files")
@@ -37,14 +38,6 @@ const (
 	ownerInternal = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
 )
 
-func pfx(s ...string) []netip.Prefix {
-	out := make([]netip.Prefix, len(s))
-	for i, p := range s {
-		out[i] = netip.MustParsePrefix(p)
-	}
-	return out
-}
-
 const (
 	ownerWeb = "c0ffee0000000000000000000000000000000000000000000000000000000001"
 	ownerDNS = "c0ffee0000000000000000000000000000000000000000000000000000000002"
@@ -58,9 +51,9 @@ const (
 func goldenState() State {
 	return State{
 		Bridges: []Bridge{
-			{Name: "br-aaaaaaaaaaaa", Owner: ownerICCOff, Subnets4: pfx("172.18.0.0/16"), Masquerade: true},
-			{Name: "br-bbbbbbbbbbbb", Owner: ownerInternal, Subnets4: pfx("172.19.0.0/16"), ICC: true, Masquerade: true, Internal: true},
-			{Name: "pier0", Owner: ownerDefault, Subnets4: pfx("172.17.0.0/16"), Subnets6: pfx("fd00:17::/64"), ICC: true, Masquerade: true},
+			{Name: "br-aaaaaaaaaaaa", Owner: ownerICCOff, Subnets4: nstest.Prefixes("172.18.0.0/16"), Masquerade: true},
+			{Name: "br-bbbbbbbbbbbb", Owner: ownerInternal, Subnets4: nstest.Prefixes("172.19.0.0/16"), ICC: true, Masquerade: true, Internal: true},
+			{Name: "pier0", Owner: ownerDefault, Subnets4: nstest.Prefixes("172.17.0.0/16"), Subnets6: nstest.Prefixes("fd00:17::/64"), ICC: true, Masquerade: true},
 		},
 		Ports: map[string][]PortBinding{
 			ownerWeb: {

@@ -13,6 +13,7 @@ import (
 	vns "github.com/vishvananda/netns"
 
 	"github.com/piernet/pier/internal/netlab"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
 )
 
@@ -41,7 +42,7 @@ func rewrites(t *testing.T, ns vns.NsHandle, want, what string, change func()) i
 	t.Helper()
 	before := tableHandle(t, ns)
 	change()
-	waitFor(t, 10*time.Second, what+": table restored", func() bool { return dumpNow(t, ns) == want })
+	nstest.Eventually(t, what+": table restored", 10*time.Second, func() bool { return dumpNow(t, ns) == want })
 	return tableHandle(t, ns) - before
 }
 
@@ -62,14 +63,8 @@ func publishedLab(t *testing.T) (host vns.NsHandle, outside *netns.Namespace) {
 // web container (which sees the client's own address), retrying for up to 5 s.
 func reachesPublishedPort(t *testing.T, outside *netns.Namespace) bool {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		if connectTo(t, outside, "203.0.113.1:8080") == "203.0.113.2" {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-	}
+	_, ok := nstest.Poll(5*time.Second, func() bool { return connectTo(t, outside, "203.0.113.1:8080") == "203.0.113.2" })
+	return ok
 }
 
 // TestKernelSelfHeals breaks pier's table the ways other tools do and checks

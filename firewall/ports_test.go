@@ -10,6 +10,7 @@ import (
 	"github.com/mdlayher/netlink"
 
 	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/nstest"
 )
 
 // onlyElementOps fails unless the last batch changes set elements only.
@@ -113,7 +114,7 @@ func TestInvalidPortsAreRejected(t *testing.T) {
 		{"o", pb("::", 80, "tcp", "172.17.0.2", 80)},
 		{"o", pb("0.0.0.0", 80, "tcp", "fd00::2", 80)},
 		{"o", pb("fe80::1%eth0", 80, "tcp", "fd00::2", 80)},
-		{"o", PortBinding{HostPort: 80, Proto: "tcp", ContainerIP: pfx("172.17.0.2/32")[0].Addr(), ContainerPort: 80}},
+		{"o", PortBinding{HostPort: 80, Proto: "tcp", ContainerIP: nstest.Prefixes("172.17.0.2/32")[0].Addr(), ContainerPort: 80}},
 	} {
 		fw, k := newFake(t)
 		err := fw.SetPorts(t.Context(), tc.owner, []PortBinding{tc.b})
@@ -184,18 +185,6 @@ func TestStateIncludesPorts(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func TestStartWritesMissingTableAndHealsForeignChanges(t *testing.T) {
 	ctx := t.Context()
 	fw, k := newFake(t)
@@ -210,12 +199,12 @@ func TestStartWritesMissingTableAndHealsForeignChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = fw.Close() })
-	waitFor(t, 5*time.Second, "table written at start", func() bool { return k.dump() == want })
+	nstest.Eventually(t, "table written at start", 5*time.Second, func() bool { return k.dump() == want })
 
 	k.deleteTable("inet pier")
-	waitFor(t, 5*time.Second, "deleted table restored", func() bool { return k.dump() == want })
+	nstest.Eventually(t, "deleted table restored", 5*time.Second, func() bool { return k.dump() == want })
 	k.flushSet("inet pier", "portsany4")
-	waitFor(t, 5*time.Second, "flushed map restored", func() bool { return k.dump() == want })
+	nstest.Eventually(t, "flushed map restored", 5*time.Second, func() bool { return k.dump() == want })
 
 	if err := fw.Start(ctx); err == nil {
 		t.Error("second Start succeeded")
@@ -248,7 +237,7 @@ func TestOwnChangesDoNotHeal(t *testing.T) {
 		go func() { defer close(done); fw.readEvents(t.Context(), w) }()
 		// The reader asks for the sentinel only after handling the rest.
 		ev.ch <- notice{port: 1001, end: true}
-		waitFor(t, 5*time.Second, "notices consumed", func() bool { return len(ev.ch) == 0 })
+		nstest.Eventually(t, "notices consumed", 5*time.Second, func() bool { return len(ev.ch) == 0 })
 		_ = ev.Close()
 		<-done
 		return len(w.kick) > 0

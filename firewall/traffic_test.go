@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/piernet/pier/internal/netlab"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
 )
 
@@ -49,9 +50,9 @@ func TestTraffic(t *testing.T) {
 	ctx := t.Context()
 	l := netlab.New(t, netlab.Options{BridgeNetfilter: true}) // ICC off on a bridge needs it
 	bridges := []Bridge{
-		{Name: "pier0", Subnets4: pfx("10.10.0.0/24"), ICC: true, Masquerade: true},
-		{Name: "br-off", Subnets4: pfx("10.20.0.0/24"), Masquerade: true},
-		{Name: "br-int", Subnets4: pfx("10.30.0.0/24"), ICC: true, Masquerade: true, Internal: true},
+		{Name: "pier0", Subnets4: nstest.Prefixes("10.10.0.0/24"), ICC: true, Masquerade: true},
+		{Name: "br-off", Subnets4: nstest.Prefixes("10.20.0.0/24"), Masquerade: true},
+		{Name: "br-int", Subnets4: nstest.Prefixes("10.30.0.0/24"), ICC: true, Masquerade: true, Internal: true},
 	}
 	for i, b := range bridges {
 		gw := []string{"10.10.0.1/24", "10.20.0.1/24", "10.30.0.1/24"}[i]
@@ -137,7 +138,7 @@ func TestTrafficICCUpdate(t *testing.T) {
 	l.Must(err)
 	t.Cleanup(func() { _ = fw.Close() })
 
-	b := Bridge{Name: "br-x", Subnets4: pfx("10.40.0.0/24"), ICC: true}
+	b := Bridge{Name: "br-x", Subnets4: nstest.Prefixes("10.40.0.0/24"), ICC: true}
 	for _, icc := range []bool{true, false, true} {
 		b.ICC = icc
 		l.Must(fw.SetBridge(ctx, b))

@@ -109,19 +109,6 @@ func ok(t *testing.T) func(string, error) string {
 	}
 }
 
-// poll retries fn until it reports true, for up to d.
-func poll(t *testing.T, what string, d time.Duration, fn func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !fn() {
-		if time.Since(start) > d {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
 func TestLabCluster(t *testing.T) {
 	l := up(t, 3)
 	// The underlay: hosts reach each other and the client; nothing else is routed.
@@ -131,7 +118,7 @@ func TestLabCluster(t *testing.T) {
 	// A network created on h1 with the real docker CLI is listed on h2 and h3.
 	ok(t)(sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "--attachable", "ov"))
 	for _, h := range []string{"h2", "h3"} {
-		poll(t, "ov on "+h, 5*time.Second, func() bool {
+		nstest.Eventually(t, "ov on "+h, 5*time.Second, func() bool {
 			out, _ := sh(t, l, h, "docker", "network", "ls", "--filter", "name=ov", "--format", "{{.Name}} {{.Driver}} {{.Scope}}")
 			return out == "ov overlay global"
 		})
@@ -163,19 +150,19 @@ func TestLabCluster(t *testing.T) {
 	if err := l.Kill("h2"); err != nil {
 		t.Fatal(err)
 	}
-	took := poll(t, "h1 to see h2 down", 5*time.Second, func() bool {
+	took := nstest.Eventually(t, "h1 to see h2 down", 5*time.Second, func() bool {
 		out, _ := pier(t, l, "h1", "node", "ls", "--format", "{{.Name}} {{.State}}")
 		return strings.Contains(out, "h2 down")
 	})
 	t.Logf("h2 seen down %v after SIGKILL", took.Round(10*time.Millisecond))
-	poll(t, "cli to stop resolving on h1", 3*time.Second, func() bool {
+	nstest.Eventually(t, "cli to stop resolving on h1", 3*time.Second, func() bool {
 		_, err := pier(t, l, "h1", "exec", "web", "--", "nslookup", "cli")
 		return err != nil
 	})
 	// With one of the three etcd members gone, the survivors keep working: a global
 	// network created on h1 is usable from h3.
 	ok(t)(sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "--attachable", "ov2"))
-	poll(t, "ov2 on h3", 5*time.Second, func() bool {
+	nstest.Eventually(t, "ov2 on h3", 5*time.Second, func() bool {
 		_, err := pier(t, l, "h3", "network", "inspect", "ov2")
 		return err == nil
 	})
@@ -184,7 +171,7 @@ func TestLabCluster(t *testing.T) {
 	if err := l.Start(t.Context(), "h2"); err != nil {
 		t.Fatal(err)
 	}
-	poll(t, "h2 ready and cli reachable from h1", 10*time.Second, func() bool {
+	nstest.Eventually(t, "h2 ready and cli reachable from h1", 10*time.Second, func() bool {
 		_, err := pier(t, l, "h1", "exec", "web", "--", "ping", "-c1", "-W1", "cli")
 		return err == nil
 	})
@@ -263,7 +250,7 @@ func TestLabDownRemovesEverything(t *testing.T) {
 func TestLabExternalStore(t *testing.T) {
 	l := up(t, 2, true)
 	ok(t)(sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "--attachable", "ov"))
-	poll(t, "ov on h2", 5*time.Second, func() bool {
+	nstest.Eventually(t, "ov on h2", 5*time.Second, func() bool {
 		out, _ := sh(t, l, "h2", "docker", "network", "ls", "--filter", "name=ov", "--format", "{{.Scope}}")
 		return out == "global"
 	})
@@ -295,11 +282,11 @@ func TestLabExternalStore(t *testing.T) {
 	if err := l.StartStore(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	poll(t, "global create to work again", 20*time.Second, func() bool {
+	nstest.Eventually(t, "global create to work again", 20*time.Second, func() bool {
 		_, err := sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "--attachable", "ov3")
 		return err == nil
 	})
-	poll(t, "ov3 on h2", 10*time.Second, func() bool {
+	nstest.Eventually(t, "ov3 on h2", 10*time.Second, func() bool {
 		_, err := pier(t, l, "h2", "network", "inspect", "ov3")
 		return err == nil
 	})
@@ -315,7 +302,7 @@ func TestLabConcurrentConnects(t *testing.T) {
 	addrs := map[string]string{}
 	errs := 0
 	for _, h := range l.Hosts {
-		poll(t, "big on "+h.Name, 5*time.Second, func() bool {
+		nstest.Eventually(t, "big on "+h.Name, 5*time.Second, func() bool {
 			_, err := pier(t, l, h.Name, "network", "inspect", "big")
 			return err == nil
 		})

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/piernet/pier/internal/netlab"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
 )
 
@@ -23,7 +24,7 @@ import (
 func TestLabPierdRestartKeepsOverlay(t *testing.T) {
 	l := up(t, 3) // three etcd members: h1's restart keeps the store's quorum
 	ok(t)(sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "--attachable", "ov"))
-	poll(t, "ov on h2", 5*time.Second, func() bool {
+	nstest.Eventually(t, "ov on h2", 5*time.Second, func() bool {
 		_, err := pier(t, l, "h2", "network", "inspect", "ov")
 		return err == nil
 	})
@@ -34,7 +35,7 @@ func TestLabPierdRestartKeepsOverlay(t *testing.T) {
 	netlab.Serve(t, web, ":7777", func(c net.Conn) { defer c.Close(); _, _ = io.Copy(c, c) })
 	to := netip.AddrPortFrom(webAddr, 7777).String()
 	var conn net.Conn
-	poll(t, "a first connection from cli to web", 5*time.Second, func() bool {
+	nstest.Eventually(t, "a first connection from cli to web", 5*time.Second, func() bool {
 		c, err := netlab.Dial(t, cli, "tcp", to, time.Second)
 		if err == nil {
 			conn = c
@@ -64,14 +65,14 @@ func TestLabPierdRestartKeepsOverlay(t *testing.T) {
 		// The connection opened before the restart carries data again (TCP
 		// retransmits whatever was lost while h2 had withdrawn web's peer entry).
 		lineEchoes(t, conn, long, "after "+restart.how, 20*time.Second)
-		poll(t, "a new connection from cli to web after "+restart.how, 10*time.Second, func() bool {
+		nstest.Eventually(t, "a new connection from cli to web after "+restart.how, 10*time.Second, func() bool {
 			c, err := netlab.Dial(t, cli, "tcp", to, time.Second)
 			if err == nil {
 				c.Close()
 			}
 			return err == nil
 		})
-		poll(t, "web to resolve on h2 after "+restart.how, 10*time.Second, func() bool {
+		nstest.Eventually(t, "web to resolve on h2 after "+restart.how, 10*time.Second, func() bool {
 			out, err := pier(t, l, "h2", "exec", "cli", "--", "nslookup", "web")
 			return err == nil && strings.Contains(out, webAddr.String())
 		})

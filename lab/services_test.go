@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/piernet/pier/internal/netlab"
+	"github.com/piernet/pier/internal/nstest"
 )
 
 // TestLabServiceSurvivesTaskHostDeath: a service on an overlay with tasks on h2 and
@@ -22,7 +23,7 @@ func TestLabServiceSurvivesTaskHostDeath(t *testing.T) {
 	ok(t)(sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "--attachable", "ov"))
 	ok(t)(pier(t, l, "h1", "service", "create", "web", "--network", "ov", "--port", "80/tcp"))
 	for _, h := range []string{"h2", "h3"} {
-		poll(t, "the service on "+h, 5*time.Second, func() bool { _, err := pier(t, l, h, "service", "inspect", "web"); return err == nil })
+		nstest.Eventually(t, "the service on "+h, 5*time.Second, func() bool { _, err := pier(t, l, h, "service", "inspect", "web"); return err == nil })
 		task := "t" + h[1:]
 		ok(t)(pier(t, l, h, "sandbox", "create", "--name", task, "--service", "web"))
 		netlab.Serve(t, sandboxNS(t, l, h, task), ":80", func(c net.Conn) { defer c.Close(); fmt.Fprintln(c, task) })
@@ -45,7 +46,7 @@ func TestLabServiceSurvivesTaskHostDeath(t *testing.T) {
 		return strings.TrimSpace(line), err
 	}
 	seen := map[string]bool{}
-	poll(t, "both tasks behind the VIP on h1", 10*time.Second, func() bool {
+	nstest.Eventually(t, "both tasks behind the VIP on h1", 10*time.Second, func() bool {
 		if name, err := ask(); err == nil {
 			seen[name] = true
 		}

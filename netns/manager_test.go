@@ -1,6 +1,7 @@
 package netns
 
 import (
+	"context"
 	"net/netip"
 	"path/filepath"
 	"testing"
@@ -11,19 +12,7 @@ import (
 )
 
 func TestDefaultRouteReplaceAndRemoveKeepsConnectedDefault(t *testing.T) {
-	hostPath, _ := nstest.NewPinned(t)
-	host, err := Open(hostPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer host.Close()
-	m := NewManager(filepath.Join(t.TempDir(), "netns"), host)
-	defer m.Close()
-	key, err := m.Create(t.Context(), "sb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Destroy(t.Context(), key)
+	m, key, _ := newManager(t)
 	sb, _ := m.Get(key)
 	for _, name := range []string{"gw0", "l3"} {
 		attrs := netlink.NewLinkAttrs()
@@ -49,7 +38,7 @@ func TestDefaultRouteReplaceAndRemoveKeepsConnectedDefault(t *testing.T) {
 	if err := m.SetDefaultRoute(ctx, key, DefaultRoute{}); err != nil {
 		t.Fatal(err)
 	}
-	rs, _ := sb.NL.RouteList(nil, netlink.FAMILY_V4)
+	rs, _ := Dump(func() ([]netlink.Route, error) { return sb.NL.RouteList(nil, netlink.FAMILY_V4) })
 	for _, r := range rs {
 		if r.Gw != nil {
 			t.Errorf("gateway route left: %v", r)
@@ -62,7 +51,7 @@ func TestDefaultRouteReplaceAndRemoveKeepsConnectedDefault(t *testing.T) {
 
 func defaults(t *testing.T, ns *Namespace) int {
 	t.Helper()
-	rs, err := ns.NL.RouteList(nil, netlink.FAMILY_ALL)
+	rs, err := Dump(func() ([]netlink.Route, error) { return ns.NL.RouteList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,4 +71,24 @@ func maskOnes(r netlink.Route) (int, int) {
 		return 0, 0
 	}
 	return r.Dst.Mask.Size()
+}
+
+// newManager returns a manager whose host is a fresh pinned namespace, one sandbox
+// "sb" in it (its key) and the host's path; all of it is removed when the test ends.
+func newManager(t *testing.T) (*Manager, string, string) {
+	t.Helper()
+	hostPath, _ := nstest.NewPinned(t)
+	host, err := Open(hostPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { host.Close() })
+	m := NewManager(filepath.Join(t.TempDir(), "netns"), host)
+	t.Cleanup(func() { m.Close() })
+	key, err := m.Create(t.Context(), "sb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Destroy(context.Background(), key) })
+	return m, key, hostPath
 }

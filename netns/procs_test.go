@@ -1,8 +1,9 @@
 package netns
 
 import (
+	"fmt"
+	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"syscall"
 	"testing"
@@ -15,29 +16,19 @@ import (
 // one outside it: Stop ends exactly the two inside, the TERM-ignoring one by SIGKILL.
 func TestStopProcesses(t *testing.T) {
 	nstest.Require(t, "root")
-	hostPath, _ := nstest.NewPinned(t)
-	host, err := Open(hostPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer host.Close()
-	m := NewManager(filepath.Join(t.TempDir(), "netns"), host)
-	defer m.Close()
-	key, err := m.Create(t.Context(), "sb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Destroy(t.Context(), key)
+	m, key, hostPath := newManager(t)
 
 	polite := start(t, "nsenter", "--net="+key, "--", "sleep", "300")
 	stubborn := start(t, "nsenter", "--net="+key, "--", "sh", "-c", `trap "" TERM; exec sleep 300`)
 	outside := start(t, "nsenter", "--net="+hostPath, "--", "sleep", "300")
 	want := []int{polite.pid, stubborn.pid}
 	slices.Sort(want)
-	waitFor(t, func() bool {
+	// Both must have exec'd sleep: before that the stubborn one's shell may not have
+	// set its trap yet, and a TERM would end it.
+	nstest.Eventually(t, fmt.Sprintf("processes %v in the namespace, running sleep", want), 10*time.Second, func() bool {
 		pids, err := m.procs.In(key)
-		return err == nil && slices.Equal(pids, want)
-	}, "processes %v in the namespace", want)
+		return err == nil && slices.Equal(pids, want) && isSleep(polite.pid) && isSleep(stubborn.pid)
+	})
 	if n, err := m.Processes(t.Context(), key); n != 2 || err != nil {
 		t.Fatalf("Processes = %d, %v; want 2", n, err)
 	}
@@ -98,12 +89,7 @@ func (p *proc) signal(t *testing.T) syscall.Signal {
 	return ws.Signal()
 }
 
-func waitFor(t *testing.T, ok func() bool, format string, args ...any) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if ok() {
-			return
-		}
-	}
-	t.Fatalf("timed out waiting for "+format, args...)
+func isSleep(pid int) bool {
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return err == nil && string(comm) == "sleep\n"
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/firewall"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
 	"github.com/piernet/pier/portmap"
 )
@@ -126,8 +127,8 @@ func newTopology(t *testing.T, brNetfilter bool) *topology {
 	l.reachable(l.Host, hp(c1v4, 80), hp(c1v6, 80), hp(c3v4, 80), hp(c3v6, 80))
 	top.pub = newPublisher(t, l.Host)
 	for _, b := range []firewall.Bridge{
-		{Name: "br-a", Owner: "net-a", Subnets4: pfx("192.0.2.0/25"), Subnets6: pfx("fd00:a::/64"), ICC: true, Masquerade: true},
-		{Name: "br-b", Owner: "net-b", Subnets4: pfx("192.0.2.128/25"), Subnets6: pfx("fd00:b::/64"), ICC: true, Masquerade: true},
+		{Name: "br-a", Owner: "net-a", Subnets4: nstest.Prefixes("192.0.2.0/25"), Subnets6: nstest.Prefixes("fd00:a::/64"), ICC: true, Masquerade: true},
+		{Name: "br-b", Owner: "net-b", Subnets4: nstest.Prefixes("192.0.2.128/25"), Subnets6: nstest.Prefixes("fd00:b::/64"), ICC: true, Masquerade: true},
 	} {
 		if err := top.pub.fw.SetBridge(t.Context(), b); err != nil {
 			t.Fatal(err)
@@ -135,8 +136,6 @@ func newTopology(t *testing.T, brNetfilter bool) *topology {
 	}
 	return top
 }
-
-func pfx(s string) []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix(s)} }
 
 func hp(host string, port uint16) string { return net.JoinHostPort(host, fmt.Sprint(port)) }
 

@@ -188,12 +188,10 @@ func quiesce(t testing.TB, c net.Conn) {
 // returns how long that took.
 func eventually(t testing.TB, within time.Duration, want string, fn func() string) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for got := fn(); got != want; got = fn() {
-		if time.Since(start) > within {
-			t.Fatalf("got %q, want %q within %v", got, want, within)
-		}
-		time.Sleep(5 * time.Millisecond) // poll interval
+	var got string
+	took, ok := nstest.Poll(within, func() bool { got = fn(); return got == want })
+	if !ok {
+		t.Fatalf("got %q, want %q within %v", got, want, within)
 	}
-	return time.Since(start)
+	return took
 }

@@ -163,13 +163,9 @@ func udpSockets(t *testing.T, ns *netns.Namespace, remote netip.AddrPort) []stri
 // waitGoroutines waits until at most n goroutines run.
 func waitGoroutines(t *testing.T, n int, what string) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for runtime.NumGoroutine() > n {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<16)
-			t.Fatalf("%s: %d goroutines, want <= %d\n%s", what, runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(5 * time.Millisecond)
+	if _, ok := nstest.Poll(2*time.Second, func() bool { return runtime.NumGoroutine() <= n }); !ok {
+		buf := make([]byte, 1<<16)
+		t.Fatalf("%s: %d goroutines, want <= %d\n%s", what, runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/etcfiles"
+	"github.com/piernet/pier/internal/nstest"
 )
 
 func TestTwoSandboxesOnOneBridgeTalk(t *testing.T) {
@@ -19,7 +20,7 @@ func TestTwoSandboxesOnOneBridgeTalk(t *testing.T) {
 	e.network(cnm.NetworkSpec{Name: "app"})
 	a := e.sandbox("a", "app")
 	b := e.sandbox("b", "app")
-	if err := ping(a.Key, e.addr("b", "app", false)); err != nil {
+	if err := nstest.Ping(a.Key, e.addr("b", "app", false)); err != nil {
 		t.Fatal(err)
 	}
 	listen(t, a.Key)
@@ -72,7 +73,7 @@ func TestICCDisabledBlocksSameNetwork(t *testing.T) {
 	if err := dialEcho(a.Key, e.addr("b", "quiet", false), 500*time.Millisecond); err == nil {
 		t.Fatal("ICC=false: a reached b")
 	}
-	if err := ping(a.Key, n.IPv4[0].Gateway.Addr()); err != nil {
+	if err := nstest.Ping(a.Key, n.IPv4[0].Gateway.Addr()); err != nil {
 		t.Fatalf("ICC=false must still reach the gateway: %v", err)
 	}
 }
@@ -85,7 +86,7 @@ func TestInternalNetworkHasNoDefaultRoute(t *testing.T) {
 	if got := defaultRoutes(t, a.Key, netlink.FAMILY_ALL); len(got) != 0 {
 		t.Fatalf("internal network sandbox has default routes %v", got)
 	}
-	if err := ping(a.Key, e.addr("b", "priv", false)); err != nil {
+	if err := nstest.Ping(a.Key, e.addr("b", "priv", false)); err != nil {
 		t.Fatalf("internal network peers must talk: %v", err)
 	}
 }
@@ -100,7 +101,7 @@ func TestSandboxOnTwoNetworksKeepsDefaultRoute(t *testing.T) {
 	_, _ = p1, p2
 	for _, to := range []string{"p1/net1", "p2/net2"} {
 		parts := strings.Split(to, "/")
-		if err := ping(x.Key, e.addr(parts[0], parts[1], false)); err != nil {
+		if err := nstest.Ping(x.Key, e.addr(parts[0], parts[1], false)); err != nil {
 			t.Fatalf("x -> %s: %v", to, err)
 		}
 	}
@@ -115,7 +116,7 @@ func TestSandboxOnTwoNetworksKeepsDefaultRoute(t *testing.T) {
 	if got := defaultRoutes(t, x.Key, netlink.FAMILY_V4); len(got) != 1 || got[0] != want {
 		t.Fatalf("after leaving net1: default route = %v, want %s", got, want)
 	}
-	if err := ping(x.Key, e.addr("p2", "net2", false)); err != nil {
+	if err := nstest.Ping(x.Key, e.addr("p2", "net2", false)); err != nil {
 		t.Fatalf("x -> p2 after leaving net1: %v", err)
 	}
 }
@@ -129,10 +130,10 @@ func TestDualStackPing6(t *testing.T) {
 	if !to.Is6() {
 		t.Fatalf("b has no IPv6 address")
 	}
-	if err := ping(a.Key, to); err != nil {
+	if err := nstest.Ping(a.Key, to); err != nil {
 		t.Fatal(err)
 	}
-	if err := ping(a.Key, e.addr("b", "v6", false)); err != nil {
+	if err := nstest.Ping(a.Key, e.addr("b", "v6", false)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -147,7 +148,7 @@ func TestIPv6OnlyNetwork(t *testing.T) {
 	remoteSeen(t, out)
 	for _, bad := range []cnm.NetworkSpec{
 		{Name: "nov6", DisableIPv4: true},
-		{Name: "v4subnet", DisableIPv4: true, EnableIPv6: true, IPAM: []cnm.PoolSpec{{Subnet: mustPrefix("10.77.0.0/24")}}},
+		{Name: "v4subnet", DisableIPv4: true, EnableIPv6: true, IPAM: []cnm.PoolSpec{{Subnet: netip.MustParsePrefix("10.77.0.0/24")}}},
 	} {
 		if _, err := c.CreateNetwork(t.Context(), bad); !errdefs.Is(err, errdefs.KindInvalidArgument) {
 			t.Errorf("%s: %v, want InvalidArgument", bad.Name, err)
@@ -163,7 +164,7 @@ func TestIPv6OnlyNetwork(t *testing.T) {
 		t.Errorf("b has IPv4 address %s on an IPv6-only network", got)
 	}
 	addrB := e.addr("b", "v6", true)
-	if err := ping(a.Key, addrB); err != nil {
+	if err := nstest.Ping(a.Key, addrB); err != nil {
 		t.Fatalf("a → b over IPv6: %v", err)
 	}
 	listen(t, b.Key)

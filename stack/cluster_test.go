@@ -82,7 +82,6 @@ func (l *clusterLab) outsider(t testing.TB) string {
 	defer lab.Close()
 	path, _ := nstest.NewPinned(t)
 	underlay(t, lab, path, "out", netip.MustParseAddr("192.0.2.254"))
-	upLoopback(t, path)
 	return path
 }
 
@@ -105,11 +104,7 @@ func deleteClusterState(t testing.TB, hosts []*env) {
 		}
 	}
 	for _, h := range hosts {
-		deadline := time.Now().Add(5 * time.Second)
-		for hasGlobal(h) && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		if hasGlobal(h) {
+		if _, ok := nstest.Poll(5*time.Second, func() bool { return !hasGlobal(h) }); !ok {
 			t.Errorf("cleanup: global networks still listed on a host")
 		}
 	}
@@ -164,16 +159,13 @@ func TestOverlayAcrossClusterHosts(t *testing.T) {
 		t.Fatalf("overlay created as %+v", ov)
 	}
 	for _, h := range hosts[1:] {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			n, err := h.s.Controller.Network(ctx, "ov")
-			if err == nil && n.ID == ov.ID && n.Scope == "global" {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("network ov not seen on another host: %v", err)
-			}
-			time.Sleep(5 * time.Millisecond)
+		var err error
+		if _, ok := nstest.Poll(5*time.Second, func() bool {
+			var n cnm.Network
+			n, err = h.s.Controller.Network(ctx, "ov")
+			return err == nil && n.ID == ov.ID && n.Scope == "global"
+		}); !ok {
+			t.Fatalf("network ov not seen on another host: %v", err)
 		}
 	}
 	// Lazy extension: no overlay devices before a local endpoint.
@@ -185,15 +177,8 @@ func TestOverlayAcrossClusterHosts(t *testing.T) {
 	webAddr := hosts[0].addr("web", "ov", false)
 	listen(t, web.Key)
 	// By address and by name, across hosts, through the embedded DNS.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		err := dialEcho(cli.Key, webAddr, time.Second)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("TCP from host 2 to host 1's sandbox %s: %v", webAddr, err)
-		}
+	if err := within(5*time.Second, func() error { return dialEcho(cli.Key, webAddr, time.Second) }); err != nil {
+		t.Fatalf("TCP from host 2 to host 1's sandbox %s: %v", webAddr, err)
 	}
 	addrs, err := lookup(t, hosts[1], cli, "web")
 	if err != nil || len(addrs) != 1 || addrs[0] != webAddr.String() {
@@ -211,16 +196,10 @@ func TestOverlayAcrossClusterHosts(t *testing.T) {
 	if err := hosts[0].s.Controller.DeleteSandbox(ctx, "web", true); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(5 * time.Second)
-	for {
-		if _, err := lookup(t, hosts[1], cli, "web"); err != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("web still resolves on host 2 after it was removed")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	nstest.Eventually(t, "web to stop resolving on host 2 after it was removed", 5*time.Second, func() bool {
+		_, err := lookup(t, hosts[1], cli, "web")
+		return err != nil
+	})
 }
 
 // BenchmarkOverlayConvergence: from Connect returning on host 1 until host 3's
@@ -285,16 +264,10 @@ func report(b *testing.B, what string, lat []time.Duration) {
 
 func waitNetwork(t testing.TB, h *env, name string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := h.s.Controller.Network(t.Context(), name); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("network %s not seen", name)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	nstest.Eventually(t, "network "+name+" to be seen", 5*time.Second, func() bool {
+		_, err := h.s.Controller.Network(t.Context(), name)
+		return err == nil
+	})
 }
 
 // resolveOnce asks the embedded DNS in the namespace at key for name's A record.
@@ -347,13 +320,7 @@ func TestOverlayIsolationInternalAndIPv6(t *testing.T) {
 		listen(t, sb.Key)
 	}
 	reach := func(from cnm.Sandbox, to netip.Addr) error {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			err := dialEcho(from.Key, to, time.Second)
-			if err == nil || time.Now().After(deadline) {
-				return err
-			}
-		}
+		return within(5*time.Second, func() error { return dialEcho(from.Key, to, time.Second) })
 	}
 	if err := reach(a1, h2.addr("a2", "ova", false)); err != nil {
 		t.Fatalf("same overlay across hosts: %v", err)

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -52,7 +53,7 @@ func TestBridgeOptionsReachTheKernel(t *testing.T) {
 	if got := l.Attrs().HardwareAddr.String(); got != wantMAC || ep.MAC != wantMAC {
 		t.Errorf("MAC = %s (record %s), want %s derived from %s", got, ep.MAC, wantMAC, ep.Addr4)
 	}
-	addrs, err := inside.NL.AddrList(l, netlink.FAMILY_V6)
+	addrs, err := netns.Dump(func() ([]netlink.Addr, error) { return inside.NL.AddrList(l, netlink.FAMILY_V6) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,8 +84,8 @@ func TestBadBridgeOptionsAndOverlapsAreRefused(t *testing.T) {
 			t.Errorf("options %v: %v, want InvalidArgument", opts, err)
 		}
 	}
-	e.network(cnm.NetworkSpec{Name: "one", IPAM: []cnm.PoolSpec{{Subnet: mustPrefix("10.20.0.0/16")}}})
-	_, err := e.s.Controller.CreateNetwork(t.Context(), cnm.NetworkSpec{Name: "two", IPAM: []cnm.PoolSpec{{Subnet: mustPrefix("10.20.5.0/24")}}})
+	e.network(cnm.NetworkSpec{Name: "one", IPAM: []cnm.PoolSpec{{Subnet: netip.MustParsePrefix("10.20.0.0/16")}}})
+	_, err := e.s.Controller.CreateNetwork(t.Context(), cnm.NetworkSpec{Name: "two", IPAM: []cnm.PoolSpec{{Subnet: netip.MustParsePrefix("10.20.5.0/24")}}})
 	if !errdefs.Is(err, errdefs.KindForbidden) || !strings.Contains(err.Error(), "one") {
 		t.Errorf("overlapping subnet: %v, want Forbidden (Docker: 403) naming network one", err)
 	}

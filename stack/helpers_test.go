@@ -4,12 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -18,7 +15,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/piernet/pier/cnm"
-	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/internal/stacktest"
 	"github.com/piernet/pier/netns"
 )
@@ -39,15 +35,9 @@ func newEnvB(b *testing.B) *env { return newEnvTB(b) }
 // newEnvTB builds a test host; setup runs before the stack opens (cluster options).
 func newEnvTB(t testing.TB, setup ...func(*env)) *env {
 	t.Helper()
-	hostPath, _ := nstest.NewPinned(t)
-	upLoopback(t, hostPath) // a real host has loopback up
-	dir := t.TempDir()
-	e := &env{t: t, hostPath: hostPath, opts: Options{DataRoot: filepath.Join(dir, "data"),
-		ExecRoot: filepath.Join(dir, "exec"), HostNetNS: hostPath, HostResolvConf: filepath.Join(dir, "resolv.conf"),
-		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}}
-	if err := os.WriteFile(e.opts.HostResolvConf, []byte("nameserver 192.0.2.53\nsearch example.test\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	h := stacktest.NewHost(t, "nameserver 192.0.2.53\nsearch example.test\n")
+	e := &env{t: t, hostPath: h.NetNS, opts: Options{DataRoot: h.DataRoot, ExecRoot: h.ExecRoot,
+		HostNetNS: h.NetNS, HostResolvConf: h.ResolvConf, Logger: h.Logger}}
 	for _, f := range setup {
 		f(e)
 	}
@@ -146,25 +136,6 @@ func run(key string, args ...string) (string, error) {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	return out.String(), err
-}
-
-func ping(key string, to netip.Addr) error {
-	// Up to 5 s, one echo a second, done at the first reply: on a loaded machine
-	// the first echo can be lost while the neighbour is resolved.
-	out, err := run(key, "ping", "-c", "1", "-w", "5", to.String())
-	if err != nil {
-		return fmt.Errorf("ping %s: %v\n%s", to, err, out)
-	}
-	return nil
-}
-
-// pingOnce sends one echo and waits 2 s: for paths that must be blocked.
-func pingOnce(key string, to netip.Addr) error {
-	out, err := run(key, "ping", "-c", "1", "-W", "2", to.String())
-	if err != nil {
-		return fmt.Errorf("ping %s: %v\n%s", to, err, out)
-	}
-	return nil
 }
 
 // listen starts a TCP echo server inside the namespace at key.
@@ -280,30 +251,4 @@ func defaultRoutes(t testing.TB, key string, family int) []string {
 
 var _ = netlink.FAMILY_V4
 
-// testWriter sends log lines to t.Log, so pier's warnings show up with the failing test.
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
 func (e *env) networkB(spec cnm.NetworkSpec) cnm.Network { return e.network(spec) }
-
-func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
-
-func upLoopback(t testing.TB, path string) {
-	t.Helper()
-	ns, err := netns.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	lo, err := ns.NL.LinkByName("lo")
-	if err == nil {
-		err = ns.NL.LinkSetUp(lo)
-	}
-	if err != nil {
-		t.Fatalf("loopback up: %v", err)
-	}
-}

@@ -47,24 +47,24 @@ func segment(t *testing.T, e *env, outside netip.Prefix) string {
 func macvlanSpec(name string, opts map[string]string, subnets ...string) cnm.NetworkSpec {
 	spec := cnm.NetworkSpec{Name: name, Driver: "macvlan", Options: opts}
 	for _, s := range subnets {
-		spec.IPAM = append(spec.IPAM, cnm.PoolSpec{Subnet: mustPrefix(s)})
+		spec.IPAM = append(spec.IPAM, cnm.PoolSpec{Subnet: netip.MustParsePrefix(s)})
 	}
 	return spec
 }
 
 func TestMacvlanSandboxesReachEachOtherAndTheSegment(t *testing.T) {
 	e := newEnv(t)
-	outside := segment(t, e, mustPrefix("192.0.2.254/24"))
+	outside := segment(t, e, netip.MustParsePrefix("192.0.2.254/24"))
 	e.network(macvlanSpec("mv", map[string]string{"parent": "uplink"}, "192.0.2.0/24", "2001:db8:2::/64"))
 	a, b := e.sandbox("a", "mv"), e.sandbox("b", "mv")
 	addrA, addrB := e.addr("a", "mv", false), e.addr("b", "mv", false)
-	if err := ping(a.Key, addrB); err != nil {
+	if err := nstest.Ping(a.Key, addrB); err != nil {
 		t.Fatalf("a → b: %v", err)
 	}
-	if err := ping(b.Key, netip.MustParseAddr("192.0.2.254")); err != nil {
+	if err := nstest.Ping(b.Key, netip.MustParseAddr("192.0.2.254")); err != nil {
 		t.Fatalf("b → outside: %v", err)
 	}
-	if err := ping(outside, addrA); err != nil {
+	if err := nstest.Ping(outside, addrA); err != nil {
 		t.Fatalf("outside → a: %v", err)
 	}
 	listen(t, b.Key)
@@ -85,19 +85,19 @@ func TestMacvlanSandboxesReachEachOtherAndTheSegment(t *testing.T) {
 
 func TestMacvlanPrivateModeIsolatesSandboxes(t *testing.T) {
 	e := newEnv(t)
-	outside := segment(t, e, mustPrefix("192.0.2.254/24"))
+	outside := segment(t, e, netip.MustParsePrefix("192.0.2.254/24"))
 	e.network(macvlanSpec("priv", map[string]string{"parent": "uplink", "macvlan_mode": "private"}, "192.0.2.0/24"))
 	a := e.sandbox("a", "priv")
 	e.sandbox("b", "priv")
 	// Control: b answers on its address from the segment, so the failure below is the
 	// private mode, not a dead peer.
-	if err := ping(outside, e.addr("b", "priv", false)); err != nil {
+	if err := nstest.Ping(outside, e.addr("b", "priv", false)); err != nil {
 		t.Fatalf("outside → b: %v", err)
 	}
-	if err := pingOnce(a.Key, e.addr("b", "priv", false)); err == nil {
+	if err := nstest.PingOnce(a.Key, e.addr("b", "priv", false)); err == nil {
 		t.Fatal("a reached b on a private macvlan network")
 	}
-	if err := ping(a.Key, netip.MustParseAddr("192.0.2.254")); err != nil {
+	if err := nstest.Ping(a.Key, netip.MustParseAddr("192.0.2.254")); err != nil {
 		t.Fatalf("a → outside (private mode still reaches the segment): %v", err)
 	}
 }
@@ -106,7 +106,7 @@ func TestMacvlanWithoutParentIsInternal(t *testing.T) {
 	e := newEnv(t)
 	n := e.network(macvlanSpec("inner", nil, "198.51.100.0/24"))
 	a, b := e.sandbox("a", "inner"), e.sandbox("b", "inner")
-	if err := ping(a.Key, e.addr("b", "inner", false)); err != nil {
+	if err := nstest.Ping(a.Key, e.addr("b", "inner", false)); err != nil {
 		t.Fatalf("a → b on the internal parent: %v", err)
 	}
 	if got := defaultRoutes(t, b.Key, netlink.FAMILY_V4); len(got) != 0 {
@@ -127,7 +127,7 @@ func TestMacvlanWithoutParentIsInternal(t *testing.T) {
 
 func TestMacvlanInternalHasNoDefaultRoute(t *testing.T) {
 	e := newEnv(t)
-	segment(t, e, mustPrefix("192.0.2.254/24"))
+	segment(t, e, netip.MustParsePrefix("192.0.2.254/24"))
 	spec := macvlanSpec("int", map[string]string{"parent": "uplink"}, "192.0.2.0/24")
 	spec.Internal = true
 	e.network(spec)
@@ -139,7 +139,7 @@ func TestMacvlanInternalHasNoDefaultRoute(t *testing.T) {
 
 func TestMacvlanRefusals(t *testing.T) {
 	e := newEnv(t)
-	segment(t, e, mustPrefix("192.0.2.254/24"))
+	segment(t, e, netip.MustParsePrefix("192.0.2.254/24"))
 	c := e.s.Controller
 	for name, tc := range map[string]struct {
 		opts map[string]string
@@ -164,9 +164,9 @@ func TestMacvlanRefusals(t *testing.T) {
 
 func TestIPvlan(t *testing.T) {
 	e := newEnv(t)
-	segment(t, e, mustPrefix("192.0.2.254/24"))
+	segment(t, e, netip.MustParsePrefix("192.0.2.254/24"))
 	spec := cnm.NetworkSpec{Name: "iv", Driver: "ipvlan", Options: map[string]string{"parent": "uplink"},
-		IPAM: []cnm.PoolSpec{{Subnet: mustPrefix("192.0.2.0/24")}}}
+		IPAM: []cnm.PoolSpec{{Subnet: netip.MustParsePrefix("192.0.2.0/24")}}}
 	_, err := e.s.Controller.CreateNetwork(t.Context(), spec)
 	if errdefs.Is(err, errdefs.KindNotImplemented) && strings.Contains(err.Error(), "kernel does not support ipvlan") {
 		if got := strings.Join(links(t, e.hostPath), " "); got != "lo uplink" {
@@ -178,10 +178,10 @@ func TestIPvlan(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, b := e.sandbox("a", "iv"), e.sandbox("b", "iv")
-	if err := ping(a.Key, e.addr("b", "iv", false)); err != nil {
+	if err := nstest.Ping(a.Key, e.addr("b", "iv", false)); err != nil {
 		t.Fatalf("a → b: %v", err)
 	}
-	if err := ping(b.Key, netip.MustParseAddr("192.0.2.254")); err != nil {
+	if err := nstest.Ping(b.Key, netip.MustParseAddr("192.0.2.254")); err != nil {
 		t.Fatalf("b → outside: %v", err)
 	}
 }
@@ -191,7 +191,7 @@ func TestIPvlan(t *testing.T) {
 // sub-interface of its own on the parent) lets it.
 func TestMacvlanHostLimitation(t *testing.T) {
 	e := newEnv(t)
-	segment(t, e, mustPrefix("192.0.2.254/24"))
+	segment(t, e, netip.MustParsePrefix("192.0.2.254/24"))
 	e.network(macvlanSpec("mv", map[string]string{"parent": "uplink"}, "192.0.2.0/24"))
 	e.sandbox("a", "mv")
 	addrA := e.addr("a", "mv", false)
@@ -200,13 +200,13 @@ func TestMacvlanHostLimitation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := host.AddrAdd(uplink, &netlink.Addr{IPNet: netns.PrefixToIPNet(mustPrefix("192.0.2.250/24"))}); err != nil {
+	if err := host.AddrAdd(uplink, &netlink.Addr{IPNet: netns.PrefixToIPNet(netip.MustParsePrefix("192.0.2.250/24"))}); err != nil {
 		t.Fatal(err)
 	}
-	if err := pingOnce(e.hostPath, addrA); err == nil {
+	if err := nstest.PingOnce(e.hostPath, addrA); err == nil {
 		t.Fatal("the host reached a macvlan sandbox through the parent")
 	}
-	if err := ping(e.hostPath, netip.MustParseAddr("192.0.2.254")); err != nil {
+	if err := nstest.Ping(e.hostPath, netip.MustParseAddr("192.0.2.254")); err != nil {
 		t.Fatalf("the host reaches the rest of the segment: %v", err)
 	}
 	attrs := netlink.NewLinkAttrs()
@@ -215,14 +215,14 @@ func TestMacvlanHostLimitation(t *testing.T) {
 		t.Fatal(err)
 	}
 	mv, _ := host.LinkByName("mv-host")
-	if err := host.AddrAdd(mv, &netlink.Addr{IPNet: netns.PrefixToIPNet(mustPrefix("192.0.2.251/32"))}); err != nil {
+	if err := host.AddrAdd(mv, &netlink.Addr{IPNet: netns.PrefixToIPNet(netip.MustParsePrefix("192.0.2.251/32"))}); err != nil {
 		t.Fatal(err)
 	}
 	dst := netns.PrefixToIPNet(netip.PrefixFrom(addrA, 32))
 	if err := host.RouteAdd(&netlink.Route{LinkIndex: mv.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil {
 		t.Fatal(err)
 	}
-	if err := ping(e.hostPath, addrA); err != nil {
+	if err := nstest.Ping(e.hostPath, addrA); err != nil {
 		t.Fatalf("host → sandbox through its own macvlan sub-interface: %v", err)
 	}
 }

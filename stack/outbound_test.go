@@ -33,10 +33,6 @@ func outside(t *testing.T, e *env) string {
 	}
 	defer out.Close()
 	configure(t, out, "wan", "198.51.100.2/24")
-	// Loopback up, as on any machine: Go's net package probes IPv6 support once per
-	// process, on ::1, in whichever namespace its first socket is made; a probe here
-	// with lo down would make every later ":port" listener IPv4-only.
-	upLoopback(t, path)
 	return path
 }
 

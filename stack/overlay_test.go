@@ -196,7 +196,7 @@ func (e *env) sandboxKey(name string) string {
 func TestOverlayLargeTransfersAndUDP(t *testing.T) {
 	hosts := clusterHosts(t, 2)
 	hosts[0].network(cnm.NetworkSpec{Name: "ov", Driver: "overlay", Attachable: true})
-	waitFor(t, "ov on host 2", func() bool { _, err := hosts[1].s.Controller.Network(t.Context(), "ov"); return err == nil })
+	nstest.Eventually(t, "ov on host 2", 10*time.Second, func() bool { _, err := hosts[1].s.Controller.Network(t.Context(), "ov"); return err == nil })
 	web := hosts[0].sandbox("web", "ov")
 	cli := hosts[1].sandbox("cli", "ov")
 	listen(t, web.Key)
@@ -207,7 +207,7 @@ func TestOverlayLargeTransfersAndUDP(t *testing.T) {
 	}
 	defer ns.Close()
 	var c net.Conn
-	waitFor(t, "a connection across hosts", func() bool {
+	nstest.Eventually(t, "a connection across hosts", 10*time.Second, func() bool {
 		err := ns.Do(func() (err error) {
 			c, err = net.DialTimeout("tcp", netip.AddrPortFrom(webAddr, 7777).String(), time.Second)
 			return
@@ -260,7 +260,7 @@ func TestOverlayLargeTransfersAndUDP(t *testing.T) {
 	defer u.Close()
 	dgram := payload[:1450-28]
 	got := make([]byte, 2048)
-	waitFor(t, "a full-MTU UDP echo across hosts", func() bool {
+	nstest.Eventually(t, "a full-MTU UDP echo across hosts", 10*time.Second, func() bool {
 		_ = u.SetDeadline(time.Now().Add(500 * time.Millisecond))
 		if _, err := u.Write(dgram); err != nil {
 			return false

@@ -40,14 +40,7 @@ func (e *env) publishedSandbox(name, net string, ports ...string) cnm.Sandbox {
 // dialReaches retries dialFrom for up to 5 s: a path that should work may lose its
 // first SYN on a loaded machine (neighbour resolution), and a 1 s attempt is short.
 func dialReaches(key string, addr netip.AddrPort) error {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		err := dialFrom(key, addr)
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return within(5*time.Second, func() error { return dialFrom(key, addr) })
 }
 
 // dialFrom opens a TCP echo round trip from the namespace at key (or the host when

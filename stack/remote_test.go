@@ -18,6 +18,7 @@ import (
 
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
 	"github.com/piernet/pier/plugin"
 )
@@ -52,7 +53,7 @@ func (p *pluginEnv) start(name, prog string, args ...string) {
 	p.t.Helper()
 	sock := filepath.Join(p.dir, name+".sock")
 	cmd := exec.Command("nsenter", append([]string{"--net=" + p.hostPath, "--", filepath.Join(p.bin, prog), "-sock", sock}, args...)...)
-	cmd.Stdout, cmd.Stderr = testWriter{p.t}, testWriter{p.t}
+	cmd.Stdout, cmd.Stderr = nstest.Writer(p.t), nstest.Writer(p.t)
 	if err := cmd.Start(); err != nil {
 		p.t.Fatal(err)
 	}
@@ -108,7 +109,7 @@ func TestRemoteDriverAndIPAM(t *testing.T) {
 	if got := p.addr("a", "remote", false).String() + " " + addrB.String(); got != "198.51.100.10 198.51.100.11" {
 		t.Errorf("addresses = %s, want the plugin's", got)
 	}
-	if err := ping(a.Key, addrB); err != nil {
+	if err := nstest.Ping(a.Key, addrB); err != nil {
 		t.Fatalf("a → b: %v", err)
 	}
 	listen(t, b.Key)
@@ -283,7 +284,7 @@ func addrsOf(t *testing.T, key, name string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	as, err := ns.NL.AddrList(l, netlink.FAMILY_ALL)
+	as, err := netns.Dump(func() ([]netlink.Addr, error) { return ns.NL.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +318,9 @@ func checkJoinedInterface(t *testing.T, p *pluginEnv, key string) {
 		t.Errorf("default route = %v", got)
 	}
 	dst := netns.PrefixToIPNet(netip.MustParsePrefix("203.0.113.0/24"))
-	rs, err := ns.NL.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
+	rs, err := netns.Dump(func() ([]netlink.Route, error) {
+		return ns.NL.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
+	})
 	if err != nil || len(rs) != 1 || rs[0].Gw.String() != "198.51.100.1" {
 		t.Errorf("static route to 203.0.113.0/24 = %v, %v", rs, err)
 	}
@@ -451,7 +454,7 @@ func TestRemoteNetworkAfterRestart(t *testing.T) {
 	a := p.sandbox("a", "remote")
 	p.reopen()
 	p.sandbox("b", "remote")
-	if err := ping(a.Key, p.addr("b", "remote", false)); err != nil {
+	if err := nstest.Ping(a.Key, p.addr("b", "remote", false)); err != nil {
 		t.Fatalf("a → b after a restart: %v", err)
 	}
 	p.deleteAll()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/driver/bridge"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
 )
 
@@ -98,7 +99,7 @@ func TestRestartRestoresAndRepairs(t *testing.T) {
 	if err := dialEcho(b.Key, e.addr("a", "app", false), 2*time.Second); err != nil {
 		t.Fatalf("traffic after repair: %v", err)
 	}
-	if err := ping(b.Key, e.addr("a", "app", true)); err != nil {
+	if err := nstest.Ping(b.Key, e.addr("a", "app", true)); err != nil {
 		t.Fatalf("IPv6 after repair: %v", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/piernet/pier/cnm"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/lb"
 )
 
@@ -25,7 +26,7 @@ func TestServiceVIPAcrossClusterHosts(t *testing.T) {
 		StopGrace: 5 * time.Second})
 	vip := netip.AddrPortFrom(svc.VIPs[0].Addr.Addr(), 80)
 	for _, h := range hosts[1:] {
-		waitFor(t, "the service on another host", func() bool { _, err := h.s.Controller.Service(ctx, "web"); return err == nil })
+		nstest.Eventually(t, "the service on another host", 10*time.Second, func() bool { _, err := h.s.Controller.Service(ctx, "web"); return err == nil })
 	}
 	const work = 10 * time.Millisecond
 	tasks := []string{"t1", "t2", "t3"}
@@ -36,7 +37,7 @@ func TestServiceVIPAcrossClusterHosts(t *testing.T) {
 
 	// Converged when every task answers through the VIP.
 	seen := map[string]int{}
-	waitFor(t, "all three tasks behind the VIP on host 1", func() bool {
+	nstest.Eventually(t, "all three tasks behind the VIP on host 1", 10*time.Second, func() bool {
 		if name, err := askName(client.Key, vip); err == nil {
 			seen[name]++
 		}
@@ -132,22 +133,11 @@ func TestServiceVIPAcrossClusterHosts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "host 1 to see no remote task", func() bool { return len(hosts[0].s.Controller.RemoteTasks(ctx, svc)) == 0 })
+	nstest.Eventually(t, "host 1 to see no remote task", 10*time.Second, func() bool { return len(hosts[0].s.Controller.RemoteTasks(ctx, svc)) == 0 })
 	if err := hosts[0].s.Controller.DeleteService(ctx, "web"); err != nil {
 		t.Fatal(err)
 	}
 	for _, h := range hosts[1:] {
-		waitFor(t, "the service gone on another host", func() bool { _, err := h.s.Controller.Service(ctx, "web"); return err != nil })
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: not within 10s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
+		nstest.Eventually(t, "the service gone on another host", 10*time.Second, func() bool { _, err := h.s.Controller.Service(ctx, "web"); return err != nil })
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/piernet/pier/cnm"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/lb"
 	"github.com/piernet/pier/netns"
 )
@@ -304,11 +305,7 @@ func TestServiceRollingReplacementLosesNothing(t *testing.T) {
 func awaitAnswers(t *testing.T, ok *atomic.Int64, n int64) {
 	t.Helper()
 	want := ok.Load() + n
-	deadline := time.Now().Add(20 * time.Second)
-	for ok.Load() < want {
-		if time.Now().After(deadline) {
-			t.Fatalf("the load stalled: %d answers, waiting for %d", ok.Load(), want)
-		}
-		time.Sleep(5 * time.Millisecond)
+	if _, done := nstest.Poll(20*time.Second, func() bool { return ok.Load() >= want }); !done {
+		t.Fatalf("the load stalled: %d answers, waiting for %d", ok.Load(), want)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/nstest"
 )
 
 func freePort(t *testing.T) int {
@@ -37,16 +38,9 @@ func testOptions(t *testing.T, name string) Options {
 	return Options{
 		DataDir: filepath.Join(t.TempDir(), name), Name: name, Advertise: netip.MustParseAddr("127.0.0.1"),
 		ClientPort: freePort(t), PeerPort: freePort(t), JoinPort: freePort(t),
-		Logger:        slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+		Logger:        nstest.Log(t, slog.LevelInfo),
 		UnsafeNoFsync: true, TickMs: 10, ElectionMs: 100,
 	}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
 }
 
 func startInit(t *testing.T, o Options) *Member {

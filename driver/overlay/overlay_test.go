@@ -221,7 +221,7 @@ func TestOverlayAcrossHosts(t *testing.T) {
 func flushNeigh(t *testing.T, ns *netns.Namespace) {
 	l, err := ns.NL.LinkByName("eth0")
 	must(t, err)
-	neighs, err := ns.NL.NeighList(l.Attrs().Index, unix.AF_INET)
+	neighs, err := netns.Dump(func() ([]netlink.Neigh, error) { return ns.NL.NeighList(l.Attrs().Index, unix.AF_INET) })
 	must(t, err)
 	for _, n := range neighs {
 		_ = ns.NL.NeighDel(&n)
@@ -265,7 +265,7 @@ func TestManyPeers(t *testing.T) {
 	h.peer(1, 0, true)
 	vx, err := h.hosts[0].NL.LinkByName("ovvx4242")
 	must(t, err)
-	neighs, err := h.hosts[0].NL.NeighList(vx.Attrs().Index, unix.AF_INET)
+	neighs, err := netns.Dump(func() ([]netlink.Neigh, error) { return h.hosts[0].NL.NeighList(vx.Attrs().Index, unix.AF_INET) })
 	must(t, err)
 	if len(neighs) != n+1 {
 		t.Fatalf("%d neighbour entries on the VXLAN device, want %d", len(neighs), n+1)

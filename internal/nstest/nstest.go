@@ -1,6 +1,8 @@
 // Package nstest gives privileged tests a fresh network namespace each, so tests never
 // touch the machine's own interfaces, routes or firewall. Everything it creates is
-// removed by t.Cleanup, also when the test fails.
+// removed by t.Cleanup, also when the test fails. It also holds the small helpers every
+// package's tests share (helpers.go): a logger to t.Log, polling until a deadline, ping
+// from a namespace, prefix parsing.
 package nstest
 
 import (

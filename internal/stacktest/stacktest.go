@@ -1,14 +1,18 @@
-// Package stacktest holds teardown helpers shared by tests that run a real controller:
+// Package stacktest holds the host builder and teardown helpers shared by tests that run
+// a real controller:
 // whatever a test made must be gone when it ends, also when it fails.
 package stacktest
 
 import (
 	"context"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
 )
 
@@ -44,4 +48,29 @@ func Unpin(execRoot string) {
 	for _, p := range pins {
 		_ = netns.Remove(p)
 	}
+}
+
+// Host is what a test host for a real stack is made of: a fresh pinned network
+// namespace (loopback up), data and exec roots in a temp dir, a resolv.conf and a
+// logger that reports warnings to t.Log.
+type Host struct {
+	NetNS      string // the namespace's pinned path
+	DataRoot   string
+	ExecRoot   string
+	ResolvConf string
+	Logger     *slog.Logger
+}
+
+// NewHost builds a Host whose resolv.conf holds resolvConf; all of it is removed when
+// the test ends.
+func NewHost(t testing.TB, resolvConf string) Host {
+	t.Helper()
+	path, _ := nstest.NewPinned(t)
+	dir := t.TempDir()
+	h := Host{NetNS: path, DataRoot: filepath.Join(dir, "data"), ExecRoot: filepath.Join(dir, "exec"),
+		ResolvConf: filepath.Join(dir, "resolv.conf"), Logger: nstest.Log(t, slog.LevelWarn)}
+	if err := os.WriteFile(h.ResolvConf, []byte(resolvConf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
