@@ -249,6 +249,4 @@ func defaultRoutes(t testing.TB, key string, family int) []string {
 	return out
 }
 
-var _ = netlink.FAMILY_V4
-
 func (e *env) networkB(spec cnm.NetworkSpec) cnm.Network { return e.network(spec) }
