@@ -241,7 +241,7 @@ func (s *Server) sandboxInfo(ctx context.Context, sb cnm.Sandbox) (types.Sandbox
 	}
 	info.Ports = portBindings(sb.Published)
 	if sb.Service != "" {
-		info.Service, info.Draining = sb.Service, sb.Draining
+		info.Service, info.Starting, info.Draining = sb.Service, sb.Starting, sb.Draining
 		if svc, err := s.c.Service(ctx, sb.Service); err == nil {
 			info.Service = svc.Name
 		}

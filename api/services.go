@@ -107,7 +107,7 @@ func (s *Server) serviceInfo(ctx context.Context, svc cnm.Service) types.Service
 		info.VirtualIPs = append(info.VirtualIPs, vip)
 	}
 	for _, sb := range s.c.ServiceTasks(ctx, svc) {
-		t := types.ServiceTask{ID: sb.ID, Name: sb.Name, Draining: sb.Draining}
+		t := types.ServiceTask{ID: sb.ID, Name: sb.Name, Starting: sb.Starting, Draining: sb.Draining}
 		eps, _ := s.c.SandboxEndpoints(ctx, sb.ID)
 		for _, ep := range eps {
 			if nets[ep.NetworkID] && ep.Addr4.IsValid() {
@@ -117,7 +117,7 @@ func (s *Server) serviceInfo(ctx context.Context, svc cnm.Service) types.Service
 		info.Tasks = append(info.Tasks, t)
 	}
 	for _, ep := range s.c.RemoteTasks(ctx, svc) {
-		t := types.ServiceTask{ID: ep.SandboxID, Name: ep.SandboxName, Node: ep.Node.Name, Draining: ep.Draining}
+		t := types.ServiceTask{ID: ep.SandboxID, Name: ep.SandboxName, Node: ep.Node.Name, Starting: ep.Starting, Draining: ep.Draining}
 		if ep.Addr4.IsValid() {
 			t.Addrs = []string{ep.Addr4.Addr().String()}
 		}

@@ -99,7 +99,7 @@ func (a *app) serviceLs(ctx context.Context, f listFlags) error {
 		}
 		serving := 0
 		for _, t := range s.Tasks {
-			if !t.Draining {
+			if !t.Starting && !t.Draining {
 				serving++
 			}
 		}

@@ -84,9 +84,11 @@ type EndpointRecord struct {
 	Addr6       netip.Prefix `json:",omitempty"`
 	MAC         string       `json:",omitempty"`
 	DNSNames    []string     `json:",omitempty"`
-	// Service is the ID of the service the endpoint's sandbox is a task of; Draining:
-	// its removal began, no node may choose it for new connections.
+	// Service is the ID of the service the endpoint's sandbox is a task of. Starting:
+	// it does not listen on the service's ports yet; Draining: its removal began. No
+	// node may choose it for new connections in either.
 	Service  string `json:",omitempty"`
+	Starting bool   `json:",omitempty"`
 	Draining bool   `json:",omitempty"`
 }
 

@@ -79,6 +79,7 @@ type RemoteEndpoint struct {
 	MAC         string
 	Names       []string // the names it answers to on its network (embedded DNS)
 	Service     string   // the service its sandbox is a task of (ID)
+	Starting    bool     // that task does not listen on its service's ports yet
 	Draining    bool     // that task is being removed: no new connections
 }
 

@@ -108,6 +108,8 @@ func (c *Controller) Start(ctx context.Context) {
 
 // Close stops what Start started and waits for it. Idempotent.
 func (c *Controller) Close() {
+	c.bgStop()
+	c.bgWG.Wait()
 	if c.watchCancel != nil {
 		c.watchCancel()
 	}
@@ -275,7 +277,7 @@ func (c *Controller) remoteView(n *Network, ep *Endpoint) RemoteEndpoint {
 		if rec, ok := c.dnsRecord(sb, ep); ok {
 			r.Names = rec.Names
 		}
-		r.Service, r.Draining = sb.Service, sb.Draining
+		r.Service, r.Starting, r.Draining = sb.Service, sb.Starting, sb.Draining
 	}
 	return r
 }

@@ -117,6 +117,12 @@ type Controller struct {
 	events      <-chan ClusterEvent
 	watchCancel context.CancelFunc
 	watchDone   chan struct{}
+
+	// Background work that outlives a request (tasks awaiting readiness): bg is
+	// cancelled and bgWG waited for by Close.
+	bg     context.Context
+	bgStop context.CancelFunc
+	bgWG   sync.WaitGroup
 }
 
 // New builds a controller and restores the recorded state (see restore.go).
@@ -139,6 +145,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		bridgeOpts: cfg.DefaultBridgeOptions, lb: cfg.LoadBalancer, services: map[string]*Service{},
 		networks: map[string]*Network{}, endpoints: map[string]*Endpoint{}, epIndex: newEndpointIndex(),
 		sandboxes: map[string]*Sandbox{}, remote: map[string]map[string]*RemoteEndpoint{}, cluster: cfg.Cluster}
+	c.bg, c.bgStop = context.WithCancel(context.WithoutCancel(ctx))
 	var st ClusterState
 	if c.cluster != nil {
 		c.ipams[IPAMDefault] = spaces{local: cfg.IPAM, global: c.cluster.IPAM()}
@@ -155,6 +162,13 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		if err := c.adoptGlobal(ctx, st); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("restoring cluster state: %w", err)
+		}
+	}
+	// Restored tasks that were starting go on waiting (restore is single-threaded:
+	// the watchers start after it).
+	for _, sb := range c.sandboxes {
+		if sb.Starting && !sb.Draining {
+			c.awaitReady(*sb)
 		}
 	}
 	return c, nil

@@ -45,14 +45,20 @@ type Sandbox struct {
 	GatewayEndpoint string `json:",omitempty"`
 	// Published are the actual port bindings made for Ports.
 	Published []portmap.Binding `json:",omitempty"`
-	// Service is the ID of the service the sandbox is a task of; Draining is set once
-	// its removal began: it is out of every selection and DNS answer.
+	// Service is the ID of the service the sandbox is a task of. Starting is set until
+	// the task listens on one of the service's ports (services without ports take
+	// their tasks at once); Draining once its removal began. In both it is out of
+	// every selection and DNS answer.
 	Service  string `json:",omitempty"`
+	Starting bool   `json:",omitempty"`
 	Draining bool   `json:",omitempty"`
 }
 
-func (s *Sandbox) id() string   { return s.ID }
-func (s *Sandbox) name() string { return s.Name }
+func (s *Sandbox) id() string { return s.ID }
+
+// serving: the sandbox is a task that may be chosen for new connections.
+func (s *Sandbox) serving() bool { return s.Service != "" && !s.Starting && !s.Draining }
+func (s *Sandbox) name() string  { return s.Name }
 
 const kindSandbox = "sandboxes"
 
@@ -70,7 +76,10 @@ func (c *Controller) CreateSandbox(ctx context.Context, spec SandboxSpec) (Sandb
 	if err != nil || svc == nil {
 		return sb, err
 	}
-	return c.joinServiceNetworks(ctx, sb, svc)
+	if sb, err = c.joinServiceNetworks(ctx, sb, svc); err == nil && sb.Starting {
+		c.awaitReady(sb)
+	}
+	return sb, err
 }
 
 func (c *Controller) createSandbox(ctx context.Context, spec SandboxSpec, svc *Service) (Sandbox, error) {
@@ -82,6 +91,7 @@ func (c *Controller) createSandbox(ctx context.Context, spec SandboxSpec, svc *S
 	}
 	if svc != nil {
 		sb.Service = svc.ID
+		sb.Starting = c.gatesReadiness(svc)
 	}
 	if sb.Key, err = c.sandboxKey(ctx, sb); err != nil {
 		return Sandbox{}, err

@@ -70,6 +70,9 @@ type LoadBalancer interface {
 	Forget(key string)
 	// Established counts the sandbox's established TCP connections (draining).
 	Established(ctx context.Context, key string) (int, error)
+	// Listening reports whether a socket in the sandbox listens on one of ports
+	// (a starting task becomes ready).
+	Listening(ctx context.Context, key string, ports []lb.Port) (bool, error)
 }
 
 // CreateService creates a service and, in VIP mode, takes a virtual IP on each of its
@@ -313,10 +316,10 @@ func (c *Controller) publishService(ctx context.Context, svc *Service) {
 }
 
 // taskNames are the extra DNS names of a task's endpoint on network nid: tasks.NAME,
-// and NAME itself in dnsrr mode. A draining task has none.
+// and NAME itself in dnsrr mode. A task that is starting or draining has none.
 func (c *Controller) taskNames(sb *Sandbox, nid string) []string {
 	svc := c.serviceOf(sb)
-	if svc == nil || sb.Draining || svc.vipOn(nid).NetworkID == "" {
+	if svc == nil || !sb.serving() || svc.vipOn(nid).NetworkID == "" {
 		return nil
 	}
 	if svc.Mode == ModeDNSRR {
@@ -345,12 +348,12 @@ func (c *Controller) serviceBackends(nid string) map[string][]netip.Addr {
 	defer c.mu.RUnlock()
 	for ep := range c.epIndex.byNetwork[nid] {
 		sb := c.sandboxes[ep.SandboxID]
-		if sb != nil && sb.Service != "" && !sb.Draining && ep.Addr4.IsValid() {
+		if sb != nil && sb.serving() && ep.Addr4.IsValid() {
 			out[sb.Service] = append(out[sb.Service], ep.Addr4.Addr())
 		}
 	}
 	for _, ep := range c.remote[nid] {
-		if ep.Service != "" && !ep.Draining && ep.SandboxID != "" && ep.Addr4.IsValid() {
+		if ep.Service != "" && !ep.Starting && !ep.Draining && ep.SandboxID != "" && ep.Addr4.IsValid() {
 			out[ep.Service] = append(out[ep.Service], ep.Addr4.Addr())
 		}
 	}

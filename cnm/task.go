@@ -117,17 +117,18 @@ func (c *Controller) withdrawTask(ctx context.Context, ref string, force bool) (
 	for _, v := range svc.VIPs {
 		c.syncServiceLB(ctx, svc, v.NetworkID)
 	}
-	global := c.publishDraining(ctx, live)
+	global := c.publishTask(ctx, live, true)
 	if c.lb == nil {
 		return sb, nil, nil, nil
 	}
 	return sb, svc, global, nil
 }
 
-// publishDraining re-publishes a draining task's endpoints on global networks (now
-// marked draining, without the service's names) and acknowledges for this node, whose
-// own tables were just reprogrammed. It returns the endpoint IDs.
-func (c *Controller) publishDraining(ctx context.Context, sb *Sandbox) []string {
+// publishTask re-publishes a task's endpoints on global networks after its state
+// changed (ready, or draining: without the service's names). For a withdrawal it
+// acknowledges for this node, whose own tables were just reprogrammed. It returns the
+// endpoint IDs.
+func (c *Controller) publishTask(ctx context.Context, sb *Sandbox, withdrawal bool) []string {
 	if c.cluster == nil {
 		return nil
 	}
@@ -138,7 +139,10 @@ func (c *Controller) publishDraining(ctx context.Context, sb *Sandbox) []string 
 			continue
 		}
 		if err := c.cluster.PublishEndpoint(ctx, c.remoteView(n, ep)); err != nil {
-			c.log.ErrorContext(ctx, "publishing a draining task", "sandbox", sb.Name, "err", err)
+			c.log.ErrorContext(ctx, "publishing a task", "sandbox", sb.Name, "draining", sb.Draining, "err", err)
+			continue
+		}
+		if !withdrawal {
 			continue
 		}
 		if err := c.cluster.AckWithdrawal(ctx, ep.ID); err != nil {

@@ -317,3 +317,37 @@ func TestTwoServicesAndRestoreAfterFailure(t *testing.T) {
 	}
 	var _ io.Reader
 }
+
+// Listening sees a TCP listener and a bound UDP socket on the asked ports only: what
+// puts a starting task into rotation.
+func TestListeningSeesTCPListenersAndBoundUDP(t *testing.T) {
+	nstest.Require(t, "root")
+	l := netlab.New(t, netlab.Options{})
+	l.Bridge("br0", "10.1.0.1/24")
+	ns := l.Peer("vt", "br0", []string{"10.1.0.11/24"}, nil)
+	m := NewSandboxes(nil)
+	listening := func(ports ...Port) bool {
+		t.Helper()
+		ok, err := m.Listening(t.Context(), ns.Path, ports)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	tcp80, udp53 := Port{Proto: "tcp", Port: 80}, Port{Proto: "udp", Port: 53}
+	if listening(tcp80, udp53) {
+		t.Fatal("a namespace with no sockets listens")
+	}
+	// A connected TCP socket on another port is no listener.
+	netlab.Serve(t, ns, ":81", func(c net.Conn) { c.Close() })
+	if listening(tcp80, Port{Proto: "udp", Port: 81}) {
+		t.Fatal("a TCP listener on 81 counts for 80/tcp or 81/udp")
+	}
+	if !listening(Port{Proto: "tcp", Port: 81}) {
+		t.Fatal("a TCP listener on 81 is not seen")
+	}
+	serveUDP(t, ns, "b")
+	if !listening(tcp80, udp53) || listening(Port{Proto: "tcp", Port: 53}) {
+		t.Fatal("a UDP socket bound to 53 is not seen as 53/udp only")
+	}
+}

@@ -104,14 +104,9 @@ func (m *Sandboxes) Close() error {
 // Established counts the TCP connections established in the namespace at key with a
 // peer that is not loopback: what a draining task still serves.
 func (m *Sandboxes) Established(_ context.Context, key string) (int, error) {
-	ns, err := vns.GetFromPath(key)
+	h, err := sockDiag(key)
 	if err != nil {
-		return 0, fmt.Errorf("opening sandbox namespace %s: %w", key, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_INET_DIAG)
-	if err != nil {
-		return 0, fmt.Errorf("opening sock_diag: %w", err)
+		return 0, err
 	}
 	defer h.Close()
 	n := 0
@@ -128,6 +123,48 @@ func (m *Sandboxes) Established(_ context.Context, key string) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// Listening reports whether a socket in the namespace at key listens on one of ports:
+// a TCP socket in LISTEN, or a UDP socket bound to the port.
+func (m *Sandboxes) Listening(_ context.Context, key string, ports []Port) (bool, error) {
+	h, err := sockDiag(key)
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	want := map[Port]bool{}
+	for _, p := range ports {
+		want[p] = true
+	}
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		for proto, list := range map[string]func(uint8) ([]*netlink.Socket, error){"tcp": h.SocketDiagTCP, "udp": h.SocketDiagUDP} {
+			socks, err := list(fam)
+			if err != nil {
+				return false, fmt.Errorf("listing %s sockets: %w", proto, err)
+			}
+			for _, s := range socks {
+				if (proto == "udp" || s.State == netlink.TCP_LISTEN) && want[Port{Proto: proto, Port: s.ID.SourcePort}] {
+					return true, nil
+				}
+			}
+		}
+	}
+	return false, nil
+}
+
+// sockDiag opens a sock_diag handle in the namespace at key.
+func sockDiag(key string) (*netlink.Handle, error) {
+	ns, err := vns.GetFromPath(key)
+	if err != nil {
+		return nil, fmt.Errorf("opening sandbox namespace %s: %w", key, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_INET_DIAG)
+	if err != nil {
+		return nil, fmt.Errorf("opening sock_diag: %w", err)
+	}
+	return h, nil
 }
 
 // Sync makes svcs the services of the sandbox at key: each is set (a no-op when

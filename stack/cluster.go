@@ -36,7 +36,7 @@ func (s clusterSeam) DeleteNetwork(ctx context.Context, id string) error {
 func (s clusterSeam) PublishEndpoint(ctx context.Context, ep cnm.RemoteEndpoint) error {
 	return s.c.PutEndpoint(ctx, cluster.EndpointRecord{ID: ep.ID, Name: ep.Name, NetworkID: ep.NetworkID,
 		SandboxID: ep.SandboxID, SandboxName: ep.SandboxName, Addr4: ep.Addr4, Addr6: ep.Addr6, MAC: ep.MAC, DNSNames: ep.Names,
-		Service: ep.Service, Draining: ep.Draining})
+		Service: ep.Service, Starting: ep.Starting, Draining: ep.Draining})
 }
 
 func (s clusterSeam) CreateService(ctx context.Context, svc cnm.Service) error {
@@ -147,7 +147,7 @@ func (s clusterSeam) Watch(ctx context.Context) (cnm.ClusterState, <-chan cnm.Cl
 func fromEndpoint(ep cluster.EndpointRecord, nodes map[string]cnm.Node) cnm.RemoteEndpoint {
 	return cnm.RemoteEndpoint{ID: ep.ID, Name: ep.Name, NetworkID: ep.NetworkID, Node: nodes[ep.NodeID],
 		SandboxID: ep.SandboxID, SandboxName: ep.SandboxName, Addr4: ep.Addr4, Addr6: ep.Addr6, MAC: ep.MAC, Names: ep.DNSNames,
-		Service: ep.Service, Draining: ep.Draining}
+		Service: ep.Service, Starting: ep.Starting, Draining: ep.Draining}
 }
 
 func toRecord(n cnm.Network) cluster.NetworkRecord {

@@ -85,7 +85,8 @@ func (e *env) service(spec cnm.ServiceSpec) cnm.Service {
 
 func (e *env) task(t *testing.T, name, svc string) cnm.Sandbox { return e.taskWorking(t, name, svc, 0) }
 
-// taskWorking creates a task whose server takes work to answer each request.
+// taskWorking creates a task whose server takes work to answer each request, and
+// waits until the controller has put it into rotation (it listens).
 func (e *env) taskWorking(t *testing.T, name, svc string, work time.Duration) cnm.Sandbox {
 	t.Helper()
 	sb, err := e.s.Controller.CreateSandbox(t.Context(), cnm.SandboxSpec{Name: name, Service: svc})
@@ -93,6 +94,10 @@ func (e *env) taskWorking(t *testing.T, name, svc string, work time.Duration) cn
 		t.Fatalf("creating task %s: %v", name, err)
 	}
 	serveName(t, sb, work)
+	nstest.Eventually(t, "task "+name+" ready", 5*time.Second, func() bool {
+		got, err := e.s.Controller.Sandbox(t.Context(), name)
+		return err == nil && !got.Starting
+	})
 	return sb
 }
 
@@ -187,6 +192,65 @@ func TestServiceWithoutTasksRefusesAtOnce(t *testing.T) {
 	}
 	if got, err := lookup(t, e, client, "empty"); err == nil {
 		t.Fatalf("a removed service still resolves: %v", got)
+	}
+}
+
+// A task enters rotation only once it listens on the service's port: before that the
+// VIP sends nothing to it and tasks.web leaves it out (a connection sent to it would be
+// refused). A restart of the controller keeps waiting for it.
+func TestServiceTaskEntersRotationWhenListening(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	e.network(cnm.NetworkSpec{Name: "app"})
+	web := e.service(cnm.ServiceSpec{Name: "web", Networks: []string{"app"}, Ports: []lb.Port{{Proto: "tcp", Port: 80}}})
+	vip := netip.AddrPortFrom(web.VIPs[0].Addr.Addr(), 80)
+	e.task(t, "up", "web")
+	late, err := e.s.Controller.CreateSandbox(ctx, cnm.SandboxSpec{Name: "late", Service: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !late.Starting {
+		t.Fatal("a task that listens on nothing is not starting")
+	}
+	client := e.sandbox("client", "app")
+	check := func(when string) {
+		t.Helper()
+		for range 60 {
+			if name, err := askName(client.Key, vip); err != nil || name != "up" {
+				t.Fatalf("%s: a connection to the VIP got %q, %v; want every one answered by the listening task", when, name, err)
+			}
+		}
+		if got := queryA(t, e, client, "tasks.web"); !slices.Equal(got, []string{e.addr("up", "app", false).String()}) {
+			t.Fatalf("%s: tasks.web = %v, want only the listening task", when, got)
+		}
+	}
+	check("before it listens")
+	e.reopen()
+	if sb, err := e.s.Controller.Sandbox(ctx, "late"); err != nil || !sb.Starting {
+		t.Fatalf("after a restart the task is %+v, %v; want still starting", sb, err)
+	}
+	check("after a restart")
+
+	// Once it listens it gets its share, and its name.
+	serveName(t, late, 0)
+	seen := map[string]int{}
+	nstest.Eventually(t, "the late task answering through the VIP", 5*time.Second, func() bool {
+		name, err := askName(client.Key, vip)
+		if err != nil {
+			t.Fatalf("while the late task became ready: %v", err)
+		}
+		seen[name]++
+		return seen["late"] > 0
+	})
+	got := queryA(t, e, client, "tasks.web")
+	slices.Sort(got)
+	want := []string{e.addr("late", "app", false).String(), e.addr("up", "app", false).String()}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("tasks.web = %v once both listen, want %v", got, want)
+	}
+	if sb, err := e.s.Controller.Sandbox(ctx, "late"); err != nil || sb.Starting {
+		t.Fatalf("the listening task is %+v, %v; want ready", sb, err)
 	}
 }
 

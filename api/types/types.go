@@ -56,9 +56,11 @@ type SandboxInfo struct {
 	// Processes is how many processes run in the sandbox's namespace (set by inspect
 	// only; a host-network sandbox has none of its own).
 	Processes *int `json:",omitempty"`
-	// Service is the name of the service the sandbox is a task of; Draining is set
-	// while its removal lets its connections finish.
+	// Service is the name of the service the sandbox is a task of. Starting is set
+	// until it listens on one of the service's ports (it gets no connections before);
+	// Draining while its removal lets its connections finish.
 	Service  string `json:",omitempty"`
+	Starting bool   `json:",omitempty"`
 	Draining bool   `json:",omitempty"`
 }
 
@@ -150,12 +152,14 @@ type ServiceVirtualIP struct {
 	Addr      string `json:",omitempty"`
 }
 
-// ServiceTask is one sandbox serving a service. Draining: its removal began; it
-// serves only the connections it had.
+// ServiceTask is one sandbox serving a service. Starting: it does not listen on the
+// service's ports yet and gets no connections; Draining: its removal began; it serves
+// only the connections it had.
 type ServiceTask struct {
 	ID       string
 	Name     string
 	Node     string   `json:",omitempty"` // the node it runs on (cluster mode)
+	Starting bool     `json:",omitempty"`
 	Draining bool     `json:",omitempty"`
 	Addrs    []string `json:",omitempty"` // its IPv4 addresses on the service's networks
 }
