@@ -36,7 +36,9 @@ func TestLabServiceSurvivesTaskHostDeath(t *testing.T) {
 		t.Fatal(err)
 	}
 	to := netip.AddrPortFrom(vip.Addr(), 80).String()
-	const timeout = time.Second // per request
+	// Per request: long enough for one SYN retransmission (Linux resends after 1 s), so
+	// a SYN dropped by a machine under load is not taken for a dead task.
+	const timeout = 1500 * time.Millisecond
 	ask := func() (string, error) {
 		c, err := netlab.Dial(t, client, "tcp4", to, timeout)
 		if err != nil {
@@ -81,7 +83,7 @@ func TestLabServiceSurvivesTaskHostDeath(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(1500 * time.Millisecond) // load before the death, to compare with
+	time.Sleep(timeout + time.Second) // load before the death, to compare with
 	cut := time.Now()
 	if err := l.Partition("h2"); err != nil {
 		t.Fatal(err)
