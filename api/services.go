@@ -25,6 +25,14 @@ func decodeServiceCreate(data []byte) (cnm.ServiceSpec, error) {
 		}
 		spec.Ports = append(spec.Ports, port)
 	}
+	for _, p := range req.Publish {
+		ports, err := cnm.ParsePublish(p)
+		if err != nil {
+			return cnm.ServiceSpec{}, err
+		}
+		spec.Publish = append(spec.Publish, ports...)
+	}
+	spec.IngressSNAT = req.IngressSNAT
 	var err error
 	if spec.Sticky, err = parseDuration("sticky", req.Sticky); err != nil {
 		return cnm.ServiceSpec{}, err
@@ -94,6 +102,10 @@ func (s *Server) serviceInfo(ctx context.Context, svc cnm.Service) types.Service
 	if svc.Sticky > 0 {
 		info.Sticky = svc.Sticky.String()
 	}
+	for _, p := range svc.Publish {
+		info.Publish = append(info.Publish, p.String())
+	}
+	info.IngressSNAT = svc.IngressSNAT
 	nets := map[string]bool{}
 	for _, v := range svc.VIPs {
 		nets[v.NetworkID] = true

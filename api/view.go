@@ -16,7 +16,7 @@ import (
 func networkView(n cnm.Network) network.Network {
 	return network.Network{
 		Name: n.Name, ID: n.ID, Created: n.Created, Scope: string(n.Scope), Driver: n.Driver,
-		EnableIPv4: !n.DisableIPv4, EnableIPv6: n.EnableIPv6, Internal: n.Internal, Attachable: n.Attachable,
+		EnableIPv4: !n.DisableIPv4, EnableIPv6: n.EnableIPv6, Internal: n.Internal, Attachable: n.Attachable, Ingress: n.Ingress,
 		IPAM: network.IPAM{Driver: n.IPAMDriver, Options: n.IPAMOptions, Config: ipamView(n)},
 		// Docker prints {} for empty options and labels, never null.
 		Options: withVNIs(n), Labels: orEmpty(n.Labels),

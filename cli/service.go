@@ -30,6 +30,7 @@ func (a *app) serviceCreateCommand() *cobra.Command {
 		Example: `  pier service create web --network app --port 80/tcp
   pier service create db --network app --endpoint-mode dnsrr
   pier service create api --network app --sticky 10m --stop-grace 30s
+  pier service create front --network ov --publish 8080:80 --publish mode=host,published=9090,target=90
   pier sandbox create --name web1 --service web`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -57,6 +58,9 @@ func (a *app) serviceCreateCommand() *cobra.Command {
 	fl.StringArrayVar(&req.Ports, "port", nil, "balance only this port on the VIP (80, 80/tcp, 53/udp); repeatable (default: every port)")
 	fl.StringVar(&req.Sticky, "sticky", "", "send a client to the same task for this long after its last connection (e.g. 10m)")
 	fl.StringVar(&req.StopGrace, "stop-grace", "", "how long a removed task may finish its connections (default 10s)")
+	fl.StringArrayVarP(&req.Publish, "publish", "p", nil, "publish a port: 8080:80[/udp] (ranges too) on every node through the routing mesh, "+
+		"or mode=host,published=8080,target=80[,protocol=udp] on the nodes of its tasks; repeatable")
+	fl.BoolVar(&req.IngressSNAT, "ingress-snat", false, "masquerade routing-mesh connections (Docker's behaviour: the task sees the forwarding node, not the client)")
 	return cmd
 }
 
@@ -107,6 +111,9 @@ func (a *app) serviceLs(ctx context.Context, f listFlags) error {
 		if ports == "" && s.EndpointMode == "vip" {
 			ports = "*"
 		}
+		for _, p := range s.Publish {
+			ports += "," + publishedView(p)
+		}
 		rows[i] = serviceRow{ID: shortID(s.ID, f.noTrunc), Name: s.Name, Mode: s.EndpointMode, VIPs: strings.Join(vips, ","),
 			Ports: ports, Tasks: fmt.Sprintf("%d/%d", serving, len(s.Tasks))}
 	}
@@ -147,4 +154,19 @@ func (a *app) serviceRmCommand() *cobra.Command {
 			return removeEach(a.Streams, args, func(ref string) error { return c.ServiceRemove(cmd.Context(), ref) })
 		},
 	}
+}
+
+// publishedView renders a published port as Docker's service ls does
+// (*:8080->80/tcp), with "(host)" for host mode.
+func publishedView(long string) string {
+	f := map[string]string{}
+	for kv := range strings.SplitSeq(long, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		f[k] = v
+	}
+	s := fmt.Sprintf("*:%s->%s/%s", f["published"], f["target"], f["protocol"])
+	if f["mode"] == "host" {
+		s += "(host)"
+	}
+	return s
 }

@@ -26,6 +26,7 @@ const (
 	prefVNIs      = Root + "vni/"            // vni/<n>: network ID
 	prefServices  = Root + "services/"       // services/<id>: ServiceRecord
 	prefSvcNames  = Root + "names/services/" // names/services/<name>: service ID
+	prefIngress   = Root + "names/ingress/"  // names/ingress/<proto>/<port>: service ID
 	prefAcks      = Root + "acks/"           // acks/<endpoint>/<node>: the node stopped choosing a draining task
 )
 
@@ -67,6 +68,7 @@ type NetworkRecord struct {
 	IPv4        []PoolRecord      `json:",omitempty"`
 	IPv6        []PoolRecord      `json:",omitempty"`
 	VNIs        []uint32          `json:",omitempty"`
+	Ingress     bool              `json:",omitempty"`
 	Created     time.Time
 	CreatedBy   string // node ID
 }
@@ -90,6 +92,8 @@ type EndpointRecord struct {
 	Service  string `json:",omitempty"`
 	Starting bool   `json:",omitempty"`
 	Draining bool   `json:",omitempty"`
+	// Router: the node's router on the ingress network (the routing mesh).
+	Router bool `json:",omitempty"`
 }
 
 // ServiceRecord is a service on global networks (services/<id>).
@@ -101,8 +105,11 @@ type ServiceRecord struct {
 	Sticky    time.Duration `json:",omitempty"`
 	StopGrace time.Duration
 	VIPs      []ServiceVIPRecord
-	Created   time.Time
-	CreatedBy string
+	// Publish: "mode=ingress,published=8080,target=80,protocol=tcp" each.
+	Publish     []string `json:",omitempty"`
+	IngressSNAT bool     `json:",omitempty"`
+	Created     time.Time
+	CreatedBy   string
 }
 
 // ServiceVIPRecord is a service's network and its virtual IP there (none in dnsrr).

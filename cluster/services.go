@@ -2,27 +2,70 @@ package cluster
 
 import (
 	"context"
+	"path"
+	"strings"
 	"time"
 
 	"github.com/piernet/pier/errdefs"
 )
 
-// CreateService records a service on global networks, claiming its name cluster-wide
-// in the same transaction.
+// CreateService records a service on global networks, claiming its name and its
+// ingress-published ports cluster-wide in the same transaction.
 func (c *Cluster) CreateService(ctx context.Context, rec ServiceRecord) error {
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	rec.CreatedBy = c.o.NodeID
 	nameKey := prefSvcNames + escape(rec.Name)
-	r, err := c.kv.Txn(ctx, []Cmp{Absent(prefServices + rec.ID), Absent(nameKey)},
-		[]Op{Put(prefServices+rec.ID, mustJSON(rec), 0), Put(nameKey, []byte(rec.ID), 0)})
+	cmps := []Cmp{Absent(prefServices + rec.ID), Absent(nameKey)}
+	ops := []Op{Put(prefServices+rec.ID, mustJSON(rec), 0), Put(nameKey, []byte(rec.ID), 0)}
+	ports := ingressKeys(rec)
+	for _, k := range ports {
+		cmps, ops = append(cmps, Absent(k)), append(ops, Put(k, []byte(rec.ID), 0))
+	}
+	r, err := c.kv.Txn(ctx, cmps, ops)
 	if err != nil {
 		return storeErr(err)
 	}
-	if !r.Succeeded {
-		return errdefs.Conflict("service name %q is already in use in the cluster", rec.Name)
+	if r.Succeeded {
+		return nil
 	}
-	return nil
+	for _, k := range ports {
+		kv, ok, err := c.kv.Get(ctx, k)
+		if err != nil || !ok {
+			continue
+		}
+		owner := string(kv.Value) + "'"
+		if o, ok, _ := c.kv.Get(ctx, prefServices+owner); ok {
+			if orec, err := DecodeService(o.Value); err == nil {
+				owner = orec.Name + "' (" + orec.ID[:min(12, len(orec.ID))] + ")"
+			}
+		}
+		_, port := path.Split(k)
+		return errdefs.Conflict("port '%s' is already in use by service '%s as an ingress port", port, owner)
+	}
+	return errdefs.Conflict("service name %q is already in use in the cluster", rec.Name)
+}
+
+// ingressKeys are the claims of a service's ingress-published ports.
+func ingressKeys(rec ServiceRecord) []string {
+	var out []string
+	for _, p := range rec.Publish {
+		if !strings.Contains(p, "mode=ingress") {
+			continue
+		}
+		var proto, port string
+		for f := range strings.SplitSeq(p, ",") {
+			k, v, _ := strings.Cut(f, "=")
+			switch k {
+			case "protocol":
+				proto = v
+			case "published":
+				port = v
+			}
+		}
+		out = append(out, prefIngress+proto+"/"+port)
+	}
+	return out
 }
 
 // DeleteService removes a service record and its name. The caller checked that it has
@@ -42,7 +85,11 @@ func (c *Cluster) DeleteService(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	_, err = c.kv.Txn(ctx, []Cmp{Unchanged(kv.Key, kv.ModRev)}, []Op{Delete(kv.Key), Delete(prefSvcNames + escape(rec.Name))})
+	ops := []Op{Delete(kv.Key), Delete(prefSvcNames + escape(rec.Name))}
+	for _, k := range ingressKeys(rec) {
+		ops = append(ops, Delete(k))
+	}
+	_, err = c.kv.Txn(ctx, []Cmp{Unchanged(kv.Key, kv.ModRev)}, ops)
 	return storeErr(err)
 }
 

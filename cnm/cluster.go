@@ -80,6 +80,7 @@ type RemoteEndpoint struct {
 	Names       []string // the names it answers to on its network (embedded DNS)
 	Service     string   // the service its sandbox is a task of (ID)
 	Starting    bool     // that task does not listen on its service's ports yet
+	Router      bool     // a node's router on the ingress network (no sandbox)
 	Draining    bool     // that task is being removed: no new connections
 }
 

@@ -66,6 +66,8 @@ func (c *Controller) adoptGlobal(ctx context.Context, st ClusterState) error {
 		c.addRemote(ctx, ep)
 	}
 	c.reconcileOwn(ctx, mine)
+	c.syncMesh(ctx)
+	c.syncReturns(ctx)
 	return nil
 }
 
@@ -82,6 +84,9 @@ func (c *Controller) reconcileOwn(ctx context.Context, published map[string]Remo
 		if err := c.cluster.PublishEndpoint(ctx, c.remoteView(n, ep)); err != nil {
 			c.log.ErrorContext(ctx, "re-publishing endpoint", "endpoint", ep.Name, "network", n.Name, "err", err)
 		}
+	}
+	if c.router != nil {
+		delete(published, c.router.ID) // re-published when the router is re-attached
 	}
 	for _, stale := range published {
 		c.log.InfoContext(ctx, "withdrawing endpoint record without a local endpoint", "endpoint", stale.Name)
@@ -152,11 +157,13 @@ func (c *Controller) applyEvent(ctx context.Context, ev ClusterEvent) {
 			old := c.remoteTask(ev.Endpoint)
 			c.addRemote(ctx, ev.Endpoint)
 			c.remoteTaskChanged(ctx, ev.Endpoint, old)
+			c.remoteRouterChanged(ctx, ev.Endpoint)
 		}
 	case EndpointRemoved:
 		old := c.remoteTask(ev.Endpoint)
 		c.removeRemote(ctx, ev.Endpoint)
 		c.remoteTaskChanged(ctx, ev.Endpoint, old)
+		c.remoteRouterChanged(ctx, ev.Endpoint)
 	case ServiceAdded, ServiceRemoved:
 		c.applyServiceEvent(ctx, ev)
 	}

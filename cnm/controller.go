@@ -76,6 +76,8 @@ type Config struct {
 	DefaultBridgeOptions map[string]string
 	// LoadBalancer programs service VIPs in sandboxes; nil: only dnsrr services.
 	LoadBalancer LoadBalancer
+	// Mesh programs the routing mesh (ingress publishing, cluster mode); nil: none.
+	Mesh Mesh
 }
 
 // DefaultStopGrace is Config.StopGrace's default.
@@ -94,6 +96,8 @@ type Controller struct {
 	stopGrace  time.Duration
 	bridgeOpts map[string]string // options of the predefined "bridge"
 	lb         LoadBalancer      // nil: no VIP services
+	mesh       Mesh              // nil: no ingress publishing
+	router     *Router           // this node's ingress router; guarded by opMu
 
 	opMu      sync.Mutex      // serialises mutating operations
 	dnsActive map[string]bool // sandboxes with a DNS listener; guarded by opMu
@@ -142,7 +146,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	c := &Controller{execRoot: cfg.ExecRoot, store: cfg.Store, drivers: cfg.Drivers, plugins: cfg.Plugins, dns: cfg.DNS, dnsActive: map[string]bool{},
 		ipams: map[string]ipam.Allocator{IPAMDefault: cfg.IPAM, IPAMNull: nullIPAM{}},
 		os:    cfg.OS, log: cfg.Logger.With("component", "controller"), resolvPath: cfg.HostResolvConf, stopGrace: cfg.StopGrace,
-		bridgeOpts: cfg.DefaultBridgeOptions, lb: cfg.LoadBalancer, services: map[string]*Service{},
+		bridgeOpts: cfg.DefaultBridgeOptions, lb: cfg.LoadBalancer, mesh: cfg.Mesh, services: map[string]*Service{},
 		networks: map[string]*Network{}, endpoints: map[string]*Endpoint{}, epIndex: newEndpointIndex(),
 		sandboxes: map[string]*Sandbox{}, remote: map[string]map[string]*RemoteEndpoint{}, cluster: cfg.Cluster}
 	c.bg, c.bgStop = context.WithCancel(context.WithoutCancel(ctx))

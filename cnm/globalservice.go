@@ -83,6 +83,7 @@ func (c *Controller) applyServiceEvent(ctx context.Context, ev ClusterEvent) {
 	c.mu.Unlock()
 	if svc != nil {
 		c.unpublishService(ctx, svc)
+		c.syncMesh(ctx)
 	}
 }
 
@@ -94,6 +95,7 @@ func (c *Controller) adoptService(ctx context.Context, s *Service) {
 	c.services[svc.ID] = &svc
 	c.mu.Unlock()
 	c.publishService(ctx, &svc)
+	c.syncMesh(ctx)
 }
 
 // unpublishService removes a service's names and VIPs from this node.
@@ -103,6 +105,11 @@ func (c *Controller) unpublishService(ctx context.Context, svc *Service) {
 			c.dns.Remove(vipRecordID(svc.ID, v.NetworkID))
 		}
 		c.syncNetworkLB(ctx, v.NetworkID)
+	}
+	if c.mesh != nil && len(svc.ingressPorts()) > 0 {
+		if err := c.mesh.Unpublish(ctx, svc.ID); err != nil {
+			c.log.ErrorContext(ctx, "unpublishing a service from the routing mesh", "service", svc.Name, "err", err)
+		}
 	}
 }
 

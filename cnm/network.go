@@ -42,6 +42,9 @@ type NetworkSpec struct {
 	IPAMOptions map[string]string
 	IPAM        []PoolSpec
 	Predefined  bool // a network the controller creates itself (bridge, host, none)
+	// Ingress marks the routing mesh's network (Docker's --ingress): tasks of services
+	// with ingress-published ports join it; nothing else may.
+	Ingress bool
 }
 
 // Pool is a pool granted to a network.
@@ -80,6 +83,7 @@ type Network struct {
 	// IfacePrefix names the network's interfaces inside sandboxes <IfacePrefix><N>, as
 	// the driver decoded it from Options; "" = "eth".
 	IfacePrefix string `json:",omitempty"`
+	Ingress     bool   `json:",omitempty"`
 }
 
 func (n *Network) id() string   { return n.ID }
@@ -150,7 +154,7 @@ func (c *Controller) prepareNetwork(ctx context.Context, spec NetworkSpec) (*Net
 	n := &Network{ID: NewID(), Name: spec.Name, Driver: spec.Driver, Scope: capa.DataScope,
 		Created: time.Now().UTC(), Internal: spec.Internal, Attachable: spec.Attachable,
 		EnableIPv6: spec.EnableIPv6, DisableIPv4: spec.DisableIPv4, Predefined: spec.Predefined, Options: spec.Options, Labels: spec.Labels,
-		IPAMDriver: ipamDriver, IPAMOptions: spec.IPAMOptions, IfacePrefix: decoded.IfacePrefix}
+		IPAMDriver: ipamDriver, IPAMOptions: spec.IPAMOptions, IfacePrefix: decoded.IfacePrefix, Ingress: spec.Ingress}
 	return n, drv, nil
 }
 

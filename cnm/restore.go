@@ -54,6 +54,9 @@ func (c *Controller) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := c.loadRouter(ctx); err != nil {
+		return err
+	}
 	if err := c.loadServices(ctx); err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"time"
 
@@ -85,6 +86,10 @@ func (c *Controller) CreateSandbox(ctx context.Context, spec SandboxSpec) (Sandb
 func (c *Controller) createSandbox(ctx context.Context, spec SandboxSpec, svc *Service) (Sandbox, error) {
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
+	if svc != nil {
+		// Host-mode published ports: the task publishes them itself, on this node.
+		spec.Ports = append(slices.Clone(spec.Ports), svc.hostPorts()...)
+	}
 	sb, err := c.newSandbox(spec)
 	if err != nil {
 		return Sandbox{}, err
@@ -275,6 +280,9 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *Sandbox) error {
 	c.dropDNS(sb)
 	if c.lb != nil {
 		c.lb.Forget(sb.Key)
+	}
+	if c.mesh != nil {
+		c.mesh.ForgetReturn(sb.Key)
 	}
 	if err := c.os.Destroy(ctx, sb.Key); err != nil {
 		return err

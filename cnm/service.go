@@ -33,20 +33,27 @@ type ServiceSpec struct {
 	Ports     []lb.Port
 	Sticky    time.Duration
 	StopGrace time.Duration // 0: DefaultServiceStopGrace
+	// Publish are the service's published ports (ingress: the routing mesh on every
+	// node; host: on the nodes of its tasks). IngressSNAT masquerades mesh connections
+	// (Docker's behaviour: the task sees the forwarding node, not the client).
+	Publish     []PublishPort
+	IngressSNAT bool
 }
 
 // Service is a service record: a name, a virtual IP per network, and the task
 // sandboxes (Sandbox.Service) that serve it. pier is not an orchestrator: tasks are
 // sandboxes their owner creates with SandboxSpec.Service.
 type Service struct {
-	ID        string
-	Name      string
-	Created   time.Time
-	Mode      string
-	Ports     []lb.Port     `json:",omitempty"`
-	Sticky    time.Duration `json:",omitempty"`
-	StopGrace time.Duration
-	VIPs      []ServiceVIP
+	ID          string
+	Name        string
+	Created     time.Time
+	Mode        string
+	Ports       []lb.Port     `json:",omitempty"`
+	Sticky      time.Duration `json:",omitempty"`
+	StopGrace   time.Duration
+	VIPs        []ServiceVIP
+	Publish     []PublishPort `json:",omitempty"`
+	IngressSNAT bool          `json:",omitempty"`
 }
 
 // ServiceVIP is a service's address on one network (none in dnsrr mode).
@@ -78,6 +85,10 @@ type LoadBalancer interface {
 // CreateService creates a service and, in VIP mode, takes a virtual IP on each of its
 // networks from the network's IPAM.
 func (c *Controller) CreateService(ctx context.Context, spec ServiceSpec) (Service, error) {
+	spec, err := c.withIngress(ctx, spec)
+	if err != nil {
+		return Service{}, err
+	}
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
 	svc, nets, err := c.newService(spec)
@@ -113,6 +124,7 @@ func (c *Controller) CreateService(ctx context.Context, spec ServiceSpec) (Servi
 	c.services[svc.ID] = svc
 	c.mu.Unlock()
 	c.publishService(ctx, svc)
+	c.syncMesh(ctx)
 	return *svc, nil
 }
 
@@ -121,7 +133,7 @@ func (c *Controller) newService(spec ServiceSpec) (*Service, []*Network, error) 
 		return nil, nil, err
 	}
 	svc := &Service{ID: NewID(), Name: spec.Name, Created: time.Now().UTC(), Mode: spec.Mode,
-		Ports: spec.Ports, Sticky: spec.Sticky, StopGrace: spec.StopGrace}
+		Ports: spec.Ports, Sticky: spec.Sticky, StopGrace: spec.StopGrace, Publish: spec.Publish, IngressSNAT: spec.IngressSNAT}
 	if svc.Mode == "" {
 		svc.Mode = ModeVIP
 	}
@@ -145,6 +157,9 @@ func (c *Controller) newService(spec ServiceSpec) (*Service, []*Network, error) 
 	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
+	if err := c.checkPublish(svc); err != nil {
+		return nil, nil, err
+	}
 	if _, err := lookup(c.services, "service", spec.Name); err == nil {
 		return nil, nil, errdefs.Conflict("service name %q is already in use", spec.Name)
 	}
@@ -238,6 +253,7 @@ func (c *Controller) DeleteService(ctx context.Context, ref string) error {
 	delete(c.services, svc.ID)
 	c.mu.Unlock()
 	c.unpublishService(ctx, &svc)
+	c.syncMesh(ctx)
 	for _, v := range svc.VIPs {
 		if n := c.networkByID(v.NetworkID); n != nil && v.Addr.IsValid() {
 			c.releaseVIP(ctx, n, v.Addr)
@@ -313,6 +329,7 @@ func (c *Controller) publishService(ctx context.Context, svc *Service) {
 		}
 		c.syncNetworkLB(ctx, n.ID)
 	}
+	c.publishMesh(ctx, svc)
 }
 
 // taskNames are the extra DNS names of a task's endpoint on network nid: tasks.NAME,
@@ -386,6 +403,9 @@ func (c *Controller) syncServiceLB(ctx context.Context, svc *Service, nid string
 			c.log.ErrorContext(ctx, "programming service load balancing", "sandbox", sb.Name, "service", svc.Name, "err", err)
 		}
 	}
+	if n := c.ingressNetwork(); n != nil && n.ID == nid {
+		c.publishMesh(ctx, svc)
+	}
 }
 
 // joinedSandboxes are the local sandboxes joined to network nid (not host-network).
@@ -437,6 +457,7 @@ func (c *Controller) syncSandboxLB(ctx context.Context, sb *Sandbox) {
 // task, every sandbox on its service's networks (the backends changed).
 func (c *Controller) refreshServices(ctx context.Context, sb *Sandbox) {
 	c.syncSandboxLB(ctx, sb)
+	c.meshJoined(ctx, sb)
 	if svc := c.serviceOf(sb); svc != nil {
 		for _, v := range svc.VIPs {
 			c.syncServiceLB(ctx, svc, v.NetworkID)

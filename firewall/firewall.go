@@ -55,7 +55,15 @@ type Firewall struct {
 	// batch, so that the next change rewrites the whole table.
 	synced bool
 	closed bool
+	// afterHeal run after the table was restored from a change by another process
+	// (other pier tables in the namespace were most likely hit too: `nft flush
+	// ruleset`). Set before Start.
+	afterHeal []func(context.Context)
 }
+
+// AfterHeal registers fn to run after each restoration of the table from another
+// process's change (before Start): pier's other nftables tables heal with it.
+func (f *Firewall) AfterHeal(fn func(context.Context)) { f.afterHeal = append(f.afterHeal, fn) }
 
 // kernel is the Firewall's seam to the kernel: the nftables connection it
 // writes with (and that socket's netlink port ID), the nftables

@@ -159,6 +159,11 @@ func (f *Firewall) heal(ctx context.Context, w *watcher, repaired bool) {
 		}
 		err := f.repair(ctx, first)
 		if err == nil {
+			if !first {
+				for _, fn := range f.afterHeal {
+					fn(ctx)
+				}
+			}
 			first = false
 		} else if ctx.Err() == nil {
 			f.log.Error("restoring pier's nftables table", "err", err)

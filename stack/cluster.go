@@ -36,7 +36,7 @@ func (s clusterSeam) DeleteNetwork(ctx context.Context, id string) error {
 func (s clusterSeam) PublishEndpoint(ctx context.Context, ep cnm.RemoteEndpoint) error {
 	return s.c.PutEndpoint(ctx, cluster.EndpointRecord{ID: ep.ID, Name: ep.Name, NetworkID: ep.NetworkID,
 		SandboxID: ep.SandboxID, SandboxName: ep.SandboxName, Addr4: ep.Addr4, Addr6: ep.Addr6, MAC: ep.MAC, DNSNames: ep.Names,
-		Service: ep.Service, Starting: ep.Starting, Draining: ep.Draining})
+		Service: ep.Service, Starting: ep.Starting, Draining: ep.Draining, Router: ep.Router})
 }
 
 func (s clusterSeam) CreateService(ctx context.Context, svc cnm.Service) error {
@@ -63,6 +63,10 @@ func toServiceRecord(s cnm.Service) cluster.ServiceRecord {
 	for _, v := range s.VIPs {
 		r.VIPs = append(r.VIPs, cluster.ServiceVIPRecord{NetworkID: v.NetworkID, Addr: v.Addr})
 	}
+	for _, p := range s.Publish {
+		r.Publish = append(r.Publish, p.String())
+	}
+	r.IngressSNAT = s.IngressSNAT
 	return r
 }
 
@@ -78,6 +82,12 @@ func fromServiceRecord(r cluster.ServiceRecord) cnm.Service {
 	for _, v := range r.VIPs {
 		s.VIPs = append(s.VIPs, cnm.ServiceVIP{NetworkID: v.NetworkID, Addr: v.Addr})
 	}
+	for _, p := range r.Publish {
+		if ports, err := cnm.ParsePublish(p); err == nil {
+			s.Publish = append(s.Publish, ports...)
+		}
+	}
+	s.IngressSNAT = r.IngressSNAT
 	return s
 }
 
@@ -147,21 +157,21 @@ func (s clusterSeam) Watch(ctx context.Context) (cnm.ClusterState, <-chan cnm.Cl
 func fromEndpoint(ep cluster.EndpointRecord, nodes map[string]cnm.Node) cnm.RemoteEndpoint {
 	return cnm.RemoteEndpoint{ID: ep.ID, Name: ep.Name, NetworkID: ep.NetworkID, Node: nodes[ep.NodeID],
 		SandboxID: ep.SandboxID, SandboxName: ep.SandboxName, Addr4: ep.Addr4, Addr6: ep.Addr6, MAC: ep.MAC, Names: ep.DNSNames,
-		Service: ep.Service, Starting: ep.Starting, Draining: ep.Draining}
+		Service: ep.Service, Starting: ep.Starting, Draining: ep.Draining, Router: ep.Router}
 }
 
 func toRecord(n cnm.Network) cluster.NetworkRecord {
 	return cluster.NetworkRecord{ID: n.ID, Name: n.Name, Driver: n.Driver, IPAMDriver: n.IPAMDriver, Options: n.Options,
 		IPAMOptions: n.IPAMOptions, Labels: n.Labels, Internal: n.Internal, Attachable: n.Attachable,
 		EnableIPv6: n.EnableIPv6, DisableIPv4: n.DisableIPv4, IPv4: toPools(n.IPv4), IPv6: toPools(n.IPv6),
-		VNIs: n.VNIs, Created: n.Created}
+		VNIs: n.VNIs, Ingress: n.Ingress, Created: n.Created}
 }
 
 func fromRecord(r cluster.NetworkRecord) cnm.Network {
 	return cnm.Network{ID: r.ID, Name: r.Name, Driver: r.Driver, Scope: driver.ScopeGlobal, Created: r.Created,
 		Internal: r.Internal, Attachable: r.Attachable, EnableIPv6: r.EnableIPv6, DisableIPv4: r.DisableIPv4,
 		Options: r.Options, Labels: r.Labels, IPAMDriver: r.IPAMDriver, IPAMOptions: r.IPAMOptions,
-		IPv4: fromPools(r.IPv4), IPv6: fromPools(r.IPv6), VNIs: r.VNIs}
+		IPv4: fromPools(r.IPv4), IPv6: fromPools(r.IPv6), VNIs: r.VNIs, Ingress: r.Ingress}
 }
 
 // Global pool IDs carry the controller's global prefix in cnm records; the cluster

@@ -130,6 +130,12 @@ type ServiceCreateRequest struct {
 	Sticky string `json:",omitempty"`
 	// StopGrace is how long a removed task may finish its connections ("" = 10s).
 	StopGrace string `json:",omitempty"`
+	// Publish are published ports in Docker's --publish syntax: "8080:80[/udp]"
+	// (ranges too; the routing mesh) or "mode=ingress|host,published=8080,target=80
+	// [,protocol=udp]".
+	Publish []string `json:",omitempty"`
+	// IngressSNAT masquerades mesh connections (the task sees the forwarding node).
+	IngressSNAT bool `json:",omitempty"`
 }
 
 // ServiceInfo describes a service (reply of create, list and inspect).
@@ -142,7 +148,10 @@ type ServiceInfo struct {
 	Sticky       string   `json:",omitempty"`
 	StopGrace    string
 	VirtualIPs   []ServiceVirtualIP
-	Tasks        []ServiceTask
+	// Publish: "mode=ingress,published=8080,target=80,protocol=tcp" each.
+	Publish     []string `json:",omitempty"`
+	IngressSNAT bool     `json:",omitempty"`
+	Tasks       []ServiceTask
 }
 
 // ServiceVirtualIP is a service's network and its address there ("" in dnsrr mode).

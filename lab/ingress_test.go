@@ -1,0 +1,160 @@
+package lab
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/piernet/pier/internal/netlab"
+	"github.com/piernet/pier/internal/nstest"
+	"github.com/piernet/pier/netns"
+)
+
+// serveWho answers TCP and UDP on port in a task's namespace with the task's name and
+// the peer address it saw ("t2 192.0.2.254:40000").
+func serveWho(t *testing.T, ns *netns.Namespace, name string, port int) {
+	t.Helper()
+	netlab.Serve(t, ns, fmt.Sprintf(":%d", port), func(c net.Conn) {
+		defer c.Close()
+		fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr())
+	})
+	var pc net.PacketConn
+	var err error
+	nstest.Do(t, ns.Handle, func() { pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(fmt.Appendf(nil, "%s %s\n", name, from), from)
+		}
+	}()
+}
+
+// who asks addr over network ("tcp4" or "udp4") from the lab's client namespace and
+// returns the answering task and the client address it saw, checked against the
+// client's own socket address.
+func who(t *testing.T, client *netns.Namespace, network string, addr netip.AddrPort) (task string, err error) {
+	t.Helper()
+	c, err := netlab.Dial(t, client, network, addr.String(), 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if network == "udp4" {
+		if _, err := c.Write([]byte("?")); err != nil {
+			return "", err
+		}
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	name, saw, _ := strings.Cut(strings.TrimSpace(line), " ")
+	if saw != c.LocalAddr().String() {
+		return name, fmt.Errorf("%s saw the client as %s, but the client is %s (the client's address was not kept)", name, saw, c.LocalAddr())
+	}
+	return name, nil
+}
+
+// TestLabIngressKeepsClientAddress: a service with tasks on h2 and h3 publishes 8080
+// on the routing mesh. From the lab's client namespace (on the underlay, like a
+// client outside the cluster), 8080 answers on each of the three hosts — h1 has no
+// task — over TCP and UDP, and every task saw the client's real address and port.
+// Host mode publishes 9090 on h2 and h3 only. A service removed stops being published.
+func TestLabIngressKeepsClientAddress(t *testing.T) {
+	l := up(t, 3)
+	ok(t)(sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "ov"))
+	ok(t)(pier(t, l, "h1", "service", "create", "web", "--network", "ov", "--port", "80/tcp", "--port", "80/udp",
+		"--publish", "8080:80", "--publish", "8080:80/udp", "--publish", "mode=host,published=9090,target=80"))
+	if out, err := pier(t, l, "h2", "service", "create", "other", "--network", "ov", "--publish", "8080:81"); err == nil ||
+		!strings.Contains(out, "port '8080' is already in use by service 'web'") {
+		t.Fatalf("a second service publishing ingress port 8080 on another host: %v\n%s", err, out)
+	}
+	for _, h := range []string{"h2", "h3"} {
+		nstest.Eventually(t, "the service on "+h, 5*time.Second, func() bool { _, err := pier(t, l, h, "service", "inspect", "web"); return err == nil })
+		task := "t" + h[1:]
+		ok(t)(pier(t, l, h, "sandbox", "create", "--name", task, "--service", "web"))
+		serveWho(t, sandboxNS(t, l, h, task), task, 80)
+	}
+	client, err := netns.Open(l.ClientNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+
+	// Every host answers on 8080, TCP and UDP, and each task saw the client itself.
+	for _, proto := range []string{"tcp4", "udp4"} {
+		for _, h := range l.Hosts {
+			to := netip.AddrPortFrom(h.Addr, 8080)
+			seen := map[string]int{}
+			nstest.Eventually(t, fmt.Sprintf("%s %s answering through the mesh", proto, to), 15*time.Second, func() bool {
+				name, err := who(t, client, proto, to)
+				if err == nil {
+					seen[name]++
+				}
+				return err == nil
+			})
+			for range 40 {
+				name, err := who(t, client, proto, to)
+				if err != nil {
+					t.Fatalf("%s to %s (%s): %v", proto, to, h.Name, err)
+				}
+				seen[name]++
+			}
+			// A host with a task prefers it; h1 has none and spreads over both.
+			switch h.Name {
+			case "h1":
+				if seen["t2"] == 0 || seen["t3"] == 0 {
+					t.Errorf("%s through h1 (no task) reached %v, want both tasks", proto, seen)
+				}
+			default:
+				if local := "t" + h.Name[1:]; len(seen) != 1 || seen[local] == 0 {
+					t.Errorf("%s through %s reached %v, want only its local task %s", proto, h.Name, seen, local)
+				}
+			}
+			t.Logf("%s via %s:8080 → %v (client address kept)", proto, h.Name, seen)
+		}
+	}
+
+	// Host mode: 9090 on the hosts with a task only, to their own task.
+	for _, h := range l.Hosts {
+		name, err := who(t, client, "tcp4", netip.AddrPortFrom(h.Addr, 9090))
+		switch {
+		case h.Name == "h1" && err == nil:
+			t.Errorf("host-mode port 9090 answered on h1, which has no task (%s)", name)
+		case h.Name == "h1" && !errors.Is(err, syscall.ECONNREFUSED):
+			t.Errorf("host-mode port 9090 on h1: %v, want connection refused", err)
+		case h.Name != "h1" && (err != nil || name != "t"+h.Name[1:]):
+			// Host mode goes through the task's gateway bridge, which masquerades nothing
+			// inbound either: who checks the client address here too.
+			t.Errorf("host-mode port 9090 on %s: %q, %v; want its task", h.Name, name, err)
+		}
+	}
+
+	// Removed: the tasks first, then the service; 8080 is then closed everywhere.
+	for _, h := range []string{"h2", "h3"} {
+		ok(t)(pier(t, l, h, "sandbox", "rm", "-f", "t"+h[1:]))
+	}
+	ok(t)(pier(t, l, "h1", "service", "rm", "web"))
+	for _, h := range l.Hosts {
+		to := netip.AddrPortFrom(h.Addr, 8080)
+		nstest.Eventually(t, "8080 closed on "+h.Name, 5*time.Second, func() bool {
+			_, err := who(t, client, "tcp4", to)
+			return errors.Is(err, syscall.ECONNREFUSED)
+		})
+	}
+}
