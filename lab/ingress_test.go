@@ -24,23 +24,7 @@ func serveWho(t *testing.T, ns *netns.Namespace, name string, port int) {
 		defer c.Close()
 		fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr())
 	})
-	var pc net.PacketConn
-	var err error
-	nstest.Do(t, ns.Handle, func() { pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port)) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 512)
-		for {
-			_, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(fmt.Appendf(nil, "%s %s\n", name, from), from)
-		}
-	}()
+	netlab.ServeUDP(t, ns, fmt.Sprintf(":%d", port), func(from net.Addr, _ []byte) []byte { return fmt.Appendf(nil, "%s %s\n", name, from) })
 }
 
 // who asks addr over network ("tcp4" or "udp4") from the lab's client namespace and

@@ -56,23 +56,7 @@ func newRig(t *testing.T) *rig {
 }
 
 func serveUDP(t *testing.T, ns *netns.Namespace, name string) {
-	var pc net.PacketConn
-	var err error
-	nstest.Do(t, ns.Handle, func() { pc, err = net.ListenPacket("udp4", ":53") })
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 512)
-		for {
-			_, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo([]byte(name), from)
-		}
-	}()
+	netlab.ServeUDP(t, ns, ":53", func(net.Addr, []byte) []byte { return []byte(name) })
 }
 
 func (r *rig) addrs(names ...string) []netip.Addr {

@@ -201,6 +201,31 @@ func Serve(t testing.TB, ns *netns.Namespace, addr string, handle func(net.Conn)
 	}()
 }
 
+// ServeUDP listens on UDP addr in ns until the test ends and answers each datagram
+// with what reply returns for it (nothing when reply returns nil).
+func ServeUDP(t testing.TB, ns *netns.Namespace, addr string, reply func(from net.Addr, data []byte) []byte) {
+	t.Helper()
+	var pc net.PacketConn
+	var err error
+	nstest.Do(t, ns.Handle, func() { pc, err = net.ListenPacket("udp4", addr) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pc.Close() })
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if out := reply(from, buf[:n]); out != nil {
+				_, _ = pc.WriteTo(out, from)
+			}
+		}
+	}()
+}
+
 // Dial connects from ns to addr, giving up after timeout. Failing to enter ns fails
 // the test; a failed connection is returned as an error.
 func Dial(t testing.TB, ns *netns.Namespace, network, addr string, timeout time.Duration) (net.Conn, error) {
