@@ -199,7 +199,7 @@ func TestSlotAssignmentIsFairAndMovesLittle(t *testing.T) {
 	bs := svcN(0, 10).Backends
 	for n := 1; n <= 10; n++ {
 		counts := map[netip.Addr]int{}
-		for _, a := range assign(nil, bs[:n]) {
+		for _, a := range Assign(nil, bs[:n]) {
 			counts[a]++
 		}
 		for _, b := range bs[:n] {
@@ -208,8 +208,8 @@ func TestSlotAssignmentIsFairAndMovesLittle(t *testing.T) {
 			}
 		}
 	}
-	old := assign(nil, bs[:3])
-	now := assign(old, bs[1:3]) // bs[0] removed: only its slots move
+	old := Assign(nil, bs[:3])
+	now := Assign(old, bs[1:3]) // bs[0] removed: only its slots move
 	moved := 0
 	for i := range old {
 		if old[i] != now[i] {
@@ -222,7 +222,7 @@ func TestSlotAssignmentIsFairAndMovesLittle(t *testing.T) {
 	if moved != 22 {
 		t.Errorf("%d slots moved, want bs[0]'s 22", moved)
 	}
-	if assign(old, nil) != nil {
+	if Assign(old, nil) != nil {
 		t.Error("no backends: want no slot table")
 	}
 }

@@ -139,11 +139,11 @@ func New(_ context.Context, opts Options) (*Table, error) {
 		return nil, errors.New("lb: a network namespace handle is required")
 	}
 	ns := opts.NetNS
-	ct := &conntrack{ns: ns}
+	ct := &Conntrack{NS: ns}
 	return newTable(kernel{
 		dial:      func() (conn, error) { return dialAt(ns) },
-		deleteUDP: ct.deleteUDP,
-		close:     ct.close,
+		deleteUDP: ct.DeleteUDP,
+		close:     ct.Close,
 	}, opts.Logger), nil
 }
 
@@ -263,7 +263,7 @@ func (t *Table) applyLocked(ctx context.Context, id string, want *Service) error
 	}
 	var newSlots []netip.Addr
 	if want != nil {
-		newSlots = assign(t.slots[id], want.Backends)
+		newSlots = Assign(t.slots[id], want.Backends)
 	}
 	old, had := t.svcs[id]
 	oldSlots := t.slots[id]

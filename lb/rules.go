@@ -241,23 +241,12 @@ func queueSticky(c conn, t *nftables.Table, old *Service, want Service, stale []
 // nil table: no elements).
 func queueSlots(c conn, t *nftables.Table, vip netip.Addr, from, to []netip.Addr) error {
 	var del, add []nftables.SetElement
-	for i := range Slots {
-		var a, b netip.Addr
-		if from != nil {
-			a = from[i]
-		}
-		if to != nil {
-			b = to[i]
-		}
-		if a == b {
-			continue
-		}
-		if a.IsValid() {
-			del = append(del, nftables.SetElement{Key: slotKey(vip, i)})
-		}
-		if b.IsValid() {
-			add = append(add, nftables.SetElement{Key: slotKey(vip, i), Val: b.AsSlice()})
-		}
+	dels, adds := Moved(from, to)
+	for _, i := range dels {
+		del = append(del, nftables.SetElement{Key: slotKey(vip, i)})
+	}
+	for _, i := range adds {
+		add = append(add, nftables.SetElement{Key: slotKey(vip, i), Val: to[i].AsSlice()})
 	}
 	m := slotsMap(t)
 	if len(del) > 0 {

@@ -11,10 +11,10 @@ import "net/netip"
 // with the number of services; element changes do not.
 const Slots = 64
 
-// assign returns the slot table for backends (sorted, unique), keeping every slot of
+// Assign returns the slot table for backends (sorted, unique), keeping every slot of
 // old whose backend stays within its quota, so that a change moves as few slots as
 // it can. No backends: nil.
-func assign(old []netip.Addr, backends []netip.Addr) []netip.Addr {
+func Assign(old []netip.Addr, backends []netip.Addr) []netip.Addr {
 	if len(backends) == 0 {
 		return nil
 	}
@@ -46,4 +46,29 @@ func assign(old []netip.Addr, backends []netip.Addr) []netip.Addr {
 		quota[backends[next]]--
 	}
 	return out
+}
+
+// Moved returns the slots whose backend differs between the slot tables from and to
+// (nil: no backends): those to delete (from has a backend there) and those to add
+// (to has one).
+func Moved(from, to []netip.Addr) (del, add []int) {
+	for i := range Slots {
+		var a, b netip.Addr
+		if from != nil {
+			a = from[i]
+		}
+		if to != nil {
+			b = to[i]
+		}
+		if a == b {
+			continue
+		}
+		if a.IsValid() {
+			del = append(del, i)
+		}
+		if b.IsValid() {
+			add = append(add, i)
+		}
+	}
+	return del, add
 }

@@ -1,0 +1,86 @@
+// Package ingress is the kernel data plane of pier's ingress routing mesh: every
+// host accepts connections on a service's published ports and forwards them to a
+// backend task on any host over the cluster-wide L2 "ingress network" (an overlay),
+// keeping the client's address. It owns two nftables tables and, in task namespaces,
+// a few routing rules and tables; it knows nothing about services, hosts or the
+// cluster (the controller decides which backends each host uses, local ones first).
+//
+// # Host side: Publisher, table "ip pier_ingress"
+//
+// Every host is a router on the ingress network (an address and a MAC on it). For
+// any number of services:
+//
+//	chain nat_pre    (nat, prerouting, dstnat):  fib daddr type local meta l4proto . th dport vmap @dispatch
+//	chain svc_<ID>:  meta l4proto . th dport map @targets → port;
+//	                 <service number> . numgen random mod 64 map @slots → address;
+//	                 ct mark set ct mark | 0x10000000 [| 0x20000000 with SNAT];
+//	                 dnat ip to address : port
+//	chain nat_post   (nat, postrouting, srcnat): ct mark & 0x20000000 != 0 masquerade
+//	chain filter_in  (filter, input, 0):    iifname != "lo" meta l4proto . th dport @targets reject
+//	chain filter_fwd (filter, forward, 0):  ct status dnat ct mark & 0x10000000 != 0 accept
+//
+// A new connection to any local address of the host on a published protocol and
+// port costs one map lookup to find its service, and two more for the target port
+// and the backend (slot s of the service's 64-slot table, the slot assignment of
+// package lb: a backend change rewrites only the ~64/N slot elements that change
+// hands, never a rule). Every change is one netlink batch of O(changed) elements; a
+// service's rule changes only when it is added, removed or its SNAT flag flips.
+// What still reaches the host itself on a published port (a service with no
+// backend) is refused at once: TCP reset, ICMP port unreachable. Loopback is left
+// alone: the kernel does not DNAT it, the caller's proxy serves it.
+//
+// Why the client's address survives: the connection is only DNATed, not
+// masqueraded, so the task sees the client's real address and port; the receiving
+// host's conntrack entry undoes the DNAT on the replies, which therefore must come
+// back through that host. The task side (Return) sees to that. With Service.SNAT the
+// connection is masqueraded behind the host's ingress address instead (Docker's
+// behaviour): the task sees the host, and replies need no Return.
+//
+// The Publisher only owns its table. The forward chain accepts the mesh's flows in
+// it, but another table's forward drop policy (Docker's, firewalld's) must allow
+// them too; the host must forward IPv4 (net.ipv4.ip_forward=1), and the ingress
+// network must carry packets whose source is a client address (no anti-spoofing on
+// the overlay, as VXLAN between hosts has none). When backends are removed, the UDP
+// conntrack entries of DNATed flows to them are deleted (TCP flows are the caller's
+// to drain). Intact compares the kernel's table with the desired state (after `nft
+// flush ruleset` it is false); Rewrite rewrites it atomically.
+//
+// # Task side: Return, table "ip pier_ingress_rt"
+//
+// Without SNAT the task's reply to the client would follow the task's default route
+// (another interface, another host) and never reach the conntrack entry that undoes
+// the DNAT. In each task namespace, for the routers (hosts) of the mesh:
+//
+//	chain pre (filter, prerouting, mangle): iifname IFACE ct direction original jump routers_in
+//	chain routers_in:  ether saddr <router MAC> ct mark set ct mark & ~0x0fff0000 | k<<16   (one per router)
+//	chain out (route, output, mangle):      ct mark & 0x0fff0000 != 0 jump routers_out
+//	chain routers_out: ct mark & 0x0fff0000 == k<<16 meta mark set meta mark & ~0x0fff0000 | k<<16
+//	ip rule priority 9000: fwmark k<<16/0x0fff0000 lookup 40000+k
+//	table 40000+k: default via <router k's address> dev IFACE
+//
+// A connection arriving from router k's MAC is marked k in conntrack; its replies
+// get packet mark k in the output route chain, which makes the kernel route them
+// again, by the rule, through router k. Router numbers k are 1..4095 (kept while a
+// router stays, the lowest free one for a new router); marks use only the bits of
+// 0x0fff0000, so other users of the packet and connection marks are unaffected; the
+// tables are 40001..44095 and the rules sit at priority 9000 (before main, 32766).
+// That is O(routers) rules per task: two nft rules, one ip rule and one route per
+// router, rewritten (the nft rules, in one batch) only when the routers change. The
+// ct rules make conntrack active in the task namespace.
+//
+// rp_filter: the client's SYN arrives on IFACE while the task's route to the client
+// goes elsewhere, so strict reverse-path filtering would drop it: NewReturn sets
+// IFACE's rp_filter to loose (2) and Close restores it. A real network must allow
+// the same: no strict rp_filter on the task's ingress interface (net.ipv4.conf.all
+// .rp_filter counts too, the maximum of the two applies).
+//
+// A limitation to know: a UDP server bound to the wildcard address that replies
+// without IP_PKTINFO gets the source address of its default route's interface (the
+// kernel picks it before the mark reroutes the packet); the reply then matches no
+// connection. Servers that bind the task's address, or answer from the address they
+// were reached at (most DNS servers do), work; otherwise use SNAT.
+//
+// Locking: Publisher.mu and Return.mu guard their desired state and are held across
+// kernel batches, so batches reach the kernel in the order the state changed. They
+// are independent of each other. IPv4 only, as the ingress network.
+package ingress
