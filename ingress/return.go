@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -178,7 +179,8 @@ func (r *Return) SetRouters(ctx context.Context, rs []Router) error {
 		return fmt.Errorf("finding %s: %w", r.iface, err)
 	}
 	changed := r.stale || len(want) != len(r.routers)
-	for mac, addr := range want {
+	for _, mac := range slices.Sorted(maps.Keys(want)) { // new routers numbered in MAC order
+		addr := want[mac]
 		cur := r.routers[mac]
 		if cur == nil {
 			changed = true
