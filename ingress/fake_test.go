@@ -90,10 +90,12 @@ func TestNewWritesTheEmptyTable(t *testing.T) {
 	want := `add table pier_ingress
 del table pier_ingress
 add table pier_ingress
-add set dispatch ×0
+add set snat ×0
+add set services ×0
 add set targets ×0
 add set slots ×0
 add chain nat_pre
+add rule nat_pre
 add rule nat_pre
 add chain nat_post
 add rule nat_post
@@ -107,8 +109,9 @@ add rule filter_fwd`
 	}
 }
 
-// One change at 1,000 services touches that service's elements only, never a rule;
-// the batch's size does not depend on the number of services.
+// One change at 1,000 services touches that service's elements only, never a rule
+// or chain (the rules are fixed); the batch's size does not depend on the number of
+// services.
 func TestChangeIsOneSmallBatch(t *testing.T) {
 	p, f := fakePublisher(t)
 	ctx := t.Context()
@@ -117,7 +120,7 @@ func TestChangeIsOneSmallBatch(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	want := "add chain svc_s999\nadd rule svc_s999\nadd elem slots ×64\nadd elem targets ×1\nadd elem dispatch ×1"
+	want := "add elem slots ×64\nadd elem targets ×1\nadd elem services ×1"
 	if got := f.last(); got != want {
 		t.Fatalf("batch for a new service:\n%s\nwant:\n%s", got, want)
 	}
@@ -140,10 +143,12 @@ func TestChangeIsOneSmallBatch(t *testing.T) {
 		want   string
 	}{
 		{"a new port", func(s *Service) { s.Ports = append(s.Ports, Port{"udp", 53, 5353}) },
-			"add elem targets ×1\nadd elem dispatch ×1"},
+			"add elem targets ×1\nadd elem services ×1"},
 		{"a changed target", func(s *Service) { s.Ports[0].Target = 81 },
 			"del elem targets ×1\nadd elem targets ×1"},
-		{"SNAT on", func(s *Service) { s.SNAT = true }, "flush chain svc_s500\nadd rule svc_s500"},
+		{"SNAT on", func(s *Service) { s.SNAT = true }, "add elem snat ×2"},
+		{"a port gone with SNAT", func(s *Service) { s.Ports = s.Ports[:1] },
+			"del elem snat ×1\ndel elem services ×1\ndel elem targets ×1"},
 		{"no backend", func(s *Service) { s.Backends = nil }, "del elem slots ×64"},
 	} {
 		c.change(&s)
@@ -157,7 +162,7 @@ func TestChangeIsOneSmallBatch(t *testing.T) {
 	if err := p.Remove(ctx, "s500"); err != nil {
 		t.Fatal(err)
 	}
-	want = "del elem dispatch ×2\ndel elem targets ×2\nflush chain svc_s500\ndel chain svc_s500"
+	want = "del elem snat ×1\ndel elem services ×1\ndel elem targets ×1"
 	if got := f.last(); got != want {
 		t.Fatalf("batch for a removal:\n%s\nwant:\n%s", got, want)
 	}
@@ -188,8 +193,8 @@ func TestFailedBatchRewritesTheTable(t *testing.T) {
 	}
 	got := f.last()
 	if !strings.HasPrefix(got, "add table pier_ingress\ndel table pier_ingress\nadd table") ||
-		strings.Count(got, "add elem slots ×64") != 3 || strings.Count(got, "add chain svc_") != 4 {
-		t.Fatalf("the change after a failure is not a rewrite of 4 services, 3 with backends:\n%s", got)
+		!strings.HasSuffix(got, "add elem slots ×192\nadd elem targets ×4\nadd elem services ×4") {
+		t.Fatalf("the change after a failure is not a rewrite of 4 services, 3 with backends, one message a map:\n%s", got)
 	}
 	if ok, err := p.Intact(ctx); err != nil || ok {
 		t.Fatalf("Intact on a fake kernel with no table: %v, %v", ok, err)

@@ -261,3 +261,27 @@ func TestMeshUDPFlowMovesWithItsBackend(t *testing.T) {
 		t.Fatalf("after removing %s the flow is answered by %q, want %s (stale conntrack entry)", first, got, taskNames[other])
 	}
 }
+
+// A rewrite of 1,000 services (64,000 slot elements) is one batch the kernel takes:
+// elements go in messages of at most maxElems, and the rules are fixed, so nothing
+// is validated per service.
+func TestRewriteOfAThousandServices(t *testing.T) {
+	p, err := New(t.Context(), Options{NetNS: nstest.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for i := range 1000 {
+		if err := p.Set(t.Context(), svcN(i, 10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	if err := p.Rewrite(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("rewrite of 1,000 services: %v", time.Since(start))
+	if ok, err := p.Intact(t.Context()); err != nil || !ok {
+		t.Fatalf("after the rewrite: intact %v, %v", ok, err)
+	}
+}

@@ -40,7 +40,7 @@ func (k portKey) String() string { return fmt.Sprintf("%d/%s", k.port, k.proto) 
 // Service is one published service: its ports and the ingress-network addresses of
 // the backends its connections are spread over.
 type Service struct {
-	// ID names the service's chain: letters, digits and '_' only, at most 64
+	// ID identifies the service: letters, digits and '_' only, at most 64
 	// characters, unique in the Publisher.
 	ID       string
 	Ports    []Port
@@ -170,7 +170,7 @@ func newPublisher(k kernel, log *slog.Logger) *Publisher {
 
 // Set adds service s or replaces the service with its ID, in one batch that touches
 // only what changed: a backend change rewrites the ~64/N slot elements that change
-// hands, a port change its dispatch elements, never a rule. Setting the same state
+// hands, a port or SNAT change its port elements, never a rule. Setting the same state
 // again sends nothing. A port another service publishes is a Conflict.
 func (p *Publisher) Set(ctx context.Context, s Service) error {
 	s, err := normalize(s)
