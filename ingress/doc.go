@@ -74,14 +74,22 @@
 // 0x0fff0000, so other users of the packet and connection marks are unaffected; the
 // tables are 40001..44095 and the rules sit at priority 9000 (before main, 32766).
 // That is O(routers) rules per task: two nft rules, one ip rule and one route per
-// router, rewritten (the nft rules, in one batch) only when the routers change. The
-// ct rules make conntrack active in the task namespace.
+// router, rewritten (the nft rules, in one batch) only when the routers change. A
+// packet from the ingress side walks routers_in (linear in the routers: fine for the
+// tens of hosts of a cluster; a map would have to overwrite the whole ct mark, as
+// this kernel interface cannot OR two registers). Every packet in the original
+// direction re-marks its connection, not only the first: a UDP client that reuses
+// its address and port through another router within the conntrack timeout (one
+// flow for the task) gets its answers through the router it used last. The ct
+// rules make conntrack active in the task namespace. Intact and Rewrite heal the
+// table after `nft flush ruleset` in the task, as for the Publisher.
 //
 // rp_filter: the client's SYN arrives on IFACE while the task's route to the client
 // goes elsewhere, so strict reverse-path filtering would drop it: NewReturn sets
-// IFACE's rp_filter to loose (2) and Close restores it. A real network must allow
-// the same: no strict rp_filter on the task's ingress interface (net.ipv4.conf.all
-// .rp_filter counts too, the maximum of the two applies).
+// IFACE's rp_filter to loose (2) and Close restores it (the kernel applies the larger
+// of conf.all and conf.IFACE, so 2 is loose whatever conf.all says). A real network
+// must allow the same: nothing between the router and the task may filter packets
+// by their client source address.
 //
 // A limitation to know: a UDP server bound to the wildcard address that replies
 // without IP_PKTINFO gets the source address of its default route's interface (the

@@ -114,7 +114,7 @@ func TestMeshBackendChangeAndRefusal(t *testing.T) {
 func TestMeshHealsAfterFlushRuleset(t *testing.T) {
 	nstest.Require(t, "nft")
 	m := newMesh(t)
-	m.returns(t)
+	rets := m.returns(t)
 	m.setAll(t, webService(m, false))
 	p := m.pubs[0]
 	if ok, err := p.Intact(t.Context()); err != nil || !ok {
@@ -137,6 +137,25 @@ func TestMeshHealsAfterFlushRuleset(t *testing.T) {
 	}
 	m.spread(t, "tcp", routerAddrs[0]+":8080", 20, clientAddr)
 	m.spread(t, "udp", routerAddrs[0]+":8080", 20, clientAddr)
+	// The same in a task: its replies go astray until its Return is rewritten.
+	if ok, err := rets[0].Intact(t.Context()); err != nil || !ok {
+		t.Fatalf("task's Return: intact %v, %v", ok, err)
+	}
+	if out, err := exec.Command("nsenter", "--net="+m.tasks[0].Path, "nft", "flush", "ruleset").CombinedOutput(); err != nil {
+		t.Fatalf("nft flush ruleset: %v\n%s", err, out)
+	}
+	if ok, err := rets[0].Intact(t.Context()); err != nil || ok {
+		t.Fatalf("task's Return after nft flush ruleset: intact %v, %v; want false", ok, err)
+	}
+	if err := rets[0].Rewrite(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := rets[0].Intact(t.Context()); err != nil || !ok {
+		t.Fatalf("task's Return after Rewrite: intact %v, %v", ok, err)
+	}
+	if got := m.spread(t, "tcp", routerAddrs[1]+":8080", 40, clientAddr); got["t1"] == 0 {
+		t.Fatalf("t1 after its Return was rewritten: %v", got)
+	}
 	// A change after the heal is incremental again and lands.
 	s := webService(m, false)
 	s.Backends = taskAddrs[:1]

@@ -279,6 +279,61 @@ func (r *Return) sortedLocked() []*router {
 	return out
 }
 
+// Intact reports whether the table is still as programmed (its chains and their rule
+// counts); after `nft flush ruleset` in the task it is false. The routing rules and
+// tables are not checked: nft does not touch them.
+func (r *Return) Intact(ctx context.Context) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return false, ErrClosed
+	}
+	if r.stale {
+		return false, nil
+	}
+	want := map[string]int{chainRtPre: 1, chainRtOut: 1, chainRtIn: len(r.routers), chainRtRepl: len(r.routers)}
+	chains, err := r.k.nft.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return false, err
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: ReturnTableName}
+	n := 0
+	for _, ch := range chains {
+		if ch.Table == nil || ch.Table.Name != ReturnTableName {
+			continue
+		}
+		n++
+		rules, err := r.k.nft.GetRules(t, ch)
+		if err != nil || len(rules) != want[ch.Name] {
+			return false, err
+		}
+	}
+	return n == len(want), nil
+}
+
+// Rewrite rewrites the table (its chains and router rules) in one atomic batch.
+func (r *Return) Rewrite(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	queueReturnTable(r.k.nft, r.iface)
+	queueRouters(r.k.nft, r.sortedLocked())
+	if err := r.k.nft.Flush(); err != nil {
+		r.stale = true
+		return fmt.Errorf("rewriting table %s: %w", ReturnTableName, err)
+	}
+	r.stale = false
+	return nil
+}
+
 // Close deletes the table, the rules and routes of every router and restores the
 // interface's rp_filter. It is idempotent.
 func (r *Return) Close() error {
@@ -332,11 +387,6 @@ func validRouters(rs []Router) (map[string]netip.Addr, error) {
 // queueReturnTable queues the table with its base chains and empty router chains:
 //
 //	chain pre (filter, prerouting, mangle): iifname IFACE ct direction original jump routers_in
-//
-// Every packet from the client side re-marks its connection, not only the first: a
-// UDP client that reuses its address and port through another router within the
-// conntrack timeout (the same flow for the task) gets its answers through the router
-// it used last.
 //
 //	chain out (route, output, mangle):      ct mark & ReturnMarkMask != 0 jump routers_out
 func queueReturnTable(c conn, iface string) {
