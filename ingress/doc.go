@@ -61,7 +61,10 @@
 // the DNAT. In each task namespace, for the routers (hosts) of the mesh:
 //
 //	chain pre (filter, prerouting, mangle): iifname IFACE ct direction original jump routers_in
+//	                                        iifname IFACE ct mark & 0x0fff0000 != 0 meta l4proto udp
+//	                                            update @udp_src { ip saddr . udp sport . udp dport timeout 120s : ip daddr }
 //	chain routers_in:  ether saddr <router MAC> ct mark set ct mark & ~0x0fff0000 | k<<16   (one per router)
+//	chain udp_source (route, output, raw):  meta l4proto udp ip saddr set ip daddr . udp dport . udp sport map @udp_src
 //	chain out (route, output, mangle):      ct mark & 0x0fff0000 != 0 jump routers_out
 //	chain routers_out: ct mark & 0x0fff0000 == k<<16 meta mark set meta mark & ~0x0fff0000 | k<<16
 //	ip rule priority 9000: fwmark k<<16/0x0fff0000 lookup 40000+k
@@ -91,11 +94,15 @@
 // must allow the same: nothing between the router and the task may filter packets
 // by their client source address.
 //
-// A limitation to know: a UDP server bound to the wildcard address that replies
-// without IP_PKTINFO gets the source address of its default route's interface (the
-// kernel picks it before the mark reroutes the packet); the reply then matches no
-// connection. Servers that bind the task's address, or answer from the address they
-// were reached at (most DNS servers do), work; otherwise use SNAT.
+// UDP servers bound to the wildcard address: a reply sent without IP_PKTINFO (most
+// servers) gets its source address from the route the kernel picks before any mark,
+// the task's default route, so it would leave with the wrong address and match no
+// connection. The udp_src map remembers, per client address and port and server
+// port, the address the client's last datagram was sent to (for 120 s, refreshed by
+// each datagram); the udp_source chain, before conntrack, writes it back into the
+// reply's source (checksums updated), so conntrack finds the connection and its
+// mark. TCP needs nothing of the kind: an accepted socket has the address the SYN
+// was sent to.
 //
 // Locking: Publisher.mu and Return.mu guard their desired state and are held across
 // kernel batches, so batches reach the kernel in the order the state changed. They

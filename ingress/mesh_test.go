@@ -105,7 +105,14 @@ func newMesh(t *testing.T) *mesh {
 			defer c.Close()
 			fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr())
 		})
-		serveUDP(t, tk, netip.AddrPortFrom(a, 80), name)
+		// t1's UDP server is bound to the wildcard address (its replies leave with
+		// the source address of its default route until Return fixes them), t2's to
+		// its ingress address.
+		bind := netip.IPv4Unspecified()
+		if i == 1 {
+			bind = a
+		}
+		serveUDP(t, tk, netip.AddrPortFrom(bind, 80), name)
 	}
 	return m
 }

@@ -63,12 +63,17 @@ const (
 	reg2  = 2
 	reg3  = 3
 	reg9  = 9
+	reg10 = 10
 	reg13 = 13
 )
 
 const (
-	thDport = 2
-	ethSrc  = 6 // ether saddr in the link-layer header
+	ip4Csum  = 10
+	ip4Saddr = 12
+	ip4Daddr = 16
+	thSport  = 0
+	thDport  = 2
+	ethSrc   = 6 // ether saddr in the link-layer header
 )
 
 var (

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -39,9 +40,22 @@ const (
 const (
 	chainRtPre  = "pre"
 	chainRtOut  = "out"
+	chainRtSrc  = "udp_source"
 	chainRtIn   = "routers_in"
 	chainRtRepl = "routers_out"
+	mapUDPSrc   = "udp_src" // client . client port . server port : server address
 )
+
+// udpSrcTimeout is how long a UDP exchange's server address is remembered after the
+// client's last datagram: nf_conntrack_udp_timeout_stream's default.
+const udpSrcTimeout = 120 * time.Second
+
+var typeUDPFlow = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService, nftables.TypeInetService)
+
+func udpSrcMap(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: mapUDPSrc, KeyType: typeUDPFlow, Concatenation: true, IsMap: true,
+		DataType: nftables.TypeIPAddr, HasTimeout: true, Dynamic: true}
+}
 
 // Router is one host's router on the ingress network: the MAC its forwarded
 // connections arrive from and the address replies go back to.
@@ -294,7 +308,7 @@ func (r *Return) Intact(ctx context.Context) (bool, error) {
 	if r.stale {
 		return false, nil
 	}
-	want := map[string]int{chainRtPre: 1, chainRtOut: 1, chainRtIn: len(r.routers), chainRtRepl: len(r.routers)}
+	want := map[string]int{chainRtPre: 2, chainRtSrc: 1, chainRtOut: 1, chainRtIn: len(r.routers), chainRtRepl: len(r.routers)}
 	chains, err := r.k.nft.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
 	if err != nil {
 		return false, err
@@ -405,11 +419,41 @@ func queueReturnTable(c conn, iface string) {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0}}, // IP_CT_DIR_ORIGINAL
 		&expr.Verdict{Kind: expr.VerdictJump, Chain: chainRtIn},
 	}})
+	m := udpSrcMap(t)
+	_ = c.AddSet(m, nil) // queues only: errors come from Flush
+	c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: slices.Concat([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: ifname(iface)},
+		ctMarkTo(reg1)}, bitsSet(reg1, ReturnMarkMask), isUDP(), []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: ip4Saddr, Len: 4},
+		&expr.Payload{DestRegister: reg9, Base: expr.PayloadBaseTransportHeader, Offset: thSport, Len: 2},
+		&expr.Payload{DestRegister: reg10, Base: expr.PayloadBaseTransportHeader, Offset: thDport, Len: 2},
+		&expr.Payload{DestRegister: reg2, Base: expr.PayloadBaseNetworkHeader, Offset: ip4Daddr, Len: 4},
+		&expr.Dynset{SrcRegKey: reg1, SrcRegData: reg2, SetName: m.Name, SetID: m.ID,
+			Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: udpSrcTimeout},
+	})})
+	src := c.AddChain(&nftables.Chain{Table: t, Name: chainRtSrc, Type: nftables.ChainTypeRoute,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRaw})
+	c.AddRule(&nftables.Rule{Table: t, Chain: src, Exprs: slices.Concat(isUDP(), []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: ip4Daddr, Len: 4},
+		&expr.Payload{DestRegister: reg9, Base: expr.PayloadBaseTransportHeader, Offset: thDport, Len: 2},
+		&expr.Payload{DestRegister: reg10, Base: expr.PayloadBaseTransportHeader, Offset: thSport, Len: 2},
+		&expr.Lookup{SourceRegister: reg1, SetName: m.Name, SetID: m.ID, DestRegister: reg2, IsDestRegSet: true},
+		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: reg2, Base: expr.PayloadBaseNetworkHeader,
+			Offset: ip4Saddr, Len: 4, CsumType: expr.CsumTypeInet, CsumOffset: ip4Csum, CsumFlags: unix.NFT_PAYLOAD_L4CSUM_PSEUDOHDR},
+	})})
 	out := c.AddChain(&nftables.Chain{Table: t, Name: chainRtOut, Type: nftables.ChainTypeRoute,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityMangle})
 	c.AddRule(&nftables.Rule{Table: t, Chain: out, Exprs: slices.Concat(
 		[]expr.Any{ctMarkTo(reg1)}, bitsSet(reg1, ReturnMarkMask),
 		[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chainRtRepl}})})
+}
+
+func isUDP() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_UDP}},
+	}
 }
 
 // queueRouters rewrites the router chains, two rules per router:
