@@ -81,7 +81,7 @@ type Return struct {
 	mu      sync.Mutex         // guards the fields below; held across kernel calls
 	routers map[string]*router // by MAC
 	oldRP   string             // rp_filter of iface before NewReturn
-	stale   bool               // a failed batch: the router chains must be rewritten
+	stale   bool               // the router chains lag behind routers: rewrite them
 	closed  bool
 }
 
@@ -198,6 +198,7 @@ func (r *Return) SetRouters(ctx context.Context, rs []Router) error {
 		cur := r.routers[mac]
 		if cur == nil {
 			changed = true
+			r.stale = true // until the router chains hold the new router
 			if cur, err = r.allocLocked(mac); err != nil {
 				return err
 			}
