@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
 	"github.com/piernet/pier/internal/netlab"
@@ -27,6 +28,37 @@ type mesh struct {
 	tasks   []*netns.Namespace // T1, T2
 	rts     []Router           // R1's and R2's ingress MAC and address
 	pubs    []*Publisher       // one per router
+	counts  []*batchCounts     // what each Publisher's batches held
+}
+
+// batchCounts counts the elements and rules of the last batch a Publisher sent.
+type batchCounts struct{ elems, rules, queuedElems, queuedRules int }
+
+// countingConn is a kernel connection that counts what each batch touches.
+type countingConn struct {
+	conn
+	counts *batchCounts
+}
+
+func (c *countingConn) SetAddElements(s *nftables.Set, v []nftables.SetElement) error {
+	c.counts.queuedElems += len(v)
+	return c.conn.SetAddElements(s, v)
+}
+
+func (c *countingConn) SetDeleteElements(s *nftables.Set, v []nftables.SetElement) error {
+	c.counts.queuedElems += len(v)
+	return c.conn.SetDeleteElements(s, v)
+}
+
+func (c *countingConn) AddRule(r *nftables.Rule) *nftables.Rule {
+	c.counts.queuedRules++
+	return c.conn.AddRule(r)
+}
+
+func (c *countingConn) Flush() error {
+	c.counts.elems, c.counts.rules = c.counts.queuedElems, c.counts.queuedRules
+	c.counts.queuedElems, c.counts.queuedRules = 0, 0
+	return c.conn.Flush()
 }
 
 var (
@@ -49,10 +81,18 @@ func newMesh(t *testing.T) *mesh {
 		l.Sysctl(r, "net/ipv4/ip_forward", "1")
 		m.routers = append(m.routers, r)
 		m.rts = append(m.rts, Router{MAC: mac, Addr: netip.MustParseAddr(fmt.Sprintf("10.255.0.%d", i+1))})
-		p, err := New(t.Context(), Options{NetNS: r.Handle, Logger: nstest.Log(t, -4)})
+		k := kernelAt(r.Handle)
+		counts := &batchCounts{}
+		dial := k.dial
+		k.dial = func() (conn, error) {
+			c, err := dial()
+			return &countingConn{conn: c, counts: counts}, err
+		}
+		p, err := start(t.Context(), k, nstest.Log(t, -4))
 		if err != nil {
 			t.Fatal(err)
 		}
+		m.counts = append(m.counts, counts)
 		t.Cleanup(func() { p.Close() })
 		m.pubs = append(m.pubs, p)
 	}
@@ -65,7 +105,14 @@ func newMesh(t *testing.T) *mesh {
 			defer c.Close()
 			fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr())
 		})
-		serveUDP(t, tk, netip.AddrPortFrom(a, 80), name)
+		// t1's UDP server is bound to the wildcard address (its replies leave with
+		// the source address of its default route until Return fixes them), t2's to
+		// its ingress address.
+		bind := netip.IPv4Unspecified()
+		if i == 1 {
+			bind = a
+		}
+		serveUDP(t, tk, netip.AddrPortFrom(bind, 80), name)
 	}
 	return m
 }

@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"encoding/binary"
+	"errors"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -35,15 +36,17 @@ type conn interface {
 
 var _ conn = (*nftables.Conn)(nil)
 
-// batchBuffer is the nftables socket's send buffer: a rewrite of a table with
-// thousands of services goes out in one sendmsg.
+// batchBuffer is the nftables socket's send and receive buffer: a rewrite of a
+// table with thousands of services goes out in one sendmsg, and its thousands of
+// acknowledgements must fit in the receive buffer (or the kernel drops them: ENOBUFS).
 const batchBuffer = 8 << 20
 
 // dialAt opens a lasting nftables connection in ns (0: the calling thread's).
 func dialAt(ns vns.NsHandle) (conn, error) {
 	opts := []nftables.ConnOption{nftables.AsLasting(),
 		nftables.WithSockOptions(func(nc *netlink.Conn) error {
-			return nlsock.SetBuffer(nc, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, batchBuffer)
+			return errors.Join(nlsock.SetBuffer(nc, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, batchBuffer),
+				nlsock.SetBuffer(nc, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, batchBuffer))
 		})}
 	if ns > 0 {
 		opts = append(opts, nftables.WithNetNSFd(int(ns)))
@@ -60,12 +63,17 @@ const (
 	reg2  = 2
 	reg3  = 3
 	reg9  = 9
+	reg10 = 10
 	reg13 = 13
 )
 
 const (
-	thDport = 2
-	ethSrc  = 6 // ether saddr in the link-layer header
+	ip4Csum  = 10
+	ip4Saddr = 12
+	ip4Daddr = 16
+	thSport  = 0
+	thDport  = 2
+	ethSrc   = 6 // ether saddr in the link-layer header
 )
 
 var (

@@ -40,7 +40,7 @@ func (k portKey) String() string { return fmt.Sprintf("%d/%s", k.port, k.proto) 
 // Service is one published service: its ports and the ingress-network addresses of
 // the backends its connections are spread over.
 type Service struct {
-	// ID names the service's chain: letters, digits and '_' only, at most 64
+	// ID identifies the service: letters, digits and '_' only, at most 64
 	// characters, unique in the Publisher.
 	ID       string
 	Ports    []Port
@@ -140,13 +140,20 @@ type kernel struct {
 
 // New returns a Publisher for o.NetNS and writes its (empty) table.
 func New(ctx context.Context, o Options) (*Publisher, error) {
-	ns := o.NetNS
+	return start(ctx, kernelAt(o.NetNS), o.Logger)
+}
+
+func kernelAt(ns vns.NsHandle) kernel {
 	ct := &lb.Conntrack{NS: ns}
-	p := newPublisher(kernel{
+	return kernel{
 		dial:      func() (conn, error) { return dialAt(ns) },
 		deleteUDP: func(bs []netip.Addr) (uint, error) { return ct.DeleteUDP(netip.Addr{}, bs) },
 		close:     ct.Close,
-	}, o.Logger)
+	}
+}
+
+func start(ctx context.Context, k kernel, log *slog.Logger) (*Publisher, error) {
+	p := newPublisher(k, log)
 	if err := p.Rewrite(ctx); err != nil {
 		p.Close()
 		return nil, err
@@ -163,7 +170,7 @@ func newPublisher(k kernel, log *slog.Logger) *Publisher {
 
 // Set adds service s or replaces the service with its ID, in one batch that touches
 // only what changed: a backend change rewrites the ~64/N slot elements that change
-// hands, a port change its dispatch elements, never a rule. Setting the same state
+// hands, a port or SNAT change its port elements, never a rule. Setting the same state
 // again sends nothing. A port another service publishes is a Conflict.
 func (p *Publisher) Set(ctx context.Context, s Service) error {
 	s, err := normalize(s)
@@ -369,8 +376,18 @@ func (p *Publisher) dropConnLocked() error {
 	return err
 }
 
+// backendLocked reports whether a service publishing UDP has backend b.
+func (p *Publisher) backendLocked(b netip.Addr) bool {
+	for _, s := range p.svcs {
+		if s.publishesUDP() && slices.Contains(s.Backends, b) {
+			return true
+		}
+	}
+	return false
+}
+
 // flushRemoved deletes the UDP conntrack entries of DNATed flows to backends old had
-// and now does not. Errors are logged: the batch has landed and the flows time out by
+// and now does not (unless another service still has them). Errors are logged: the batch has landed and the flows time out by
 // themselves.
 func (p *Publisher) flushRemoved(old, now Service) {
 	if !old.publishesUDP() || p.k.deleteUDP == nil {
@@ -378,7 +395,7 @@ func (p *Publisher) flushRemoved(old, now Service) {
 	}
 	var gone []netip.Addr
 	for _, b := range old.Backends {
-		if !slices.Contains(now.Backends, b) {
+		if !slices.Contains(now.Backends, b) && !p.backendLocked(b) {
 			gone = append(gone, b)
 		}
 	}

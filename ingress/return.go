@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -38,9 +40,22 @@ const (
 const (
 	chainRtPre  = "pre"
 	chainRtOut  = "out"
+	chainRtSrc  = "udp_source"
 	chainRtIn   = "routers_in"
 	chainRtRepl = "routers_out"
+	mapUDPSrc   = "udp_src" // client . client port . server port : server address
 )
+
+// udpSrcTimeout is how long a UDP exchange's server address is remembered after the
+// client's last datagram: nf_conntrack_udp_timeout_stream's default.
+const udpSrcTimeout = 120 * time.Second
+
+var typeUDPFlow = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService, nftables.TypeInetService)
+
+func udpSrcMap(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: mapUDPSrc, KeyType: typeUDPFlow, Concatenation: true, IsMap: true,
+		DataType: nftables.TypeIPAddr, HasTimeout: true, Dynamic: true}
+}
 
 // Router is one host's router on the ingress network: the MAC its forwarded
 // connections arrive from and the address replies go back to.
@@ -66,7 +81,7 @@ type Return struct {
 	mu      sync.Mutex         // guards the fields below; held across kernel calls
 	routers map[string]*router // by MAC
 	oldRP   string             // rp_filter of iface before NewReturn
-	stale   bool               // a failed batch: the router chains must be rewritten
+	stale   bool               // the router chains lag behind routers: rewrite them
 	closed  bool
 }
 
@@ -178,10 +193,12 @@ func (r *Return) SetRouters(ctx context.Context, rs []Router) error {
 		return fmt.Errorf("finding %s: %w", r.iface, err)
 	}
 	changed := r.stale || len(want) != len(r.routers)
-	for mac, addr := range want {
+	for _, mac := range slices.Sorted(maps.Keys(want)) { // new routers numbered in MAC order
+		addr := want[mac]
 		cur := r.routers[mac]
 		if cur == nil {
 			changed = true
+			r.stale = true // until the router chains hold the new router
 			if cur, err = r.allocLocked(mac); err != nil {
 				return err
 			}
@@ -277,6 +294,61 @@ func (r *Return) sortedLocked() []*router {
 	return out
 }
 
+// Intact reports whether the table is still as programmed (its chains and their rule
+// counts); after `nft flush ruleset` in the task it is false. The routing rules and
+// tables are not checked: nft does not touch them.
+func (r *Return) Intact(ctx context.Context) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return false, ErrClosed
+	}
+	if r.stale {
+		return false, nil
+	}
+	want := map[string]int{chainRtPre: 2, chainRtSrc: 1, chainRtOut: 1, chainRtIn: len(r.routers), chainRtRepl: len(r.routers)}
+	chains, err := r.k.nft.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return false, err
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: ReturnTableName}
+	n := 0
+	for _, ch := range chains {
+		if ch.Table == nil || ch.Table.Name != ReturnTableName {
+			continue
+		}
+		n++
+		rules, err := r.k.nft.GetRules(t, ch)
+		if err != nil || len(rules) != want[ch.Name] {
+			return false, err
+		}
+	}
+	return n == len(want), nil
+}
+
+// Rewrite rewrites the table (its chains and router rules) in one atomic batch.
+func (r *Return) Rewrite(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	queueReturnTable(r.k.nft, r.iface)
+	queueRouters(r.k.nft, r.sortedLocked())
+	if err := r.k.nft.Flush(); err != nil {
+		r.stale = true
+		return fmt.Errorf("rewriting table %s: %w", ReturnTableName, err)
+	}
+	r.stale = false
+	return nil
+}
+
 // Close deletes the table, the rules and routes of every router and restores the
 // interface's rp_filter. It is idempotent.
 func (r *Return) Close() error {
@@ -331,11 +403,6 @@ func validRouters(rs []Router) (map[string]netip.Addr, error) {
 //
 //	chain pre (filter, prerouting, mangle): iifname IFACE ct direction original jump routers_in
 //
-// Every packet from the client side re-marks its connection, not only the first: a
-// UDP client that reuses its address and port through another router within the
-// conntrack timeout (the same flow for the task) gets its answers through the router
-// it used last.
-//
 //	chain out (route, output, mangle):      ct mark & ReturnMarkMask != 0 jump routers_out
 func queueReturnTable(c conn, iface string) {
 	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: ReturnTableName}
@@ -353,11 +420,41 @@ func queueReturnTable(c conn, iface string) {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0}}, // IP_CT_DIR_ORIGINAL
 		&expr.Verdict{Kind: expr.VerdictJump, Chain: chainRtIn},
 	}})
+	m := udpSrcMap(t)
+	_ = c.AddSet(m, nil) // queues only: errors come from Flush
+	c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: slices.Concat([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: ifname(iface)},
+		ctMarkTo(reg1)}, bitsSet(reg1, ReturnMarkMask), isUDP(), []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: ip4Saddr, Len: 4},
+		&expr.Payload{DestRegister: reg9, Base: expr.PayloadBaseTransportHeader, Offset: thSport, Len: 2},
+		&expr.Payload{DestRegister: reg10, Base: expr.PayloadBaseTransportHeader, Offset: thDport, Len: 2},
+		&expr.Payload{DestRegister: reg2, Base: expr.PayloadBaseNetworkHeader, Offset: ip4Daddr, Len: 4},
+		&expr.Dynset{SrcRegKey: reg1, SrcRegData: reg2, SetName: m.Name, SetID: m.ID,
+			Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: udpSrcTimeout},
+	})})
+	src := c.AddChain(&nftables.Chain{Table: t, Name: chainRtSrc, Type: nftables.ChainTypeRoute,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRaw})
+	c.AddRule(&nftables.Rule{Table: t, Chain: src, Exprs: slices.Concat(isUDP(), []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: ip4Daddr, Len: 4},
+		&expr.Payload{DestRegister: reg9, Base: expr.PayloadBaseTransportHeader, Offset: thDport, Len: 2},
+		&expr.Payload{DestRegister: reg10, Base: expr.PayloadBaseTransportHeader, Offset: thSport, Len: 2},
+		&expr.Lookup{SourceRegister: reg1, SetName: m.Name, SetID: m.ID, DestRegister: reg2, IsDestRegSet: true},
+		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: reg2, Base: expr.PayloadBaseNetworkHeader,
+			Offset: ip4Saddr, Len: 4, CsumType: expr.CsumTypeInet, CsumOffset: ip4Csum, CsumFlags: unix.NFT_PAYLOAD_L4CSUM_PSEUDOHDR},
+	})})
 	out := c.AddChain(&nftables.Chain{Table: t, Name: chainRtOut, Type: nftables.ChainTypeRoute,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityMangle})
 	c.AddRule(&nftables.Rule{Table: t, Chain: out, Exprs: slices.Concat(
 		[]expr.Any{ctMarkTo(reg1)}, bitsSet(reg1, ReturnMarkMask),
 		[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chainRtRepl}})})
+}
+
+func isUDP() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_UDP}},
+	}
 }
 
 // queueRouters rewrites the router chains, two rules per router:

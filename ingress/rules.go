@@ -1,6 +1,7 @@
 package ingress
 
 import (
+	"cmp"
 	"maps"
 	"net/netip"
 	"slices"
@@ -27,32 +28,33 @@ const (
 	chainNATPost  = "nat_post"
 	chainFilterIn = "filter_in"
 	chainForward  = "filter_fwd"
-	mapDispatch   = "dispatch" // proto . published port : goto svc_<ID>
 	mapTargets    = "targets"  // proto . published port : target port
+	mapServices   = "services" // proto . published port : service number
+	setSNAT       = "snat"     // proto . published port of the services with SNAT
 	mapSlots      = "slots"    // service number . slot : backend
 )
 
-// baseRules is the number of rules of each fixed chain, for Intact.
-var baseRules = map[string]int{chainNATPre: 1, chainNATPost: 1, chainFilterIn: 2, chainForward: 1}
+// baseRules is the number of rules of each chain, for Intact.
+var baseRules = map[string]int{chainNATPre: 2, chainNATPost: 1, chainFilterIn: 2, chainForward: 1}
 
 func table() *nftables.Table {
 	return &nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName}
-}
-
-func dispatchMap(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: mapDispatch, KeyType: typeProtoPort, Concatenation: true, IsMap: true, DataType: nftables.TypeVerdict}
 }
 
 func targetsMap(t *nftables.Table) *nftables.Set {
 	return &nftables.Set{Table: t, Name: mapTargets, KeyType: typeProtoPort, Concatenation: true, IsMap: true, DataType: nftables.TypeInetService}
 }
 
-func slotsMap(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: mapSlots, KeyType: typeSlotKey, Concatenation: true, IsMap: true, DataType: nftables.TypeIPAddr}
+func servicesMap(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: mapServices, KeyType: typeProtoPort, Concatenation: true, IsMap: true, DataType: nftables.TypeMark}
 }
 
-func svcChain(t *nftables.Table, id string) *nftables.Chain {
-	return &nftables.Chain{Table: t, Name: "svc_" + id}
+func snatSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: setSNAT, KeyType: typeProtoPort, Concatenation: true}
+}
+
+func slotsMap(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: mapSlots, KeyType: typeSlotKey, Concatenation: true, IsMap: true, DataType: nftables.TypeIPAddr}
 }
 
 // queueDelete deletes the table whether or not it exists.
@@ -62,17 +64,19 @@ func queueDelete(c conn) {
 	c.DelTable(t)
 }
 
-// queueRewrite queues the whole table for svcs: delete and re-create.
+// queueRewrite queues the whole table for svcs: delete and re-create. The rules are
+// fixed; services are elements only.
 func queueRewrite(c conn, svcs map[string]*published) {
 	queueDelete(c)
 	t := c.AddTable(table())
-	dm, tm, sm := dispatchMap(t), targetsMap(t), slotsMap(t)
-	for _, s := range []*nftables.Set{dm, tm, sm} {
+	tm, nm, ss, sm := targetsMap(t), servicesMap(t), snatSet(t), slotsMap(t)
+	for _, s := range elemSets(t) {
 		_ = c.AddSet(s, nil) // queues only: errors come from Flush
 	}
 	pre := c.AddChain(&nftables.Chain{Table: t, Name: chainNATPre, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest})
-	c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: dispatchRule(dm)})
+	c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: dnatRule(tm, nm, sm, ss)})
+	c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: dnatRule(tm, nm, sm, nil)})
 	post := c.AddChain(&nftables.Chain{Table: t, Name: chainNATPost, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: masqRule()})
@@ -84,70 +88,76 @@ func queueRewrite(c conn, svcs map[string]*published) {
 	fwd := c.AddChain(&nftables.Chain{Table: t, Name: chainForward, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter})
 	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: forwardRule()})
+	var e elems
 	for _, id := range slices.Sorted(maps.Keys(svcs)) {
-		queueChange(c, nil, svcs[id])
+		e.change(nil, svcs[id])
 	}
+	e.queue(c)
 }
 
 // queueChange queues the change from old to want (either may be nil) on a table in
-// sync with old. Order matters within the batch: a chain before the element that
-// jumps to it, deletions before additions of the same key.
+// sync with old.
 func queueChange(c conn, old, want *published) {
-	t := table()
-	var oldPorts, newPorts []Port
-	var oldSlots, newSlots []netip.Addr
+	var e elems
+	e.change(old, want)
+	e.queue(c)
+}
+
+// elems collects the element changes of a batch by map: a rewrite sends a message
+// per 1,000 elements of a map, not per service.
+type elems struct{ del, add [4][]nftables.SetElement } // indexed like elemSets
+
+// elemSets are the maps in the order deletions are sent; additions go in reverse:
+// slots before the port elements that lead to them.
+func elemSets(t *nftables.Table) [4]*nftables.Set {
+	return [4]*nftables.Set{snatSet(t), servicesMap(t), targetsMap(t), slotsMap(t)}
+}
+
+// change adds the element changes from old to want (either may be nil).
+func (e *elems) change(old, want *published) {
+	var o, w published
 	if old != nil {
-		oldPorts, oldSlots = old.Ports, old.slots
+		o = *old
 	}
 	if want != nil {
-		newPorts, newSlots = want.Ports, want.slots
+		w = *want
 	}
-	gonePorts, addedPorts := diff(oldPorts, newPorts)
-	goneKeys, addedKeys := diff(keys(oldPorts), keys(newPorts)) // a changed target keeps its key
-	del(c, dispatchMap(t), dispatchElems(goneKeys, ""))
-	del(c, targetsMap(t), targetElems(gonePorts))
-	num := uint32(0)
-	switch {
-	case want != nil:
-		num = want.num
-	case old != nil:
-		num = old.num
+	num := cmp.Or(w.num, o.num)
+	goneSNAT, addedSNAT := diff(snatKeys(o), snatKeys(w))
+	goneKeys, addedKeys := diff(keys(o.Ports), keys(w.Ports)) // a changed target keeps its key
+	gonePorts, addedPorts := diff(o.Ports, w.Ports)
+	dels, adds := slotElems(num, o.slots, w.slots)
+	for i, d := range [][]nftables.SetElement{keyElems(goneSNAT, nil), keyElems(goneKeys, nil), targetElems(gonePorts), dels} {
+		e.del[i] = append(e.del[i], d...)
 	}
-	dels, adds := slotElems(num, oldSlots, newSlots)
-	del(c, slotsMap(t), dels)
-	if old != nil && want == nil {
-		ch := svcChain(t, old.ID)
-		c.FlushChain(ch)
-		c.DelChain(ch)
-		return
-	}
-	if want == nil {
-		return
-	}
-	ch := svcChain(t, want.ID)
-	switch {
-	case old == nil:
-		c.AddChain(ch)
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: serviceRule(targetsMap(t), slotsMap(t), want.num, want.SNAT)})
-	case old.SNAT != want.SNAT:
-		c.FlushChain(ch)
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: serviceRule(targetsMap(t), slotsMap(t), want.num, want.SNAT)})
-	}
-	add(c, slotsMap(t), adds)
-	add(c, targetsMap(t), targetElems(addedPorts))
-	add(c, dispatchMap(t), dispatchElems(addedKeys, ch.Name))
-}
-
-func del(c conn, s *nftables.Set, e []nftables.SetElement) {
-	if len(e) > 0 {
-		_ = c.SetDeleteElements(s, e) // queues only: errors come from Flush
+	for i, a := range [][]nftables.SetElement{keyElems(addedSNAT, nil), keyElems(addedKeys, u32(num)), targetElems(addedPorts), adds} {
+		e.add[i] = append(e.add[i], a...)
 	}
 }
 
-func add(c conn, s *nftables.Set, e []nftables.SetElement) {
-	if len(e) > 0 {
-		_ = c.SetAddElements(s, e)
+// maxElems is the most elements in one message: a netlink attribute's length is 16
+// bits, and 64 KiB holds about 1,500 slot elements.
+const maxElems = 1000
+
+func (e *elems) queue(c conn) {
+	sets := elemSets(table())
+	for i, s := range sets {
+		for chunk := range slices.Chunk(e.del[i], maxElems) {
+			_ = c.SetDeleteElements(s, chunk) // queues only: errors come from Flush
+		}
 	}
+	for i := len(sets) - 1; i >= 0; i-- {
+		for chunk := range slices.Chunk(e.add[i], maxElems) {
+			_ = c.SetAddElements(sets[i], chunk)
+		}
+	}
+}
+
+func snatKeys(p published) []portKey {
+	if !p.SNAT {
+		return nil
+	}
+	return keys(p.Ports)
 }
 
 // diff returns the elements of a not in b and of b not in a.
@@ -173,15 +183,11 @@ func keys(ps []Port) []portKey {
 	return out
 }
 
-// dispatchElems are the dispatch elements of keys, jumping to chain (deletions: "").
-func dispatchElems(keys []portKey, chain string) []nftables.SetElement {
+// keyElems are the elements of keys, each with value val (nil: none).
+func keyElems(keys []portKey, val []byte) []nftables.SetElement {
 	var out []nftables.SetElement
 	for _, k := range keys {
-		e := nftables.SetElement{Key: protoPortKey(k.proto, k.port)}
-		if chain != "" {
-			e.VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: chain}
-		}
-		out = append(out, e)
+		out = append(out, nftables.SetElement{Key: protoPortKey(k.proto, k.port), Val: val})
 	}
 	return out
 }
@@ -208,30 +214,30 @@ func slotElems(num uint32, from, to []netip.Addr) (dels, adds []nftables.SetElem
 	return dels, adds
 }
 
-// dispatchRule is "fib daddr type local meta l4proto . th dport vmap @dispatch".
-func dispatchRule(dm *nftables.Set) []expr.Any {
-	return slices.Concat([]expr.Any{
-		&expr.Fib{Register: reg1, FlagDADDR: true, ResultADDRTYPE: true},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: u32(unix.RTN_LOCAL)},
-	}, protoPortTo(reg1, reg9), []expr.Any{
-		&expr.Lookup{SourceRegister: reg1, SetName: dm.Name, SetID: dm.ID, IsDestRegSet: true},
-	})
-}
-
-// serviceRule is, for service num:
+// dnatRule is, for the published ports in snat (nil: any published port):
 //
+//	fib daddr type local [meta l4proto . th dport @snat]
 //	meta l4proto . th dport map @targets → port
-//	num . numgen random mod 64 map @slots → address (no backend: the rule ends)
+//	(meta l4proto . th dport map @services) . numgen random mod 64 map @slots → address
 //	ct mark set ct mark | MarkIngress [| MarkSNAT]
 //	dnat ip to address : port
-func serviceRule(tm, sm *nftables.Set, num uint32, snat bool) []expr.Any {
+//
+// A port without a backend has no slot elements: the lookup fails and the rule ends.
+// The dnat is a verdict: a connection the first rule takes never reaches the second.
+func dnatRule(tm, nm, sm, snat *nftables.Set) []expr.Any {
 	mark := MarkIngress
-	if snat {
-		mark |= MarkSNAT
+	e := []expr.Any{
+		&expr.Fib{Register: reg1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: u32(unix.RTN_LOCAL)},
 	}
-	return slices.Concat(protoPortTo(reg2, reg13), []expr.Any{
+	if snat != nil {
+		mark |= MarkSNAT
+		e = slices.Concat(e, protoPortTo(reg1, reg9), []expr.Any{&expr.Lookup{SourceRegister: reg1, SetName: snat.Name, SetID: snat.ID}})
+	}
+	return slices.Concat(e, protoPortTo(reg2, reg13), []expr.Any{
 		&expr.Lookup{SourceRegister: reg2, SetName: tm.Name, SetID: tm.ID, DestRegister: reg2, IsDestRegSet: true},
-		&expr.Immediate{Register: reg1, Data: u32(num)},
+	}, protoPortTo(reg1, reg9), []expr.Any{
+		&expr.Lookup{SourceRegister: reg1, SetName: nm.Name, SetID: nm.ID, DestRegister: reg1, IsDestRegSet: true},
 		&expr.Numgen{Register: reg9, Modulus: lb.Slots, Type: unix.NFT_NG_RANDOM},
 		&expr.Lookup{SourceRegister: reg1, SetName: sm.Name, SetID: sm.ID, DestRegister: reg1, IsDestRegSet: true},
 		ctMarkTo(reg3),
@@ -255,10 +261,7 @@ func forwardRule() []expr.Any {
 }
 
 // rejectRules reject what reaches the host itself on a published port from outside:
-// a service without backends. TCP gets a reset, UDP an ICMP port unreachable. The
-// published ports are looked up in @targets, which has the keys of @dispatch: a
-// lookup of the verdict map here would make the kernel validate its gotos (to chains
-// that DNAT) from the input hook, and refuse them.
+// a service without backends. TCP gets a reset, UDP an ICMP port unreachable.
 func rejectRules(tm *nftables.Set) [][]expr.Any {
 	match := slices.Concat([]expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
@@ -275,8 +278,9 @@ func rejectRules(tm *nftables.Set) [][]expr.Any {
 	return [][]expr.Any{slices.Concat(match, tcp), slices.Concat(match, other)}
 }
 
-// intact compares the kernel's table with svcs: chain names, base chain rule counts,
-// map element counts.
+// intact compares the kernel's table with svcs: its chains, their rule counts and
+// the elements of the per-port maps (the slot map, 64 elements a service, is not
+// dumped: a check must stay cheap at thousands of services).
 func intact(c conn, svcs map[string]*published) (bool, error) {
 	t := table()
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
@@ -289,19 +293,8 @@ func intact(c conn, svcs map[string]*published) (bool, error) {
 			have = append(have, ch.Name)
 		}
 	}
-	want := slices.Collect(maps.Keys(baseRules))
-	elems := map[string]int{}
-	for _, s := range svcs {
-		want = append(want, "svc_"+s.ID)
-		elems[mapDispatch] += len(s.Ports)
-		elems[mapTargets] += len(s.Ports)
-		if s.slots != nil {
-			elems[mapSlots] += lb.Slots
-		}
-	}
 	slices.Sort(have)
-	slices.Sort(want)
-	if !slices.Equal(have, want) {
+	if !slices.Equal(have, slices.Sorted(maps.Keys(baseRules))) {
 		return false, nil
 	}
 	for name, n := range baseRules {
@@ -310,7 +303,13 @@ func intact(c conn, svcs map[string]*published) (bool, error) {
 			return false, err
 		}
 	}
-	for _, m := range []*nftables.Set{dispatchMap(t), targetsMap(t), slotsMap(t)} {
+	elems := map[string]int{}
+	for _, s := range svcs {
+		elems[mapTargets] += len(s.Ports)
+		elems[mapServices] += len(s.Ports)
+		elems[setSNAT] += len(snatKeys(*s))
+	}
+	for _, m := range []*nftables.Set{targetsMap(t), servicesMap(t), snatSet(t)} {
 		got, err := c.GetSetElements(m)
 		if err != nil || len(got) != elems[m.Name] {
 			return false, err
