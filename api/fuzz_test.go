@@ -1,6 +1,7 @@
 package api
 
 import (
+	"github.com/piernet/pier/cnm"
 	"testing"
 	"time"
 
@@ -101,7 +102,8 @@ func requireKind(t *testing.T, err error) {
 
 func FuzzServiceCreateBody(f *testing.F) {
 	for _, s := range []string{`{"Name":"web","Networks":["app"],"Ports":["80/tcp","53/udp"],"Sticky":"10m","StopGrace":"30s"}`,
-		`{"Name":"db","Networks":["a","b"],"EndpointMode":"dnsrr"}`, `{"Ports":["x"]}`, `{"Sticky":"-1s"}`, `null`} {
+		`{"Name":"db","Networks":["a","b"],"EndpointMode":"dnsrr"}`, `{"Ports":["x"]}`, `{"Sticky":"-1s"}`, `null`,
+		`{"Name":"w","Networks":["o"],"Publish":["8080-8081:80-81/udp","mode=host,published=9,target=9"],"IngressSNAT":true}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -116,6 +118,37 @@ func FuzzServiceCreateBody(f *testing.F) {
 		for _, p := range spec.Ports {
 			if p.Port == 0 || (p.Proto != "tcp" && p.Proto != "udp") {
 				t.Fatalf("invalid port accepted: %+v", p)
+			}
+		}
+		checkPublished(t, spec.Publish)
+	})
+}
+
+func checkPublished(t *testing.T, ports []cnm.PublishPort) {
+	t.Helper()
+	for _, p := range ports {
+		if p.Published == 0 || p.Target == 0 || (p.Proto != "tcp" && p.Proto != "udp") ||
+			(p.Mode != cnm.PublishIngress && p.Mode != cnm.PublishHost) {
+			t.Fatalf("invalid published port accepted: %+v", p)
+		}
+	}
+}
+
+func FuzzServiceUpdateBody(f *testing.F) {
+	for _, s := range []string{`{"PublishAdd":["8080:80"],"PublishRm":["9090","53/udp"]}`, `{"IngressSNAT":false}`, `{}`,
+		`{"PublishRm":["mode=host,published=1,target=2"]}`, `{"PublishAdd":["0:0"]}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		u, err := decodeServiceUpdate(data)
+		if err != nil {
+			requireKind(t, err)
+			return
+		}
+		checkPublished(t, u.PublishAdd)
+		for _, p := range u.PublishRm {
+			if p.Published == 0 || (p.Proto != "tcp" && p.Proto != "udp") {
+				t.Fatalf("invalid port to remove accepted: %+v", p)
 			}
 		}
 	})

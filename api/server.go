@@ -93,6 +93,7 @@ func (s *Server) routes() []route {
 		{"GET /pier/v1/services", s.listServices},
 		{"GET /pier/v1/services/{ref}", s.inspectService},
 		{"DELETE /pier/v1/services/{ref}", s.deleteService},
+		{"POST /pier/v1/services/{ref}/update", s.updateService},
 		{"GET /pier/v1/nodes", s.listNodes},
 		{"GET /pier/v1/nodes/{ref}", s.inspectNode},
 		{"GET /pier/v1/cluster", s.clusterInfo},

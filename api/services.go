@@ -67,6 +67,50 @@ func (s *Server) createService(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// decodeServiceUpdate decodes and validates a service update body (pure).
+func decodeServiceUpdate(data []byte) (cnm.ServiceUpdate, error) {
+	var req types.ServiceUpdateRequest
+	if err := decodeJSON(data, &req); err != nil {
+		return cnm.ServiceUpdate{}, err
+	}
+	u := cnm.ServiceUpdate{IngressSNAT: req.IngressSNAT}
+	for _, p := range req.PublishAdd {
+		ports, err := cnm.ParsePublish(p)
+		if err != nil {
+			return u, err
+		}
+		u.PublishAdd = append(u.PublishAdd, ports...)
+	}
+	for _, p := range req.PublishRm {
+		if port, err := lb.ParsePort(p); err == nil { // a bare published port: 8080, 8080/udp
+			u.PublishRm = append(u.PublishRm, cnm.PublishPort{Published: port.Port, Proto: port.Proto})
+			continue
+		}
+		ports, err := cnm.ParsePublish(p)
+		if err != nil {
+			return u, err
+		}
+		u.PublishRm = append(u.PublishRm, ports...)
+	}
+	if len(u.PublishAdd)+len(u.PublishRm) == 0 && u.IngressSNAT == nil {
+		return u, errdefs.InvalidArgument("nothing to update: give PublishAdd, PublishRm or IngressSNAT")
+	}
+	return u, nil
+}
+
+func (s *Server) updateService(w http.ResponseWriter, r *http.Request) error {
+	u, err := decodeBody(w, r, decodeServiceUpdate)
+	if err != nil {
+		return err
+	}
+	svc, err := s.c.UpdateService(r.Context(), r.PathValue("ref"), u)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, s.serviceInfo(r.Context(), svc))
+	return nil
+}
+
 func (s *Server) listServices(w http.ResponseWriter, r *http.Request) error {
 	out := []types.ServiceInfo{}
 	for _, svc := range s.c.Services(r.Context()) {

@@ -51,10 +51,28 @@ func TestServiceRoutes(t *testing.T) {
 		{types.ServiceCreateRequest{Name: "x", Networks: []string{"app"}, Sticky: "soon"}, http.StatusBadRequest, "invalid sticky"},
 		{types.ServiceCreateRequest{Name: "t1", Networks: []string{"app"}}, http.StatusConflict, "sandbox's name"},
 		{types.ServiceCreateRequest{Name: "bad name", Networks: []string{"app"}}, http.StatusBadRequest, "invalid service name"},
+		{types.ServiceCreateRequest{Name: "x", Networks: []string{"app"}, Publish: []string{"8080:80"}}, http.StatusBadRequest, "needs cluster mode"},
+		{types.ServiceCreateRequest{Name: "x", Networks: []string{"app"}, Publish: []string{"80"}}, http.StatusBadRequest, "give the published port"},
+		{types.ServiceCreateRequest{Name: "x", Networks: []string{"app"}, EndpointMode: "dnsrr", Publish: []string{"published=1,target=2"}}, http.StatusBadRequest, "dnsrr"},
+		{types.ServiceCreateRequest{Name: "x", Networks: []string{"app"}, Publish: []string{"mode=host,published=1,target=2", "mode=host,published=1,target=3"}}, http.StatusBadRequest, "published twice"},
 	} {
 		r := e.do("POST", "/pier/v1/services", tc.req)
 		if r.status != tc.code || !strings.Contains(r.message(), tc.msg) {
 			t.Errorf("create %+v: %d %q, want %d containing %q", tc.req, r.status, r.message(), tc.code, tc.msg)
+		}
+	}
+	for _, tc := range []struct {
+		req  types.ServiceUpdateRequest
+		code int
+		msg  string
+	}{
+		{types.ServiceUpdateRequest{}, http.StatusBadRequest, "nothing to update"},
+		{types.ServiceUpdateRequest{PublishRm: []string{"9191"}}, http.StatusBadRequest, "not published"},
+		{types.ServiceUpdateRequest{PublishAdd: []string{"8080:80"}}, http.StatusBadRequest, "needs cluster mode"},
+	} {
+		r := e.do("POST", "/pier/v1/services/web/update", tc.req)
+		if r.status != tc.code || !strings.Contains(r.message(), tc.msg) {
+			t.Errorf("update %+v: %d %q, want %d containing %q", tc.req, r.status, r.message(), tc.code, tc.msg)
 		}
 	}
 	if r := e.do("POST", "/pier/v1/sandboxes", types.SandboxCreateRequest{Name: "t2", Service: "nope"}); r.status != http.StatusNotFound {
@@ -62,6 +80,15 @@ func TestServiceRoutes(t *testing.T) {
 	}
 	if after := e.state(); after != before {
 		t.Errorf("failed requests changed the state:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	e.must(http.StatusOK, "POST", "/pier/v1/services/web/update", types.ServiceUpdateRequest{PublishAdd: []string{"mode=host,published=9090,target=80"}}).decode(t, &got)
+	if strings.Join(got.Publish, " ") != "mode=host,published=9090,target=80,protocol=tcp" {
+		t.Errorf("after publish-add: %+v", got.Publish)
+	}
+	var rm types.ServiceInfo
+	e.must(http.StatusOK, "POST", "/pier/v1/services/web/update", types.ServiceUpdateRequest{PublishRm: []string{"9090"}}).decode(t, &rm)
+	if len(rm.Publish) != 0 || rm.Name != "web" {
+		t.Errorf("after publish-rm: %+v", rm)
 	}
 	if r := e.do("DELETE", "/pier/v1/services/web", nil); r.status != http.StatusConflict || !strings.Contains(r.message(), "remove them first") {
 		t.Errorf("delete with a task: %d %q", r.status, r.message())

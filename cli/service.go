@@ -18,7 +18,7 @@ func (a *app) serviceCommand() *cobra.Command {
 		Args:  noArgs,
 		RunE:  helpRunE,
 	}
-	cmd.AddCommand(a.serviceCreateCommand(), a.serviceLsCommand(), a.serviceInspectCommand(), a.serviceRmCommand())
+	cmd.AddCommand(a.serviceCreateCommand(), a.serviceLsCommand(), a.serviceInspectCommand(), a.serviceRmCommand(), a.serviceUpdateCommand())
 	return cmd
 }
 
@@ -169,4 +169,36 @@ func publishedView(long string) string {
 		s += "(host)"
 	}
 	return s
+}
+
+func (a *app) serviceUpdateCommand() *cobra.Command {
+	var req types.ServiceUpdateRequest
+	var snat bool
+	cmd := &cobra.Command{
+		Use:   "update [OPTIONS] SERVICE",
+		Short: "Change a service's published ports and print its name",
+		Example: `  pier service update web --publish-add 8080:80
+  pier service update web --publish-rm 8080:80 --publish-add mode=host,published=9090,target=80`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("ingress-snat") {
+				req.IngressSNAT = &snat
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			svc, err := c.ServiceUpdate(cmd.Context(), args[0], req)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(a.Out, svc.Name)
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringArrayVar(&req.PublishAdd, "publish-add", nil, "publish a port (--publish syntax); repeatable")
+	fl.StringArrayVar(&req.PublishRm, "publish-rm", nil, "stop publishing a port, by published port and protocol (8080, 8080:80/udp); repeatable")
+	fl.BoolVar(&snat, "ingress-snat", false, "masquerade routing-mesh connections (--ingress-snat=false: keep the client's address)")
+	return cmd
 }

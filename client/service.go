@@ -14,6 +14,13 @@ func (c *Client) ServiceCreate(ctx context.Context, req types.ServiceCreateReque
 	return out, err
 }
 
+// ServiceUpdate changes a service's published ports.
+func (c *Client) ServiceUpdate(ctx context.Context, ref string, req types.ServiceUpdateRequest) (types.ServiceInfo, error) {
+	var out types.ServiceInfo
+	_, err := c.do(ctx, request{method: http.MethodPost, path: "/pier/v1/services/" + escape(ref) + "/update", body: req}, &out)
+	return out, err
+}
+
 // ServiceList lists the services.
 func (c *Client) ServiceList(ctx context.Context) ([]types.ServiceInfo, error) {
 	var out []types.ServiceInfo

@@ -29,19 +29,8 @@ func (c *Cluster) CreateService(ctx context.Context, rec ServiceRecord) error {
 	if r.Succeeded {
 		return nil
 	}
-	for _, k := range ports {
-		kv, ok, err := c.kv.Get(ctx, k)
-		if err != nil || !ok {
-			continue
-		}
-		owner := string(kv.Value) + "'"
-		if o, ok, _ := c.kv.Get(ctx, prefServices+owner); ok {
-			if orec, err := DecodeService(o.Value); err == nil {
-				owner = orec.Name + "' (" + orec.ID[:min(12, len(orec.ID))] + ")"
-			}
-		}
-		_, port := path.Split(k)
-		return errdefs.Conflict("port '%s' is already in use by service '%s as an ingress port", port, owner)
+	if err := c.ingressConflict(ctx, ports); err != nil {
+		return err
 	}
 	return errdefs.Conflict("service name %q is already in use in the cluster", rec.Name)
 }
@@ -137,3 +126,74 @@ func (c *Cluster) unacked(eid string) []string {
 
 // clearAcks removes the acknowledgements of an endpoint (with its record).
 func clearAcks(eid string) Op { return DeleteUnder(prefAcks + eid + "/") }
+
+// UpdateService replaces a service's record (the same ID and name), claiming the
+// ingress ports it adds and releasing those it drops, in one transaction that fails
+// if the record changed meanwhile.
+func (c *Cluster) UpdateService(ctx context.Context, rec ServiceRecord) error {
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	kv, ok, err := c.kv.Get(ctx, prefServices+rec.ID)
+	if err != nil {
+		return storeErr(err)
+	}
+	if !ok {
+		return errdefs.NotFound("service %s not found", rec.ID)
+	}
+	old, err := DecodeService(kv.Value)
+	if err != nil {
+		return err
+	}
+	if old.Name != rec.Name {
+		return errdefs.InvalidArgument("a service cannot be renamed")
+	}
+	rec.CreatedBy = old.CreatedBy
+	had := map[string]bool{}
+	for _, k := range ingressKeys(old) {
+		had[k] = true
+	}
+	cmps := []Cmp{Unchanged(kv.Key, kv.ModRev)}
+	ops := []Op{Put(kv.Key, mustJSON(rec), 0)}
+	var added []string
+	for _, k := range ingressKeys(rec) {
+		if had[k] {
+			delete(had, k)
+			continue
+		}
+		added = append(added, k)
+		cmps, ops = append(cmps, Absent(k)), append(ops, Put(k, []byte(rec.ID), 0))
+	}
+	for k := range had {
+		ops = append(ops, Delete(k))
+	}
+	r, err := c.kv.Txn(ctx, cmps, ops)
+	if err != nil {
+		return storeErr(err)
+	}
+	if r.Succeeded {
+		return nil
+	}
+	if err := c.ingressConflict(ctx, added); err != nil {
+		return err
+	}
+	return errdefs.Conflict("service %s was changed concurrently; try again", rec.Name)
+}
+
+// ingressConflict names the service holding one of the claims keys, if any.
+func (c *Cluster) ingressConflict(ctx context.Context, keys []string) error {
+	for _, k := range keys {
+		kv, ok, err := c.kv.Get(ctx, k)
+		if err != nil || !ok {
+			continue
+		}
+		owner := string(kv.Value) + "'"
+		if o, ok, _ := c.kv.Get(ctx, prefServices+string(kv.Value)); ok {
+			if orec, err := DecodeService(o.Value); err == nil {
+				owner = orec.Name + "' (" + orec.ID[:min(12, len(orec.ID))] + ")"
+			}
+		}
+		_, port := path.Split(k)
+		return errdefs.Conflict("port '%s' is already in use by service '%s as an ingress port", port, owner)
+	}
+	return nil
+}

@@ -45,6 +45,9 @@ type Cluster interface {
 	// taken in the cluster); DeleteService removes it.
 	CreateService(ctx context.Context, s Service) error
 	DeleteService(ctx context.Context, id string) error
+	// UpdateService replaces a service's record (Conflict when an ingress port it
+	// adds is taken).
+	UpdateService(ctx context.Context, s Service) error
 	// AckWithdrawal records that this node stopped choosing draining endpoint eid;
 	// WaitWithdrawn waits until every ready node did, or timeout passes, and returns
 	// the names of the nodes that had not.

@@ -711,8 +711,9 @@ func TestSlowStoreDoesNotStallDisconnects(t *testing.T) {
 func (f *fakeCluster) CreateService(context.Context, Service) error {
 	return errdefs.NotImplemented("fake cluster: no services")
 }
-func (f *fakeCluster) DeleteService(context.Context, string) error { return nil }
-func (f *fakeCluster) AckWithdrawal(context.Context, string) error { return nil }
+func (f *fakeCluster) DeleteService(context.Context, string) error  { return nil }
+func (f *fakeCluster) UpdateService(context.Context, Service) error { return nil }
+func (f *fakeCluster) AckWithdrawal(context.Context, string) error  { return nil }
 func (f *fakeCluster) WaitWithdrawn(context.Context, string, time.Duration) ([]string, error) {
 	return nil, nil
 }

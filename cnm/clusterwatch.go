@@ -227,9 +227,10 @@ func (c *Controller) addRemote(ctx context.Context, ep RemoteEndpoint) {
 		c.dns.Upsert(dns.Record{NetworkID: ep.NetworkID, NetworkName: name, EndpointID: ep.ID,
 			SandboxID: ep.SandboxID, Names: ep.Names, Addr4: validAddr(ep.Addr4), Addr6: validAddr(ep.Addr6)})
 	}
-	// Only a joined endpoint has an interface to reach; a claim (connectGlobal's first
-	// write) or an unjoined endpoint has nothing for the driver to program yet.
-	if ep.SandboxID != "" {
+	// Only a joined endpoint has an interface to reach (a node's ingress router always
+	// has); a claim (connectGlobal's first write) or an unjoined endpoint has nothing
+	// for the driver to program yet.
+	if ep.SandboxID != "" || ep.Router {
 		c.notifyPeer(ctx, drvName, ep, true)
 	}
 }

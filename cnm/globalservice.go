@@ -91,11 +91,7 @@ func (c *Controller) applyServiceEvent(ctx context.Context, ev ClusterEvent) {
 // names and VIPs on this node.
 func (c *Controller) adoptService(ctx context.Context, s *Service) {
 	svc := *s
-	c.mu.Lock()
-	c.services[svc.ID] = &svc
-	c.mu.Unlock()
-	c.publishService(ctx, &svc)
-	c.syncMesh(ctx)
+	c.applyServiceUpdate(ctx, &svc)
 }
 
 // unpublishService removes a service's names and VIPs from this node.

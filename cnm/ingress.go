@@ -11,13 +11,12 @@ import (
 	"github.com/piernet/pier/driver"
 	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/internal/undo"
-	"github.com/piernet/pier/netns"
 	"github.com/piernet/pier/store"
 )
 
 // The routing mesh (ingress publishing), cluster mode: every node has a router on the
-// ingress overlay (an address of that network on an interface in the host namespace,
-// published as an endpoint record), accepts the services' ingress ports on its own
+// ingress overlay (an address of that network on the network's bridge in the host
+// namespace, published as an endpoint record), accepts the services' ingress ports on its own
 // addresses and DNATs them to a serving task — a local one when it has one, else any
 // — without SNAT: the task sees the client. Each task on the ingress network sends its
 // replies to mesh connections back through the router that forwarded them (Mesh's
@@ -25,9 +24,6 @@ import (
 
 // IngressNetworkName is the name of the routing mesh's network (Docker's).
 const IngressNetworkName = "ingress"
-
-// routerIfName is the router's interface in the host namespace.
-const routerIfName = "pier-ingress"
 
 const kindRouter = "routers"
 
@@ -44,6 +40,9 @@ type Mesh interface {
 	SetReturn(ctx context.Context, key, iface string, routers []MeshRouter) error
 	// ForgetReturn drops what SetReturn keeps for a sandbox that is gone.
 	ForgetReturn(key string)
+	// SetRouter tells the mesh this node's router MAC on the ingress network (nil:
+	// none): frames only bridged through that network must not be tracked here.
+	SetRouter(ctx context.Context, mac net.HardwareAddr) error
 }
 
 // MeshService is what one node publishes for a service.
@@ -92,6 +91,8 @@ func (c *Controller) withIngress(ctx context.Context, spec ServiceSpec) (Service
 		return spec, nil
 	}
 	switch {
+	case spec.Mode == ModeDNSRR:
+		return spec, errdefs.InvalidArgument("port published with ingress mode can't be used with dnsrr mode")
 	case c.cluster == nil:
 		return spec, errdefs.InvalidArgument("publishing in ingress mode (the routing mesh) needs cluster mode; on a single host publish with mode=host")
 	case c.mesh == nil:
@@ -166,25 +167,18 @@ func (c *Controller) ensureRouter(ctx context.Context, n *Network) (*Router, err
 	} else if _, _, err := c.requestAddr(ctx, n, n.IPv4, r.Addr4.Addr(), nil); err != nil && !errdefs.Is(err, errdefs.KindConflict) {
 		c.log.WarnContext(ctx, "re-reserving the ingress router's address", "addr", r.Addr4, "err", err)
 	}
-	ec := driver.EndpointConfig{NetworkID: n.ID, EndpointID: r.ID, Addr4: r.Addr4}
-	info, err := d.CreateEndpoint(ctx, ec)
+	rd, ok := d.(driver.Router)
+	if !ok {
+		return nil, u.Rollback(errdefs.NotImplemented("driver %s cannot make this host a router on network %s", n.Driver, n.Name))
+	}
+	mac, err := rd.AttachRouter(ctx, n.ID, r.ID, r.Addr4)
 	if err != nil {
-		return nil, u.Rollback(fmt.Errorf("the ingress router: %w", err))
-	}
-	u.Push(func() error { return d.DeleteEndpoint(context.WithoutCancel(ctx), n.ID, r.ID) })
-	r.MAC = info.MAC.String()
-	join := driver.JoinRequest{NetworkID: n.ID, EndpointID: r.ID, SandboxKey: c.os.HostKey(), IfName: routerIfName, Addr4: r.Addr4, MAC: info.MAC}
-	// A router left by an earlier run is made again (its address and MAC are the same;
-	// conntrack entries of mesh connections survive).
-	if err := d.Leave(ctx, n.ID, r.ID); err != nil {
-		c.log.DebugContext(ctx, "removing an earlier ingress router interface", "err", err)
-	}
-	if _, err := d.Join(ctx, join); err != nil {
 		return nil, u.Rollback(fmt.Errorf("attaching the ingress router: %w", err))
 	}
-	u.Push(func() error { return d.Leave(context.WithoutCancel(ctx), n.ID, r.ID) })
-	if err := c.os.ConfigureInterface(ctx, c.os.HostKey(), netns.Interface{Name: routerIfName, MAC: info.MAC, Addr4: r.Addr4, NoLinkLocal6: true}); err != nil {
-		return nil, u.Rollback(fmt.Errorf("configuring the ingress router: %w", err))
+	u.Push(func() error { return rd.DetachRouter(context.WithoutCancel(ctx), n.ID, r.ID) })
+	r.MAC = mac.String()
+	if err := c.mesh.SetRouter(ctx, mac); err != nil {
+		return nil, u.Rollback(fmt.Errorf("the ingress router's conntrack exemption: %w", err))
 	}
 	if err := c.store.Put(ctx, kindRouter, r.NetworkID, r); err != nil {
 		return nil, u.Rollback(err)
@@ -246,7 +240,15 @@ func (c *Controller) syncMesh(ctx context.Context) {
 func (c *Controller) publishMesh(ctx context.Context, svc *Service) {
 	ports := svc.ingressPorts()
 	n := c.ingressNetwork()
-	if c.mesh == nil || len(ports) == 0 || n == nil || c.router == nil || !c.router.attached {
+	if c.mesh == nil || n == nil || c.router == nil || !c.router.attached {
+		return
+	}
+	if len(ports) == 0 {
+		if svc.vipOn(n.ID).NetworkID != "" { // it published on the mesh before an update
+			if err := c.mesh.Unpublish(ctx, svc.ID); err != nil {
+				c.log.WarnContext(ctx, "unpublishing a service from the routing mesh", "service", svc.Name, "err", err)
+			}
+		}
 		return
 	}
 	local, all := c.meshBackends(svc.ID, n.ID)
@@ -359,10 +361,11 @@ func (c *Controller) dropRouter(ctx context.Context) {
 	}
 	if n := c.networkByID(r.NetworkID); n != nil {
 		if d, err := c.driver(ctx, n.Driver); err == nil {
-			if err := d.Leave(ctx, n.ID, r.ID); err != nil {
-				c.log.WarnContext(ctx, "removing the ingress router's interface", "err", err)
+			if rd, ok := d.(driver.Router); ok {
+				if err := rd.DetachRouter(ctx, n.ID, r.ID); err != nil {
+					c.log.WarnContext(ctx, "removing the ingress router's address", "err", err)
+				}
 			}
-			_ = d.DeleteEndpoint(ctx, n.ID, r.ID)
 		}
 		c.releaseVIP(ctx, n, r.Addr4)
 	}
@@ -370,5 +373,8 @@ func (c *Controller) dropRouter(ctx context.Context) {
 		c.log.WarnContext(ctx, "forgetting the ingress router", "err", err)
 	}
 	c.router = nil
+	if err := c.mesh.SetRouter(ctx, nil); err != nil {
+		c.log.WarnContext(ctx, "removing the ingress router's conntrack exemption", "err", err)
+	}
 	c.log.InfoContext(ctx, "ingress router removed: no service publishes on the mesh")
 }

@@ -1,12 +1,15 @@
 package cnm
 
 import (
+	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/piernet/pier/errdefs"
+	"github.com/piernet/pier/internal/undo"
 	"github.com/piernet/pier/portmap"
 )
 
@@ -163,4 +166,119 @@ func (svc *Service) ingressPorts() []PublishPort {
 		}
 	}
 	return out
+}
+
+// ServiceUpdate changes a service's published ports (pier service update).
+type ServiceUpdate struct {
+	PublishAdd []PublishPort
+	// PublishRm are removed by published port and protocol (mode and target ignored).
+	PublishRm   []PublishPort
+	IngressSNAT *bool
+}
+
+// UpdateService changes a service's published ports. Ingress ports take effect on
+// every node at once (adding the first one joins the service, and its existing
+// tasks, to the ingress network); host-mode ports apply to tasks created afterwards
+// (a task's own ports are fixed when it is made, as with sandbox -p).
+func (c *Controller) UpdateService(ctx context.Context, ref string, u ServiceUpdate) (Service, error) {
+	cur, err := c.Service(ctx, ref)
+	if err != nil {
+		return Service{}, err
+	}
+	next := cur
+	next.Publish = slices.Clone(cur.Publish)
+	for _, rm := range u.PublishRm {
+		i := slices.IndexFunc(next.Publish, func(p PublishPort) bool { return p.Published == rm.Published && p.Proto == rm.Proto })
+		if i < 0 {
+			return Service{}, errdefs.InvalidArgument("port %d/%s is not published by service %s", rm.Published, rm.Proto, cur.Name)
+		}
+		next.Publish = slices.Delete(next.Publish, i, i+1)
+	}
+	next.Publish = append(next.Publish, u.PublishAdd...)
+	if u.IngressSNAT != nil {
+		next.IngressSNAT = *u.IngressSNAT
+	}
+	needIngress := len(next.ingressPorts()) > 0
+	var ingressNet string
+	if needIngress {
+		spec, err := c.withIngress(ctx, ServiceSpec{Publish: next.Publish})
+		if err != nil {
+			return Service{}, err
+		}
+		ingressNet = spec.Networks[0]
+	}
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	c.mu.RLock()
+	live := c.services[cur.ID]
+	err = c.checkPublish(&next)
+	c.mu.RUnlock()
+	switch {
+	case live == nil:
+		return Service{}, errdefs.NotFound("service %s not found", ref)
+	case err != nil:
+		return Service{}, err
+	}
+	var u2 undo.Stack
+	if needIngress && next.vipOn(ingressNet).NetworkID == "" {
+		n := c.networkByID(ingressNet)
+		addr, release, err := c.requestAddr(ctx, n, n.IPv4, netip.Addr{}, nil)
+		if err != nil {
+			return Service{}, fmt.Errorf("allocating the virtual IP on network %s: %w", n.Name, err)
+		}
+		u2.Push(release)
+		next.VIPs = append(slices.Clone(next.VIPs), ServiceVIP{NetworkID: n.ID, Addr: addr})
+	}
+	if n := c.networkByID(next.VIPs[0].NetworkID); n != nil && n.global() {
+		err = c.cluster.UpdateService(ctx, next)
+	} else {
+		err = c.store.Put(ctx, kindService, next.ID, &next)
+	}
+	if err != nil {
+		return Service{}, u2.Rollback(err)
+	}
+	c.applyServiceUpdate(ctx, &next)
+	return next, nil
+}
+
+// applyServiceUpdate makes a changed service (here or from another node) effective
+// on this node (opMu held): names, VIPs, the mesh, and local tasks joining networks
+// the service gained (in the background: Connect takes opMu).
+func (c *Controller) applyServiceUpdate(ctx context.Context, svc *Service) {
+	c.mu.Lock()
+	c.services[svc.ID] = svc
+	c.mu.Unlock()
+	c.publishService(ctx, svc)
+	c.syncMesh(ctx)
+	for _, v := range svc.VIPs {
+		for _, sb := range c.localTasks(svc.ID) {
+			if c.endpointOn(sb.ID, v.NetworkID) {
+				continue
+			}
+			id, nid := sb.ID, v.NetworkID
+			c.bgWG.Go(func() {
+				if _, err := c.Connect(c.bg, nid, id, EndpointSpec{}); err != nil {
+					c.log.ErrorContext(c.bg, "joining a task to its service's new network", "sandbox", id, "err", err)
+				}
+			})
+		}
+	}
+}
+
+// localTasks are this node's tasks of service id.
+func (c *Controller) localTasks(id string) []Sandbox {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out []Sandbox
+	for _, sb := range c.sandboxes {
+		if sb.Service == id {
+			out = append(out, *sb)
+		}
+	}
+	return out
+}
+
+// endpointOn reports whether sandbox sid has an endpoint on network nid.
+func (c *Controller) endpointOn(sid, nid string) bool {
+	return slices.ContainsFunc(c.sandboxEndpoints(sid), func(ep *Endpoint) bool { return ep.NetworkID == nid })
 }

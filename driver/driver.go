@@ -202,6 +202,15 @@ type Live struct {
 	Endpoints map[string]bool // endpoint IDs of this driver that are joined
 }
 
+// Router is implemented by drivers that can make the host itself a router on one of
+// their networks (overlay: the routing mesh's ingress network). The router is an
+// endpoint without a sandbox: addr is given to the network's local bridge, whose MAC
+// it returns; the network stays extended to this host while the router is attached.
+type Router interface {
+	AttachRouter(ctx context.Context, nid, eid string, addr netip.Prefix) (net.HardwareAddr, error)
+	DetachRouter(ctx context.Context, nid, eid string) error
+}
+
 // PortPublisher is implemented by drivers that publish ports (bridge). The controller
 // refuses published ports on a gateway endpoint whose driver does not implement it.
 type PortPublisher interface {

@@ -43,6 +43,10 @@ func (s clusterSeam) CreateService(ctx context.Context, svc cnm.Service) error {
 	return s.c.CreateService(ctx, toServiceRecord(svc))
 }
 
+func (s clusterSeam) UpdateService(ctx context.Context, svc cnm.Service) error {
+	return s.c.UpdateService(ctx, toServiceRecord(svc))
+}
+
 func (s clusterSeam) DeleteService(ctx context.Context, id string) error {
 	return s.c.DeleteService(ctx, id)
 }

@@ -89,6 +89,7 @@ type Stack struct {
 	dns     *dns.Server
 	proxy   *portmap.Proxy
 	lb      *lb.Sandboxes
+	mesh    *mesh // cluster mode only
 }
 
 // Open builds every component and restores the recorded state.
@@ -148,14 +149,20 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 	}
 	s.lb = lb.NewSandboxes(o.Logger)
 	var seam cnm.Cluster
+	var meshSeam cnm.Mesh
 	if o.Cluster != nil {
 		if seam, err = s.joinCluster(ctx, o, reg); err != nil {
 			return err
 		}
+		if s.mesh, err = newMesh(ctx, s.Host, o.Logger); err != nil {
+			return err
+		}
+		meshSeam = s.mesh
+		s.Firewall.AfterHeal(s.mesh.heal) // `nft flush ruleset` takes the mesh's table too
 	}
 	s.Controller, err = cnm.New(ctx, cnm.Config{ExecRoot: o.ExecRoot, Store: s.store, Drivers: reg, IPAM: alloc,
 		Plugins: plugins, DNS: s.dns, OS: s.nsm, Logger: o.Logger, HostResolvConf: o.HostResolvConf, Cluster: seam,
-		StopGrace: o.StopGrace, LoadBalancer: s.lb, DefaultBridgeOptions: map[string]string{bridge.OptBridgeName: DefaultBridgeName, bridge.OptDefaultBridge: "true"}})
+		StopGrace: o.StopGrace, LoadBalancer: s.lb, Mesh: meshSeam, DefaultBridgeOptions: map[string]string{bridge.OptBridgeName: DefaultBridgeName, bridge.OptDefaultBridge: "true"}})
 	if err != nil {
 		return err
 	}
@@ -227,6 +234,9 @@ func (s *Stack) Close() error {
 	}
 	if s.lb != nil {
 		errs = append(errs, s.lb.Close())
+	}
+	if s.mesh != nil {
+		errs = append(errs, s.mesh.Close())
 	}
 	if s.nsm != nil {
 		errs = append(errs, s.nsm.Close())

@@ -138,6 +138,14 @@ type ServiceCreateRequest struct {
 	IngressSNAT bool `json:",omitempty"`
 }
 
+// ServiceUpdateRequest is the body of POST /pier/v1/services/{ref}/update.
+type ServiceUpdateRequest struct {
+	PublishAdd []string `json:",omitempty"` // --publish syntax
+	PublishRm  []string `json:",omitempty"` // removed by published port and protocol
+	// IngressSNAT, when set, turns masquerading of mesh connections on or off.
+	IngressSNAT *bool `json:",omitempty"`
+}
+
 // ServiceInfo describes a service (reply of create, list and inspect).
 type ServiceInfo struct {
 	ID           string

@@ -82,6 +82,19 @@ func (k *fakeKernel) SetPeer(ctx context.Context, vxlan string, p PeerEntry, add
 	return nil
 }
 
+func (k *fakeKernel) SetBridgeAddr(ctx context.Context, bridge string, addr netip.Prefix, mac net.HardwareAddr, add bool) error {
+	desc, ok := k.links[bridge]
+	if !ok {
+		return fmt.Errorf("no bridge %s", bridge)
+	}
+	desc, _, _ = strings.Cut(desc, " router ")
+	if add {
+		desc += fmt.Sprintf(" router %s %s", addr, mac)
+	}
+	k.links[bridge] = desc
+	return nil
+}
+
 func (k *fakeKernel) Owned(ctx context.Context) ([]OwnedLink, error) {
 	var out []OwnedLink
 	for n, nid := range k.owner {

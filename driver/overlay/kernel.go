@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -32,6 +33,11 @@ type Kernel interface {
 	// SetPeer adds (or removes) the static forwarding entry (MAC → remote VTEP) and the
 	// neighbour entries (IP → MAC, answered by the VXLAN device's ARP/ND proxy).
 	SetPeer(ctx context.Context, vxlan string, p PeerEntry, add bool) error
+	// SetBridgeAddr gives the bridge addr and mac (or, add false, removes addr): the
+	// host becomes a router on the network. Routed packets then leave through the
+	// bridge itself — one conntrack pass, where a veth into the bridge would be seen
+	// twice with br_netfilter (and the second pass remaps the source port).
+	SetBridgeAddr(ctx context.Context, bridge string, addr netip.Prefix, mac net.HardwareAddr, add bool) error
 	// Owned lists the devices this driver made (by their owner alias).
 	Owned(ctx context.Context) ([]OwnedLink, error)
 	// UnderlayMTU is the MTU of the interface holding addr.
@@ -150,6 +156,29 @@ func (k HostKernel) markUp(l netlink.Link, nid string) error {
 	if err := k.Host.NL.LinkSetUp(l); err != nil {
 		_ = k.Host.NL.LinkDel(l)
 		return fmt.Errorf("setting %s up: %w", l.Attrs().Name, err)
+	}
+	return nil
+}
+
+func (k HostKernel) SetBridgeAddr(ctx context.Context, bridge string, addr netip.Prefix, mac net.HardwareAddr, add bool) error {
+	l, err := k.Host.NL.LinkByName(bridge)
+	if err != nil {
+		return fmt.Errorf("the router's bridge %s: %w", bridge, err)
+	}
+	a := &netlink.Addr{IPNet: netns.PrefixToIPNet(addr)}
+	if !add {
+		if err := k.Host.NL.AddrDel(l, a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("removing %s from %s: %w", addr, bridge, err)
+		}
+		return nil
+	}
+	if mac != nil && !bytes.Equal(l.Attrs().HardwareAddr, mac) {
+		if err := k.Host.NL.LinkSetHardwareAddr(l, mac); err != nil {
+			return fmt.Errorf("setting the MAC of %s: %w", bridge, err)
+		}
+	}
+	if err := k.Host.NL.AddrReplace(l, a); err != nil {
+		return fmt.Errorf("adding %s to %s: %w", addr, bridge, err)
 	}
 	return nil
 }

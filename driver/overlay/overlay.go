@@ -89,7 +89,8 @@ type network struct {
 	dev      Devices
 	extended bool                   // the devices exist on this host
 	peers    map[string]driver.Peer // endpoints on other hosts, by endpoint ID
-	joined   map[string]bool        // local joined endpoints
+	joined   map[string]bool        // local joined endpoints (and the router)
+	router   netip.Prefix           // the host's address on the bridge (AttachRouter)
 }
 
 type endpoint struct {
@@ -479,6 +480,47 @@ func entry(p driver.Peer) PeerEntry {
 		}
 	}
 	return e
+}
+
+// AttachRouter makes this host a router on network nid (driver.Router): the network
+// is extended here, and its bridge gets addr and a MAC derived from it.
+func (d *Driver) AttachRouter(ctx context.Context, nid, eid string, addr netip.Prefix) (net.HardwareAddr, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, err := d.networkLocked(nid)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.extendLocked(ctx, n); err != nil {
+		return nil, err
+	}
+	mac := deriveMAC(addr.Addr(), eid)
+	if err := d.k.SetBridgeAddr(ctx, n.dev.Bridge, addr, mac, true); err != nil {
+		d.retractIfIdleLocked(ctx, n)
+		return nil, err
+	}
+	n.joined[eid] = true
+	n.router = addr
+	return mac, nil
+}
+
+// DetachRouter takes the router's address off the bridge and withdraws the network
+// from this host when nothing else uses it.
+func (d *Driver) DetachRouter(ctx context.Context, nid, eid string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.networks[nid]
+	if !ok || !n.joined[eid] {
+		return nil
+	}
+	var err error
+	if n.extended && n.router.IsValid() {
+		err = d.k.SetBridgeAddr(ctx, n.dev.Bridge, n.router, nil, false)
+	}
+	delete(n.joined, eid)
+	n.router = netip.Prefix{}
+	d.retractIfIdleLocked(ctx, n)
+	return err
 }
 
 // RestoreEndpoint implements driver.Restorer.
