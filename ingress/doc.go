@@ -13,13 +13,13 @@
 // rules are fixed, whatever the number of services; services are map elements:
 //
 //	map targets  { proto . published port : target port }
-//	map services { proto . published port : service number }
+//	map services { proto . published port : service number }  (bookkeeping)
 //	set snat     { proto . published port }          (the ports of services with SNAT)
-//	map slots    { service number . slot : backend address }
+//	map slots    { proto . published port . slot : backend address }
 //	chain nat_pre (nat, prerouting, dstnat), two rules, the first for @snat ports:
 //	    fib daddr type local [meta l4proto . th dport @snat]
 //	    meta l4proto . th dport map @targets → port
-//	    (meta l4proto . th dport map @services) . numgen random mod 64 map @slots → address
+//	    meta l4proto . th dport . numgen random mod 64 map @slots → address
 //	    ct mark set ct mark | 0x10000000 [| 0x20000000]
 //	    dnat ip to address : port
 //	chain nat_post   (nat, postrouting, srcnat): ct mark & 0x20000000 != 0 masquerade
@@ -27,9 +27,12 @@
 //	chain filter_fwd (filter, forward, 0):  ct status dnat ct mark & 0x10000000 != 0 accept
 //
 // A new connection to any local address of the host on a published protocol and
-// port costs four hash lookups and is DNATed to slot s of its service's 64-slot
-// table, with the port rewritten to the target. The slot assignment is package lb's:
-// a backend change rewrites only the ~64/N slot elements that change hands. Every
+// port costs three hash lookups and is DNATed to slot s of that port's 64-slot table,
+// with the port rewritten to the target. The slot tables are keyed by published port,
+// not by a service number looked up first: nft (1.0.x) aborts on `nft list ruleset`
+// when a concatenation starts with a map's result, and an admin's listing must work.
+// The slot assignment is package lb's: a backend change rewrites only the ~64/N slot
+// elements per published port that change hands. Every
 // change is one netlink batch of O(changed) elements, never a rule: there are no
 // per-service chains, because a chain reached from a verdict map makes the kernel
 // validate the table on every rule and goto added (at 1,000 services a rewrite took

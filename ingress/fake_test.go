@@ -143,12 +143,12 @@ func TestChangeIsOneSmallBatch(t *testing.T) {
 		want   string
 	}{
 		{"a new port", func(s *Service) { s.Ports = append(s.Ports, Port{"udp", 53, 5353}) },
-			"add elem targets ×1\nadd elem services ×1"},
+			"add elem slots ×64\nadd elem targets ×1\nadd elem services ×1"},
 		{"a changed target", func(s *Service) { s.Ports[0].Target = 81 },
 			"del elem targets ×1\nadd elem targets ×1"},
 		{"SNAT on", func(s *Service) { s.SNAT = true }, "add elem snat ×2"},
 		{"a port gone with SNAT", func(s *Service) { s.Ports = s.Ports[:1] },
-			"del elem snat ×1\ndel elem services ×1\ndel elem targets ×1"},
+			"del elem snat ×1\ndel elem services ×1\ndel elem targets ×1\ndel elem slots ×64"},
 		{"no backend", func(s *Service) { s.Backends = nil }, "del elem slots ×64"},
 	} {
 		c.change(&s)

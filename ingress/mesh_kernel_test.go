@@ -78,9 +78,10 @@ func TestMeshBackendChangeAndRefusal(t *testing.T) {
 	m.setAll(t, s)
 	s.Backends = taskAddrs[1:]
 	m.setAll(t, s)
-	// t1 had 32 of the 64 slots: the batch rewrote those (delete and add), no rule.
-	if c := m.counts[0]; c.elems != 2*32 || c.rules != 0 {
-		t.Fatalf("the backend change touched %d elements and %d rules, want 64 and 0", c.elems, c.rules)
+	// t1 had 32 of the 64 slots of each of the two published ports (tcp and udp 8080):
+	// the batch rewrote those (delete and add), no rule.
+	if c := m.counts[0]; c.elems != 2*2*32 || c.rules != 0 {
+		t.Fatalf("the backend change touched %d elements and %d rules, want 128 and 0", c.elems, c.rules)
 	}
 	for _, proto := range []string{"tcp", "udp"} {
 		if got := m.spread(t, proto, routerAddrs[0]+":8080", 40, clientAddr); got["t2"] != 40 {

@@ -78,7 +78,7 @@ const (
 
 var (
 	typeProtoPort = nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
-	typeSlotKey   = nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeMark) // service number . slot, host-endian as numgen writes it
+	typeSlotKey   = nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark) // proto . published port . slot (host-endian, as numgen writes it)
 )
 
 // protoPortTo loads "meta l4proto . th dport" into reg (and the word after it).

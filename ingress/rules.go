@@ -126,7 +126,7 @@ func (e *elems) change(old, want *published) {
 	goneSNAT, addedSNAT := diff(snatKeys(o), snatKeys(w))
 	goneKeys, addedKeys := diff(keys(o.Ports), keys(w.Ports)) // a changed target keeps its key
 	gonePorts, addedPorts := diff(o.Ports, w.Ports)
-	dels, adds := slotElems(num, o.slots, w.slots)
+	dels, adds := slotElems(o, w)
 	for i, d := range [][]nftables.SetElement{keyElems(goneSNAT, nil), keyElems(goneKeys, nil), targetElems(gonePorts), dels} {
 		e.del[i] = append(e.del[i], d...)
 	}
@@ -200,16 +200,32 @@ func targetElems(ps []Port) []nftables.SetElement {
 	return out
 }
 
-// slotElems returns the slot elements of service num to delete and to add to go from
-// the slot table from to to (nil: no elements).
-func slotElems(num uint32, from, to []netip.Addr) (dels, adds []nftables.SetElement) {
-	key := func(i int) []byte { return append(u32(num), u32(uint32(i))...) }
-	d, a := lb.Moved(from, to)
-	for _, i := range d {
-		dels = append(dels, nftables.SetElement{Key: key(i)})
+// slotElems returns the slot elements to delete and to add to go from service o to w.
+// Slots are keyed by published port (proto . port . slot, a key nft can print): a
+// port kept moves only the changed slots, a port dropped or added all of its own.
+func slotElems(o, w published) (dels, adds []nftables.SetElement) {
+	ok, wk := keys(o.Ports), keys(w.Ports)
+	move := func(k portKey, from, to []netip.Addr) {
+		key := func(i int) []byte { return append(protoPortKey(k.proto, k.port), u32(uint32(i))...) }
+		d, a := lb.Moved(from, to)
+		for _, i := range d {
+			dels = append(dels, nftables.SetElement{Key: key(i)})
+		}
+		for _, i := range a {
+			adds = append(adds, nftables.SetElement{Key: key(i), Val: to[i].AsSlice()})
+		}
 	}
-	for _, i := range a {
-		adds = append(adds, nftables.SetElement{Key: key(i), Val: to[i].AsSlice()})
+	for _, k := range ok {
+		if slices.Contains(wk, k) {
+			move(k, o.slots, w.slots)
+		} else {
+			move(k, o.slots, nil)
+		}
+	}
+	for _, k := range wk {
+		if !slices.Contains(ok, k) {
+			move(k, nil, w.slots)
+		}
 	}
 	return dels, adds
 }
@@ -218,7 +234,7 @@ func slotElems(num uint32, from, to []netip.Addr) (dels, adds []nftables.SetElem
 //
 //	fib daddr type local [meta l4proto . th dport @snat]
 //	meta l4proto . th dport map @targets → port
-//	(meta l4proto . th dport map @services) . numgen random mod 64 map @slots → address
+//	meta l4proto . th dport . numgen random mod 64 map @slots → address
 //	ct mark set ct mark | MarkIngress [| MarkSNAT]
 //	dnat ip to address : port
 //
@@ -237,8 +253,7 @@ func dnatRule(tm, nm, sm, snat *nftables.Set) []expr.Any {
 	return slices.Concat(e, protoPortTo(reg2, reg13), []expr.Any{
 		&expr.Lookup{SourceRegister: reg2, SetName: tm.Name, SetID: tm.ID, DestRegister: reg2, IsDestRegSet: true},
 	}, protoPortTo(reg1, reg9), []expr.Any{
-		&expr.Lookup{SourceRegister: reg1, SetName: nm.Name, SetID: nm.ID, DestRegister: reg1, IsDestRegSet: true},
-		&expr.Numgen{Register: reg9, Modulus: lb.Slots, Type: unix.NFT_NG_RANDOM},
+		&expr.Numgen{Register: reg10, Modulus: lb.Slots, Type: unix.NFT_NG_RANDOM},
 		&expr.Lookup{SourceRegister: reg1, SetName: sm.Name, SetID: sm.ID, DestRegister: reg1, IsDestRegSet: true},
 		ctMarkTo(reg3),
 	}, withBits(reg3, mark, mark), []expr.Any{

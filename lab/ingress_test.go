@@ -142,3 +142,102 @@ func TestLabIngressKeepsClientAddress(t *testing.T) {
 		})
 	}
 }
+
+// TestLabIngressFollowsHosts: the mesh follows the cluster. 1,000 connections
+// through a host with no task spread over the two tasks; a host whose pierd starts
+// after the service was created publishes too; `nft flush ruleset` on a host and a
+// restart of its pierd heal; and when a task's host is cut off the underlay, the mesh
+// stops choosing its task within the node TTL + 1 s.
+func TestLabIngressFollowsHosts(t *testing.T) {
+	l := up(t, 4) // four etcd members: one stopped or cut off keeps the quorum
+	if err := l.Stop("h4"); err != nil {
+		t.Fatal(err)
+	}
+	ok(t)(sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "ov"))
+	ok(t)(pier(t, l, "h1", "service", "create", "web", "--network", "ov", "--port", "80/tcp", "--publish", "8080:80"))
+	for _, h := range []string{"h2", "h3"} {
+		nstest.Eventually(t, "the service on "+h, 5*time.Second, func() bool { _, err := pier(t, l, h, "service", "inspect", "web"); return err == nil })
+		task := "t" + h[1:]
+		ok(t)(pier(t, l, h, "sandbox", "create", "--name", task, "--service", "web"))
+		serveWho(t, sandboxNS(t, l, h, task), task, 80)
+	}
+	client, err := netns.Open(l.ClientNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	via := func(h string) netip.AddrPort {
+		host, err := l.Host(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return netip.AddrPortFrom(host.Addr, 8080)
+	}
+	converge := func(what, h string, want ...string) {
+		t.Helper()
+		seen := map[string]bool{}
+		nstest.Eventually(t, what, 20*time.Second, func() bool {
+			if name, err := who(t, client, "tcp4", via(h)); err == nil {
+				seen[name] = true
+			}
+			for _, w := range want {
+				if !seen[w] {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	converge("both tasks behind h1", "h1", "t2", "t3")
+
+	// Spread: 64 slots, 32 per task: p = 1/2 per connection, sd ≈ 16 over 1,000;
+	// 400 is more than 6 sd below the mean.
+	counts := map[string]int{}
+	for range 1000 {
+		name, err := who(t, client, "tcp4", via("h1"))
+		if err != nil {
+			t.Fatalf("through h1: %v", err)
+		}
+		counts[name]++
+	}
+	t.Logf("1,000 connections through h1 (no task): %v", counts)
+	if counts["t2"] < 400 || counts["t3"] < 400 {
+		t.Errorf("spread %v: each task should get 500 ± 100", counts)
+	}
+
+	// A host that joins after the service was created publishes it too.
+	if err := l.Start(t.Context(), "h4"); err != nil {
+		t.Fatal(err)
+	}
+	converge("h4 (started later) publishing 8080", "h4", "t2", "t3")
+
+	// `nft flush ruleset` on h1: the firewall's healer restores the mesh's tables.
+	ok(t)(sh(t, l, "h1", "nft", "flush", "ruleset"))
+	converge("h1's 8080 after nft flush ruleset", "h1", "t2", "t3")
+	if out := ok(t)(sh(t, l, "h1", "nft", "list", "tables")); !strings.Contains(out, "pier_ingress") {
+		t.Errorf("h1's tables after the heal:\n%s", out)
+	}
+
+	// A restart of h1's pierd.
+	if err := l.Stop("h1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Start(t.Context(), "h1"); err != nil {
+		t.Fatal(err)
+	}
+	converge("h1's 8080 after a pierd restart", "h1", "t2", "t3")
+
+	// h3 dies (cut off the underlay): after the lease (1.5 s, granted as 2 s) + 1 s,
+	// h1 sends everything to t2.
+	if err := l.Partition("h3"); err != nil {
+		t.Fatal(err)
+	}
+	cut := time.Now()
+	time.Sleep(3 * time.Second)
+	for i := range 50 {
+		name, err := who(t, client, "tcp4", via("h1"))
+		if err != nil || name != "t2" {
+			t.Fatalf("request %d, %v after h3's death: %q, %v (want t2)", i, time.Since(cut).Round(time.Millisecond), name, err)
+		}
+	}
+}
