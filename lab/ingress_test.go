@@ -54,6 +54,24 @@ func who(t *testing.T, client *netns.Namespace, network string, addr netip.AddrP
 	return name, nil
 }
 
+// webTasks makes tasks t2 and t3 of service web on h2 and h3, each answering on :80
+// (serveWho), and returns the lab's client namespace.
+func webTasks(t *testing.T, l *Lab) *netns.Namespace {
+	t.Helper()
+	for _, h := range []string{"h2", "h3"} {
+		nstest.Eventually(t, "the service on "+h, 5*time.Second, func() bool { _, err := pier(t, l, h, "service", "inspect", "web"); return err == nil })
+		task := "t" + h[1:]
+		ok(t)(pier(t, l, h, "sandbox", "create", "--name", task, "--service", "web"))
+		serveWho(t, sandboxNS(t, l, h, task), task, 80)
+	}
+	client, err := netns.Open(l.ClientNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	return client
+}
+
 // TestLabIngressKeepsClientAddress: a service with tasks on h2 and h3 publishes 8080
 // on the routing mesh. From the lab's client namespace (on the underlay, like a
 // client outside the cluster), 8080 answers on each of the three hosts — h1 has no
@@ -68,17 +86,7 @@ func TestLabIngressKeepsClientAddress(t *testing.T) {
 		!strings.Contains(out, "port '8080' is already in use by service 'web'") {
 		t.Fatalf("a second service publishing ingress port 8080 on another host: %v\n%s", err, out)
 	}
-	for _, h := range []string{"h2", "h3"} {
-		nstest.Eventually(t, "the service on "+h, 5*time.Second, func() bool { _, err := pier(t, l, h, "service", "inspect", "web"); return err == nil })
-		task := "t" + h[1:]
-		ok(t)(pier(t, l, h, "sandbox", "create", "--name", task, "--service", "web"))
-		serveWho(t, sandboxNS(t, l, h, task), task, 80)
-	}
-	client, err := netns.Open(l.ClientNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	client := webTasks(t, l)
 
 	// Every host answers on 8080, TCP and UDP, and each task saw the client itself.
 	for _, proto := range []string{"tcp4", "udp4"} {
@@ -155,17 +163,7 @@ func TestLabIngressFollowsHosts(t *testing.T) {
 	}
 	ok(t)(sh(t, l, "h1", "docker", "network", "create", "-d", "overlay", "ov"))
 	ok(t)(pier(t, l, "h1", "service", "create", "web", "--network", "ov", "--port", "80/tcp", "--publish", "8080:80"))
-	for _, h := range []string{"h2", "h3"} {
-		nstest.Eventually(t, "the service on "+h, 5*time.Second, func() bool { _, err := pier(t, l, h, "service", "inspect", "web"); return err == nil })
-		task := "t" + h[1:]
-		ok(t)(pier(t, l, h, "sandbox", "create", "--name", task, "--service", "web"))
-		serveWho(t, sandboxNS(t, l, h, task), task, 80)
-	}
-	client, err := netns.Open(l.ClientNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	client := webTasks(t, l)
 	via := func(h string) netip.AddrPort {
 		host, err := l.Host(h)
 		if err != nil {
