@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 
+	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/netns"
 )
 
@@ -30,7 +31,7 @@ func openKernel(ctx context.Context, o Options, tunNS, sockNS *netns.Namespace) 
 	link := &netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: o.Name, MTU: o.MTU}}
 	if err := sockNS.NL.LinkAdd(link); err != nil {
 		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTSUP) {
-			return nil, fmt.Errorf("creating wireguard link %s: %w: %w", o.Name, errNoKernelWireGuard, err)
+			return nil, errdefs.Wrap(errdefs.KindUnavailable, fmt.Errorf("creating wireguard link %s: %w: %w", o.Name, errNoKernelWireGuard, err))
 		}
 		return nil, fmt.Errorf("creating wireguard link %s: %w", o.Name, err)
 	}

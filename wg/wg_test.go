@@ -3,14 +3,18 @@ package wg
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/internal/netlab"
 	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
@@ -25,6 +29,7 @@ func TestTunnel(t *testing.T) {
 		t.Errorf("mode %q on a kernel without wireguard, want userspace", a.tunnel.Mode())
 	}
 	t.Logf("mode %s", a.tunnel.Mode())
+	assertSocketIn(t, a)
 	mesh(t, a, b)
 	for _, h := range hs {
 		udpEcho(t, h.tunNS, h.addr)
@@ -42,6 +47,27 @@ func TestTunnel(t *testing.T) {
 	st, err := a.tunnel.Peers(t.Context())
 	if err != nil || len(st) != 1 || st[0].PublicKey != b.tunnel.PublicKey() || st[0].LastHandshake.IsZero() || st[0].RxBytes < 1<<20 {
 		t.Errorf("A's peers after traffic: %+v, %v", st, err)
+	}
+}
+
+// assertSocketIn checks that the tunnel's UDP port is taken in h's socket namespace and
+// free in its tunnel namespace.
+func assertSocketIn(t *testing.T, h *host) {
+	t.Helper()
+	for _, c := range []struct {
+		ns    *netns.Namespace
+		taken bool
+	}{{h.ns, true}, {h.tunNS, false}} {
+		var err error
+		nstest.Do(t, c.ns.Handle, func() {
+			var pc net.PacketConn
+			if pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", DefaultListenPort)); err == nil {
+				pc.Close()
+			}
+		})
+		if taken := errors.Is(err, syscall.EADDRINUSE); taken != c.taken {
+			t.Errorf("UDP port %d in %s: bind error %v, want taken=%v", DefaultListenPort, c.ns.Path, err, c.taken)
+		}
 	}
 }
 
@@ -275,6 +301,13 @@ func TestOpenFails(t *testing.T) {
 		t.Fatal("second tunnel with the same name opened")
 	}
 	o.Name = "pierwg1"
+	if !kernelHasWireGuard(t) {
+		o.Mode = Kernel
+		if _, err := Open(t.Context(), o); !errors.Is(err, errNoKernelWireGuard) || !errdefs.Is(err, errdefs.KindUnavailable) {
+			t.Errorf("kernel mode without the module: %v", err)
+		}
+		o.Mode = Auto
+	}
 	o.SocketNS = h.tunNS.Path
 	if _, err := Open(t.Context(), o); err == nil {
 		t.Fatal("tunnel with its socket in its own namespace opened")
