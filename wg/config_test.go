@@ -212,3 +212,40 @@ func TestValidatePeers(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseUAPI checks that no answer of wireguard-go crashes the parser and that
+// what it accepts renders back to UAPI text that parses to the same peers.
+func FuzzParseUAPI(f *testing.F) {
+	f.Add("public_key=0202020202020202020202020202020202020202020202020202020202020202\nendpoint=192.0.2.12:51820\nallowed_ip=192.0.2.12/32\nlast_handshake_time_sec=1\n")
+	f.Add("listen_port=1\nerrno=0\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		st, err := parseUAPI(text)
+		if err != nil {
+			return
+		}
+		var c change
+		for _, s := range st {
+			if s.Endpoint.IsValid() {
+				c.set = append(c.set, s.Peer)
+			}
+		}
+		again, err := parseUAPI(uapiText(c))
+		if err != nil || len(again) != len(c.set) {
+			t.Fatalf("rendered %d peers, parsed back %d: %v", len(c.set), len(again), err)
+		}
+	})
+}
+
+func FuzzParseKey(f *testing.F) {
+	f.Add("AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, s string) {
+		k, err := ParseKey(s)
+		if err != nil {
+			return
+		}
+		if again, err := ParseKey(k.String()); err != nil || again != k {
+			t.Fatalf("round trip of %q: %v", s, err)
+		}
+	})
+}

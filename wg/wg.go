@@ -68,6 +68,13 @@ type backend interface {
 	close() error
 }
 
+// router routes prefixes through the device in the tunnel namespace (linkRouter;
+// the tests' fake records them).
+type router interface {
+	routeAdd(p netip.Prefix) error
+	routeDel(p netip.Prefix) error // a route already gone is not an error
+}
+
 // Tunnel is one host's WireGuard device. Its methods are safe for concurrent use.
 type Tunnel struct {
 	mode   Mode
@@ -76,7 +83,7 @@ type Tunnel struct {
 	tunNS  *netns.Namespace
 	be     backend
 	sockNS *netns.Namespace
-	link   int // the device's index in the tunnel namespace
+	rt     router // set once the device is up
 
 	mu     sync.Mutex // guards the fields below
 	priv   Key
@@ -127,8 +134,8 @@ func Open(ctx context.Context, o Options) (*Tunnel, error) {
 	if err != nil {
 		return nil, u.Rollback(err)
 	}
-	t := &Tunnel{name: o.Name, log: o.Logger.With("component", "wg", "device", o.Name), tunNS: tunNS,
-		sockNS: sockNS, priv: o.PrivateKey, peers: map[Key]Peer{}, routes: map[netip.Prefix]bool{}}
+	t := newTunnel(o.Name, o.Logger, o.PrivateKey)
+	t.tunNS, t.sockNS = tunNS, sockNS
 	if err := t.openBackend(ctx, o); err != nil {
 		return nil, u.Rollback(err)
 	}
@@ -139,6 +146,11 @@ func Open(ctx context.Context, o Options) (*Tunnel, error) {
 	u.Release()
 	t.log.Info("wireguard tunnel up", "mode", t.mode, "address", o.Address, "port", o.ListenPort, "public_key", t.priv.Public())
 	return t, nil
+}
+
+func newTunnel(name string, log *slog.Logger, priv Key) *Tunnel {
+	return &Tunnel{name: name, log: log.With("component", "wg", "device", name), priv: priv,
+		peers: map[Key]Peer{}, routes: map[netip.Prefix]bool{}}
 }
 
 // openNamespaces opens the tunnel namespace (with a netlink handle) and the socket
@@ -207,7 +219,7 @@ func (t *Tunnel) up(o Options) error {
 	if err != nil {
 		return fmt.Errorf("finding wireguard device %s: %w", t.name, err)
 	}
-	t.link = l.Attrs().Index
+	t.rt = linkRouter{nl: t.tunNS.NL, link: l.Attrs().Index}
 	addr := &netlink.Addr{IPNet: ptr(prefixNet(o.Address))}
 	if o.Address.Addr().Is6() {
 		addr.Flags = unix.IFA_F_NODAD
@@ -266,18 +278,36 @@ func (t *Tunnel) SetPeers(ctx context.Context, peers []Peer) error {
 // t.routes as it goes, so that after a failure half way t.routes is still true.
 func (t *Tunnel) routesLocked(dst []netip.Prefix, add bool) error {
 	for _, p := range dst {
-		r := &netlink.Route{LinkIndex: t.link, Dst: ptr(prefixNet(p)), Scope: netlink.SCOPE_LINK}
 		if add {
-			if err := t.tunNS.NL.RouteReplace(r); err != nil {
+			if err := t.rt.routeAdd(p); err != nil {
 				return fmt.Errorf("routing %s through %s: %w", p, t.name, err)
 			}
 			t.routes[p] = true
 			continue
 		}
-		if err := t.tunNS.NL.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) { // ESRCH: gone with the device
+		if err := t.rt.routeDel(p); err != nil {
 			return fmt.Errorf("removing route %s through %s: %w", p, t.name, err)
 		}
 		delete(t.routes, p)
+	}
+	return nil
+}
+
+// linkRouter routes through the device with a netlink handle in the tunnel namespace.
+type linkRouter struct {
+	nl   *netlink.Handle
+	link int // the device's index
+}
+
+func (r linkRouter) route(p netip.Prefix) *netlink.Route {
+	return &netlink.Route{LinkIndex: r.link, Dst: ptr(prefixNet(p)), Scope: netlink.SCOPE_LINK}
+}
+
+func (r linkRouter) routeAdd(p netip.Prefix) error { return r.nl.RouteReplace(r.route(p)) }
+
+func (r linkRouter) routeDel(p netip.Prefix) error {
+	if err := r.nl.RouteDel(r.route(p)); err != nil && !errors.Is(err, unix.ESRCH) { // ESRCH: gone with the device
+		return err
 	}
 	return nil
 }
