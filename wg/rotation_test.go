@@ -211,10 +211,11 @@ func TestRotation(t *testing.T) {
 	for _, order := range []string{"key-first", "peers-first"} {
 		for _, delay := range []time.Duration{0, 50 * time.Millisecond} {
 			for _, ka := range []time.Duration{0, 25 * time.Second} {
-				cases = append(cases, rotationCase{fmt.Sprintf("%s/delay=%v/keepalive=%v", order, delay, ka), order, delay, ka})
+				cases = append(cases, rotationCase{fmt.Sprintf("%s/delay=%v/keepalive=%v", order, delay, ka), order, delay, ka, 1})
 			}
 		}
 	}
+	cases = append(cases, rotationCase{"key-first/delay=50ms/keepalive=25s/10-rotations", "key-first", 50 * time.Millisecond, 25 * time.Second, 10})
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) { testRotation(t, tc) })
 	}
@@ -225,6 +226,7 @@ type rotationCase struct {
 	order     string        // "" (no rotation), "key-first", "peers-first"
 	delay     time.Duration // between the two steps
 	keepalive time.Duration // on B's entry for A
+	rotations int           // one after the other, each once the flow is back
 }
 
 func testRotation(t *testing.T, tc rotationCase) {
@@ -244,27 +246,40 @@ func testRotation(t *testing.T, tc rotationCase) {
 	nstest.Eventually(t, "100 datagrams through the tunnel", 15*time.Second, func() bool { n, _ := udp.received(); return n >= 100 })
 	tcp := startTCPStream(t, a.tunNS, b.tunNS, b.addr)
 	nstest.Eventually(t, "the TCP stream to start", 5*time.Second, func() bool { return tcp.written.Load() > 1<<20 })
-	atRotation := udp.sent.Load()
-	rotate(t, a, b, aPeer, tc)
-	took := nstest.Eventually(t, "the flow to resume after the rotation", 20*time.Second, func() bool {
-		_, hi := udp.received()
-		return hi > atRotation+100
-	})
+	var took time.Duration
+	for range max(tc.rotations, 1) {
+		atRotation := udp.sent.Load()
+		aPeer = rotate(t, a, b, aPeer, tc)
+		took = max(took, nstest.Eventually(t, "the flow to resume after the rotation", 20*time.Second, func() bool {
+			_, hi := udp.received()
+			return hi > atRotation+100
+		}))
+	}
 	sent, lost, gap := udp.finish()
 	written, r := tcp.finish(t)
-	t.Logf("%s: UDP %d sent, %d lost, longest gap %v, 100 datagrams past the rotation after %v; TCP %d bytes written, %d checked, err %v",
+	t.Logf("%s: UDP %d sent, %d lost, longest gap %v, 100 datagrams past a rotation after %v at most; TCP %d bytes written, %d checked, err %v",
 		tc.name, sent, lost, gap.Round(time.Millisecond), took.Round(time.Millisecond), written, r.n, r.err)
 	if r.err != nil || r.n != written {
 		t.Errorf("TCP across the rotation: %d of %d bytes, %v", r.n, written, r.err)
 	}
+	if tc.recommended() && lost != 0 {
+		t.Errorf("the order the package doc recommends lost %d datagrams", lost)
+	}
+}
+
+// recommended is the order doc.go gives pier: key first, peers after an
+// acknowledgement's delay, with a keepalive.
+func (tc rotationCase) recommended() bool {
+	return tc.order == "key-first" && tc.delay > 0 && tc.keepalive > 0
 }
 
 // rotate gives A a new key in the case's order, the steps tc.delay apart (a model of
-// the time an acknowledgement takes, not a synchronisation); order "" does nothing.
-func rotate(t *testing.T, a, b *host, aPeer Peer, tc rotationCase) {
+// the time an acknowledgement takes, not a synchronisation), and returns A's new peer
+// entry; order "" does nothing.
+func rotate(t *testing.T, a, b *host, aPeer Peer, tc rotationCase) Peer {
 	t.Helper()
 	if tc.order == "" {
-		return
+		return aPeer
 	}
 	k, err := GenerateKey()
 	if err != nil {
@@ -285,4 +300,5 @@ func rotate(t *testing.T, a, b *host, aPeer Peer, tc rotationCase) {
 	if err := steps[1](); err != nil {
 		t.Fatal(err)
 	}
+	return aPeer
 }
