@@ -170,8 +170,12 @@ func openNamespaces(o Options, u *undo.Stack) (tunNS, sockNS *netns.Namespace, e
 		return nil, nil, errdefs.Wrap(errdefs.KindInvalidArgument, err)
 	}
 	u.Push(sockNS.Close)
-	if same, err := sameNamespace(tunNS, sockNS); err != nil || same {
-		return nil, nil, errors.Join(err, errdefs.InvalidArgument("wireguard tunnel namespace %s is the socket namespace: the device needs a namespace of its own", o.TunnelNS))
+	same, err := sameNamespace(tunNS, sockNS)
+	if err != nil {
+		return nil, nil, err
+	}
+	if same {
+		return nil, nil, errdefs.InvalidArgument("wireguard tunnel namespace %s is the socket namespace: the device needs a namespace of its own", o.TunnelNS)
 	}
 	return tunNS, sockNS, nil
 }
