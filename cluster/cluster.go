@@ -36,6 +36,8 @@ type Options struct {
 	BootID       string
 	Capabilities map[string]string
 	EtcdMember   bool
+	WGKey        string // this node's WireGuard public key ("" = no tunnel)
+	WGPort       int
 	Logger       *slog.Logger
 }
 
@@ -91,7 +93,7 @@ func New(o Options) (*Cluster, error) {
 // Self is this node's record.
 func (c *Cluster) Self() NodeRecord {
 	return NodeRecord{ID: c.o.NodeID, Name: c.o.NodeName, Addr: c.o.Advertise, Version: c.o.Version,
-		BootID: c.o.BootID, Capabilities: c.o.Capabilities, EtcdMember: c.o.EtcdMember}
+		BootID: c.o.BootID, Capabilities: c.o.Capabilities, EtcdMember: c.o.EtcdMember, WGKey: c.o.WGKey, WGPort: c.o.WGPort}
 }
 
 // Start registers this node (refusing a name held by another live node, before

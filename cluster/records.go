@@ -41,6 +41,11 @@ type NodeRecord struct {
 	EtcdMember   bool              `json:",omitempty"`
 	Started      time.Time
 	Left         bool `json:",omitempty"` // shut down gracefully
+	// WGKey is the node's WireGuard public key (base64) and WGPort its tunnel's UDP
+	// port: encrypted overlays between nodes travel inside that tunnel. The private
+	// key never leaves the node.
+	WGKey  string `json:",omitempty"`
+	WGPort int    `json:",omitempty"`
 }
 
 // PoolRecord is one pool of a global network.

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"maps"
 	"net/netip"
 	"sort"
 	"time"
@@ -235,8 +236,15 @@ func addrString(a netip.Addr) string {
 // and returns the controller's seam.
 func (s *Stack) joinCluster(ctx context.Context, o Options, reg *driver.Registry) (cnm.Cluster, error) {
 	co := o.Cluster
+	s.tunnel = openTunnel(ctx, o, s.Host)
+	caps := maps.Clone(co.Capabilities)
+	if caps == nil {
+		caps = map[string]string{}
+	}
+	caps["encryption"] = s.tunnel.capability()
 	cl, err := cluster.New(cluster.Options{KV: co.KV, NodeID: co.NodeID, NodeName: co.NodeName, Advertise: co.Advertise,
-		TTL: co.TTL, Version: co.Version, EtcdMember: co.EtcdMember, Capabilities: co.Capabilities, Logger: o.Logger})
+		TTL: co.TTL, Version: co.Version, EtcdMember: co.EtcdMember, Capabilities: caps, Logger: o.Logger,
+		WGKey: s.tunnel.publicKey(), WGPort: s.tunnel.port})
 	if err != nil {
 		return nil, err
 	}
@@ -244,7 +252,8 @@ func (s *Stack) joinCluster(ctx context.Context, o Options, reg *driver.Registry
 		return nil, err
 	}
 	s.cluster = cl
-	ov := overlay.New(overlay.Options{Kernel: overlay.HostKernel{Host: s.Host}, Advertise: co.Advertise,
+	s.tunnel.follow(ctx, cl)
+	ov := overlay.New(overlay.Options{Kernel: s.tunnel.kernel(s.Host), Advertise: co.Advertise,
 		Port: co.VXLANPort, Logger: o.Logger, ProbeTunnel: true})
 	if err := reg.Register(ov); err != nil {
 		return nil, err

@@ -70,6 +70,8 @@ type ClusterOptions struct {
 	Token      func() string
 	// Capabilities are the kernel features this node reports (pier node ls).
 	Capabilities map[string]string
+	// WGPort is the UDP port of the WireGuard tunnel of encrypted overlays (0: 51820).
+	WGPort int
 }
 
 // Stack is an opened single-host pier stack.
@@ -89,7 +91,8 @@ type Stack struct {
 	dns     *dns.Server
 	proxy   *portmap.Proxy
 	lb      *lb.Sandboxes
-	mesh    *mesh // cluster mode only
+	mesh    *mesh   // cluster mode only
+	tunnel  *tunnel // cluster mode only
 }
 
 // Open builds every component and restores the recorded state.
@@ -222,6 +225,9 @@ func (s *Stack) Close() error {
 	}
 	if s.overlay != nil {
 		errs = append(errs, s.overlay.Close())
+	}
+	if s.tunnel != nil {
+		errs = append(errs, s.tunnel.Close())
 	}
 	if s.dns != nil {
 		errs = append(errs, s.dns.Close())

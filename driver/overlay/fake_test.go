@@ -35,6 +35,9 @@ func newFakeKernel() *fakeKernel {
 func (k *fakeKernel) EnsureNetwork(ctx context.Context, d Devices) error {
 	k.links[d.Bridge], k.owner[d.Bridge] = fmt.Sprintf("bridge mtu %d", d.MTU), d.NetworkID
 	k.links[d.VXLAN], k.owner[d.VXLAN] = fmt.Sprintf("vxlan id %d local %s dstport %d nolearning proxy master %s mtu %d", d.VNI, d.Local, d.Port, d.Bridge, d.MTU), d.NetworkID
+	if d.Encrypted {
+		k.links[d.VXLAN] += " socket in the tunnel namespace"
+	}
 	return nil
 }
 
@@ -203,8 +206,9 @@ func TestOptionsAndMTU(t *testing.T) {
 		options.KeyIfacePrefix + "=a:": errdefs.KindInvalidArgument,
 		optVXLANIDs + "=0":             errdefs.KindInvalidArgument,
 		optVXLANIDs + "=1,x":           errdefs.KindInvalidArgument,
-		optEncrypted + "=":             errdefs.KindNotImplemented,
-		optEncrypted + "=yes":          errdefs.KindNotImplemented,
+		optEncrypted + "=":             errdefs.KindUnknown, // Docker's -o encrypted
+		optEncrypted + "=yes":          errdefs.KindUnknown,
+		optEncrypted + "=maybe":        errdefs.KindInvalidArgument,
 	} {
 		key, val, _ := strings.Cut(opts, "=")
 		if _, err := d.DecodeOptions(map[string]string{key: val}); !errdefs.Is(err, kind) {
@@ -230,6 +234,26 @@ func TestOptionsAndMTU(t *testing.T) {
 	}
 	if got := k.dump(); got != "" {
 		t.Fatalf("failed join left:\n%s", got)
+	}
+}
+
+// An encrypted network's VXLAN device is made from the tunnel namespace, and its MTU
+// leaves room for WireGuard too: 1500 - 50 - 60.
+func TestEncryptedNetworkDevicesAndMTU(t *testing.T) {
+	ctx := t.Context()
+	d, k, _ := fakeDriver(t)
+	nc := driver.NetworkConfig{ID: "sec", Name: "sec", VNIs: []uint32{8}, Options: map[string]string{optEncrypted: ""}}
+	if err := d.CreateNetwork(ctx, nc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.CreateEndpoint(ctx, driver.EndpointConfig{NetworkID: "sec", EndpointID: "ep"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Join(ctx, driver.JoinRequest{NetworkID: "sec", EndpointID: "ep", IfName: "eth0", SandboxKey: "/sb"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := k.links["ovvx8"]; !strings.Contains(got, "mtu 1390 socket in the tunnel namespace") {
+		t.Fatalf("encrypted VXLAN device: %q", got)
 	}
 }
 

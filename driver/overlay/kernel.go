@@ -13,6 +13,7 @@ import (
 	vns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/netns"
 )
 
@@ -59,6 +60,9 @@ type Devices struct {
 	Local     netip.Addr // the VTEP's source address (this host's advertise address)
 	Port      int        // VXLAN UDP port
 	MTU       int
+	// Encrypted: the VXLAN device's socket lives in the WireGuard tunnel namespace,
+	// whose only way out is the tunnel (see HostKernel.Tunnel).
+	Encrypted bool
 }
 
 // Port is one endpoint's veth.
@@ -89,7 +93,16 @@ type OwnedLink struct {
 const ownerAlias = "pier-overlay "
 
 // HostKernel implements Kernel over netlink in a host namespace.
-type HostKernel struct{ Host *netns.Namespace }
+type HostKernel struct {
+	Host *netns.Namespace
+	// Tunnel is the WireGuard tunnel namespace (nil: none, TunnelErr says why). An
+	// encrypted network's VXLAN device is created from inside it and placed in Host:
+	// the device sits on the bridge, its UDP socket stays in Tunnel, where the only
+	// route to other hosts is the WireGuard device — so its traffic can leave only
+	// encrypted, and nothing arriving in cleartext on the underlay reaches it.
+	Tunnel    *netns.Namespace
+	TunnelErr string
+}
 
 func alias(nid string) string { return ownerAlias + nid }
 
@@ -98,10 +111,16 @@ func (k HostKernel) EnsureNetwork(ctx context.Context, d Devices) error {
 	if err != nil {
 		return err
 	}
+	if d.Encrypted && k.Tunnel == nil {
+		return errdefs.Unavailable("encrypted overlay: this host has no WireGuard tunnel (%s); the network is not extended here rather than carried in cleartext", k.TunnelErr)
+	}
 	if l, err := k.Host.NL.LinkByName(d.VXLAN); err == nil {
+		// NetNsID >= 0: the device's socket is in another namespace (the tunnel's). A
+		// device of the wrong kind is replaced, never reused: a cleartext device must
+		// not carry an encrypted network.
 		if vx, ok := l.(*netlink.Vxlan); ok && vx.VxlanId == int(d.VNI) && vx.Port == d.Port &&
 			vx.SrcAddr.Equal(d.Local.AsSlice()) && vx.MTU == d.MTU && vx.MasterIndex == br.Attrs().Index &&
-			vx.OperState != netlink.OperDown {
+			vx.OperState != netlink.OperDown && (vx.NetNsID >= 0) == d.Encrypted {
 			return nil
 		}
 		if err := k.Host.NL.LinkDel(l); err != nil {
@@ -112,6 +131,23 @@ func (k HostKernel) EnsureNetwork(ctx context.Context, d Devices) error {
 	attrs.Name, attrs.MTU, attrs.MasterIndex = d.VXLAN, d.MTU, br.Attrs().Index
 	vx := &netlink.Vxlan{LinkAttrs: attrs, VxlanId: int(d.VNI), SrcAddr: d.Local.AsSlice(), Port: d.Port,
 		Learning: false, Proxy: true, L2miss: false, L3miss: false}
+	if d.Encrypted {
+		// Made by the tunnel namespace's netlink socket, born in the host namespace.
+		vx.MasterIndex = 0
+		vx.Namespace = netlink.NsFd(int(k.Host.Handle))
+		if err := k.Tunnel.NL.LinkAdd(vx); err != nil {
+			return fmt.Errorf("creating encrypted VXLAN device %s (VNI %d) from the tunnel namespace: %w", d.VXLAN, d.VNI, err)
+		}
+		l, err := k.Host.NL.LinkByName(d.VXLAN)
+		if err != nil {
+			return err
+		}
+		if err := k.Host.NL.LinkSetMasterByIndex(l, br.Attrs().Index); err != nil {
+			_ = k.Host.NL.LinkDel(l)
+			return fmt.Errorf("enslaving %s: %w", d.VXLAN, err)
+		}
+		return k.markUp(l, d.NetworkID)
+	}
 	if err := k.Host.NL.LinkAdd(vx); err != nil {
 		return fmt.Errorf("creating VXLAN device %s (VNI %d, port %d): %w", d.VXLAN, d.VNI, d.Port, err)
 	}

@@ -51,10 +51,13 @@ const (
 // DefaultPort is the IANA VXLAN port (Docker's and Calico's; Linux's default is 8472).
 const DefaultPort = 4789
 
-// Overheads of the encapsulation over an IPv4 and an IPv6 underlay.
+// Overheads of the encapsulation over an IPv4 and an IPv6 underlay, and of the
+// WireGuard tunnel that carries encrypted networks' VXLAN.
 const (
-	overhead4 = 50
-	overhead6 = 70
+	overhead4   = 50
+	overhead6   = 70
+	wgOverhead4 = 60
+	wgOverhead6 = 80
 )
 
 // Options configure a Driver.
@@ -203,6 +206,7 @@ func (d *Driver) DecodeOptions(opts map[string]string) (driver.NetworkOptions, e
 type config struct {
 	mtu         int // 0 = derived from the underlay
 	ifacePrefix string
+	encrypted   bool
 }
 
 func parseOptions(opts map[string]string) (config, error) {
@@ -219,7 +223,14 @@ func parseOptions(opts map[string]string) (config, error) {
 		case options.KeyIfacePrefix:
 			o.ifacePrefix, err = options.ParseIfacePrefix(v)
 		case optEncrypted:
-			err = errdefs.NotImplemented("encrypted overlays (-o encrypted) are not available yet in this pier: the network would not be encrypted, so it is refused")
+			// Docker's "-o encrypted" has an empty value; "encrypted=true" works too.
+			switch strings.ToLower(v) {
+			case "", "true", "1", "yes":
+				o.encrypted = true
+			case "false", "0", "no":
+			default:
+				err = errdefs.InvalidArgument("invalid value %q for option encrypted: use true or false", v)
+			}
 		}
 		return err
 	})
@@ -239,12 +250,12 @@ func (d *Driver) CreateNetwork(ctx context.Context, nc driver.NetworkConfig) err
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if n, ok := d.networks[nc.ID]; ok {
-		n.cfg, n.mtu = nc, o.mtu
+		n.cfg, n.mtu, n.dev.Encrypted = nc, o.mtu, o.encrypted
 		return nil
 	}
 	d.networks[nc.ID] = &network{cfg: nc, mtu: o.mtu, peers: map[string]driver.Peer{}, joined: map[string]bool{},
 		dev: Devices{NetworkID: nc.ID, Bridge: "ovbr" + strconv.FormatUint(uint64(vni), 10),
-			VXLAN: "ovvx" + strconv.FormatUint(uint64(vni), 10), VNI: vni, Local: d.local, Port: d.port}}
+			VXLAN: "ovvx" + strconv.FormatUint(uint64(vni), 10), VNI: vni, Local: d.local, Port: d.port, Encrypted: o.encrypted}}
 	return nil
 }
 
@@ -379,6 +390,12 @@ func (d *Driver) mtuLocked(ctx context.Context, n *network) (int, error) {
 	limit := under - overhead4
 	if d.local.Is6() {
 		limit = under - overhead6
+	}
+	if n.dev.Encrypted {
+		limit -= wgOverhead4
+		if d.local.Is6() {
+			limit -= wgOverhead6 - wgOverhead4
+		}
 	}
 	switch {
 	case n.mtu == 0:

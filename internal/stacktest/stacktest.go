@@ -45,6 +45,7 @@ func DeleteAll(t testing.TB, c *cnm.Controller) {
 // failed to remove must not outlive the test).
 func Unpin(execRoot string) {
 	pins, _ := filepath.Glob(filepath.Join(execRoot, "netns", "*"))
+	pins = append(pins, filepath.Join(execRoot, "wireguard", "netns")) // the tunnel namespace (stack)
 	for _, p := range pins {
 		_ = netns.Remove(p)
 	}

@@ -1,0 +1,196 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/piernet/pier/cluster"
+	"github.com/piernet/pier/driver/overlay"
+	"github.com/piernet/pier/netns"
+	"github.com/piernet/pier/wg"
+)
+
+// tunnel is this node's WireGuard tunnel, which carries the VXLAN of encrypted
+// overlays (see overlay.HostKernel.Tunnel and package wg). Its device lives in a
+// namespace of its own, pinned under the exec root so that encrypted VXLAN devices
+// (whose sockets are there) survive a pierd restart; its UDP socket is in the host
+// namespace. Peers: every other node of the cluster that is up and has published a
+// key; a node that goes down or leaves is dropped.
+type tunnel struct {
+	ns   *netns.Namespace
+	t    *wg.Tunnel // nil when the tunnel could not be opened (err says why)
+	err  error
+	port int
+	log  *slog.Logger
+
+	mu    sync.Mutex // guards peers
+	peers map[string]wg.Peer
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// tunnelKeepalive makes a peer that learns a new key start a handshake at once (a
+// rotation then loses nothing; see package wg).
+const tunnelKeepalive = 25 * time.Second
+
+// openTunnel opens the tunnel; a failure is kept (encrypted networks then refuse to
+// extend here, with that reason), not returned.
+func openTunnel(ctx context.Context, o Options, host *netns.Namespace) *tunnel {
+	co := o.Cluster
+	tn := &tunnel{port: wg.DefaultListenPort, log: o.Logger.With("component", "wireguard"), peers: map[string]wg.Peer{}}
+	if co.WGPort != 0 {
+		tn.port = co.WGPort
+	}
+	tn.err = tn.open(ctx, o, host)
+	if tn.err != nil {
+		tn.log.WarnContext(ctx, "no WireGuard tunnel: encrypted overlays cannot extend to this host", "err", tn.err)
+	}
+	return tn
+}
+
+func (tn *tunnel) open(ctx context.Context, o Options, host *netns.Namespace) error {
+	key, created, err := wg.LoadOrCreateKey(filepath.Join(o.DataRoot, "wireguard", "private.key"))
+	if err != nil {
+		return err
+	}
+	if created {
+		tn.log.InfoContext(ctx, "generated this node's WireGuard key", "public", key.Public().String())
+	}
+	dir := filepath.Join(o.ExecRoot, "wireguard")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	path := filepath.Join(dir, "netns")
+	if netns.IsPinned(path) {
+		tn.ns, err = netns.Open(path)
+	} else {
+		tn.ns, err = netns.Create(ctx, path)
+	}
+	if err != nil {
+		return fmt.Errorf("the tunnel namespace: %w", err)
+	}
+	under, err := overlay.HostKernel{Host: host}.UnderlayMTU(ctx, o.Cluster.Advertise)
+	if err != nil {
+		return err
+	}
+	overhead := 60
+	if o.Cluster.Advertise.Is6() {
+		overhead = 80
+	}
+	tn.t, err = wg.Open(ctx, wg.Options{TunnelNS: path, SocketNS: host.Path, ListenPort: tn.port, PrivateKey: key,
+		Address: netip.PrefixFrom(o.Cluster.Advertise, o.Cluster.Advertise.BitLen()), MTU: under - overhead, Logger: tn.log})
+	if err != nil {
+		return err
+	}
+	tn.log.InfoContext(ctx, "WireGuard tunnel up", "mode", tn.t.Mode(), "port", tn.port, "public", key.Public().String())
+	return nil
+}
+
+// capability is what pier node ls shows for encryption.
+func (tn *tunnel) capability() string {
+	if tn.t == nil {
+		return "unavailable"
+	}
+	return "wireguard-" + string(tn.t.Mode())
+}
+
+func (tn *tunnel) publicKey() string {
+	if tn.t == nil {
+		return ""
+	}
+	return tn.t.PublicKey().String()
+}
+
+// kernel gives the overlay driver the tunnel namespace (or the reason it has none).
+func (tn *tunnel) kernel(host *netns.Namespace) overlay.HostKernel {
+	k := overlay.HostKernel{Host: host}
+	if tn.t != nil {
+		k.Tunnel = tn.ns
+	} else {
+		k.TunnelErr = tn.err.Error()
+	}
+	return k
+}
+
+// follow keeps the peers in line with the cluster's nodes until Close.
+func (tn *tunnel) follow(ctx context.Context, cl *cluster.Cluster) {
+	if tn.t == nil {
+		return
+	}
+	ctx, tn.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	tn.done = make(chan struct{})
+	_, events := cl.Subscribe(ctx)
+	self := cl.Self().ID
+	go func() {
+		defer close(tn.done)
+		tn.sync(ctx, cl.Nodes(), self)
+		for ev := range events {
+			if ev.Kind == cluster.NodeChanged {
+				tn.sync(ctx, cl.Nodes(), self)
+			}
+		}
+	}()
+}
+
+// sync sets the tunnel's peers: every other node that is up and has a key.
+func (tn *tunnel) sync(ctx context.Context, nodes []cluster.Node, self string) {
+	want := map[string]wg.Peer{}
+	for _, n := range nodes {
+		if n.ID == self || n.State != cluster.Ready || n.WGKey == "" {
+			continue
+		}
+		key, err := wg.ParseKey(n.WGKey)
+		if err != nil {
+			tn.log.WarnContext(ctx, "a node's WireGuard key does not parse", "node", n.Name, "err", err)
+			continue
+		}
+		port := n.WGPort
+		if port == 0 {
+			port = wg.DefaultListenPort
+		}
+		want[n.ID] = wg.Peer{PublicKey: key, Endpoint: netip.AddrPortFrom(n.Addr, uint16(port)),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(n.Addr, n.Addr.BitLen())}, Keepalive: tunnelKeepalive}
+	}
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	if maps.EqualFunc(want, tn.peers, samePeer) {
+		return
+	}
+	peers := slices.Collect(maps.Values(want))
+	if err := tn.t.SetPeers(ctx, peers); err != nil {
+		tn.log.ErrorContext(ctx, "configuring WireGuard peers", "err", err)
+		return
+	}
+	tn.peers = want
+	tn.log.InfoContext(ctx, "WireGuard peers", "count", len(peers))
+}
+
+func samePeer(a, b wg.Peer) bool {
+	return a.PublicKey == b.PublicKey && a.Endpoint == b.Endpoint && slices.Equal(a.AllowedIPs, b.AllowedIPs) && a.Keepalive == b.Keepalive
+}
+
+// Close stops following the cluster and removes the tunnel's device (the pinned
+// namespace stays for the next run; encrypted traffic stops until then).
+func (tn *tunnel) Close() error {
+	if tn.cancel != nil {
+		tn.cancel()
+		<-tn.done
+	}
+	var err error
+	if tn.t != nil {
+		err = tn.t.Close()
+	}
+	if tn.ns != nil {
+		tn.ns.Close()
+	}
+	return err
+}
