@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"io"
-	"net"
 	"net/netip"
 	"sync"
 	"testing"
@@ -47,16 +46,8 @@ func (w *wire) saw(marker []byte) func([]byte) {
 // sendMarked connects from the namespace at key to addr:7777 (an echo server) and
 // sends size bytes of marker-laden data, checking the echo byte for byte.
 func sendMarked(key string, addr netip.Addr, marker []byte, size int) error {
-	ns, err := netns.Open(key)
+	c, err := dialIn(key, netip.AddrPortFrom(addr, 7777), 2*time.Second)
 	if err != nil {
-		return err
-	}
-	defer ns.Close()
-	var c net.Conn
-	if err := ns.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(addr, 7777).String(), 2*time.Second)
-		return
-	}); err != nil {
 		return err
 	}
 	defer c.Close()

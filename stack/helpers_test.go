@@ -168,19 +168,26 @@ func dialEcho(key string, addr netip.Addr, timeout time.Duration) error {
 	return echo(key, netip.AddrPortFrom(addr, 7777), timeout)
 }
 
-// echo connects from the namespace at key to addr, sends a line and checks that the
-// same line comes back, within timeout (connecting) and timeout again (the echo).
-func echo(key string, addr netip.AddrPort, timeout time.Duration) error {
+// dialIn connects over TCP from the namespace at key to addr.
+func dialIn(key string, addr netip.AddrPort, timeout time.Duration) (net.Conn, error) {
 	ns, err := netns.Open(key)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer ns.Close()
 	var c net.Conn
-	if err := ns.Do(func() (err error) {
+	err = ns.Do(func() (err error) {
 		c, err = net.DialTimeout("tcp", addr.String(), timeout)
 		return
-	}); err != nil {
+	})
+	return c, err
+}
+
+// echo connects from the namespace at key to addr, sends a line and checks that the
+// same line comes back, within timeout (connecting) and timeout again (the echo).
+func echo(key string, addr netip.AddrPort, timeout time.Duration) error {
+	c, err := dialIn(key, addr, timeout)
+	if err != nil {
 		return err
 	}
 	defer c.Close()
