@@ -64,6 +64,9 @@ type Cluster struct {
 	o   Options
 	log *slog.Logger
 
+	keyMu sync.Mutex // guards o.WGKey and wgGen (key rotation)
+	wgGen int64
+
 	lease  atomic.Int64 // the node lease (a LeaseID); renewed by the keepalive loop
 	down   atomic.Bool  // the store did not answer the last keepalive or watch
 	cancel context.CancelFunc
@@ -92,8 +95,11 @@ func New(o Options) (*Cluster, error) {
 
 // Self is this node's record.
 func (c *Cluster) Self() NodeRecord {
+	c.keyMu.Lock()
+	key, gen := c.o.WGKey, c.wgGen
+	c.keyMu.Unlock()
 	return NodeRecord{ID: c.o.NodeID, Name: c.o.NodeName, Addr: c.o.Advertise, Version: c.o.Version,
-		BootID: c.o.BootID, Capabilities: c.o.Capabilities, EtcdMember: c.o.EtcdMember, WGKey: c.o.WGKey, WGPort: c.o.WGPort}
+		BootID: c.o.BootID, Capabilities: c.o.Capabilities, EtcdMember: c.o.EtcdMember, WGKey: key, WGPort: c.o.WGPort, WGGen: gen}
 }
 
 // Start registers this node (refusing a name held by another live node, before
@@ -121,6 +127,9 @@ func (c *Cluster) register(ctx context.Context) error {
 	nameKey := prefNodeNames + escape(c.o.NodeName)
 	held, takeover, err := nameHolder(ctx, c.kv, c.o.NodeID, c.o.NodeName)
 	if err != nil {
+		return err
+	}
+	if err := c.continueKeyGen(ctx); err != nil {
 		return err
 	}
 	lease, err := c.kv.Grant(ctx, c.o.TTL)

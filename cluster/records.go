@@ -28,6 +28,7 @@ const (
 	prefSvcNames  = Root + "names/services/" // names/services/<name>: service ID
 	prefIngress   = Root + "names/ingress/"  // names/ingress/<proto>/<port>: service ID
 	prefAcks      = Root + "acks/"           // acks/<endpoint>/<node>: the node stopped choosing a draining task
+	prefKeyAcks   = Root + "wgacks/"         // wgacks/<node>/<peer>: the key generation of node that peer uses
 )
 
 // NodeRecord is a node's static facts (nodes/<id>).
@@ -46,6 +47,9 @@ type NodeRecord struct {
 	// key never leaves the node.
 	WGKey  string `json:",omitempty"`
 	WGPort int    `json:",omitempty"`
+	// WGGen counts the node's key rotations: peers acknowledge a generation
+	// (wgacks/<node>/<peer>) once they use its key.
+	WGGen int64 `json:",omitempty"`
 }
 
 // PoolRecord is one pool of a global network.

@@ -47,7 +47,7 @@ const (
 	NetworkRemoved
 	EndpointAdded // also an update
 	EndpointRemoved
-	NodeChanged // a node appeared, went down, came back or left
+	NodeChanged // a node appeared, went down, came back, left or changed its key
 	ServiceAdded
 	ServiceRemoved
 )
@@ -206,7 +206,8 @@ func diff(a, b *view) []Event {
 		ids[id] = true
 	}
 	for id := range ids {
-		if a.stateLocked(id) != b.stateLocked(id) || a.members[id].Name != b.members[id].Name {
+		am, bm := a.members[id], b.members[id]
+		if a.stateLocked(id) != b.stateLocked(id) || am.Name != bm.Name || am.WGKey != bm.WGKey || am.WGGen != bm.WGGen {
 			if m, ok := b.members[id]; ok {
 				evs = append(evs, Event{Kind: NodeChanged, Node: Node{NodeRecord: m, State: b.stateLocked(id)}})
 			}

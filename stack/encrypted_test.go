@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/binary"
+	"fmt"
 	"io"
+	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -168,4 +171,169 @@ func linkMTU(t *testing.T, key string, n cnm.Network) int {
 	}
 	t.Fatalf("no interface on %s", n.Name)
 	return 0
+}
+
+// udpCounter receives sequence-numbered datagrams on :9000 in the namespace at key.
+type udpCounter struct {
+	mu   sync.Mutex
+	seen map[uint32]bool
+}
+
+func countUDP(t *testing.T, key string) *udpCounter {
+	t.Helper()
+	ns, err := netns.Open(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	u := &udpCounter{seen: map[uint32]bool{}}
+	netlab.ServeUDP(t, ns, ":9000", func(_ net.Addr, b []byte) []byte {
+		if len(b) >= 4 {
+			u.mu.Lock()
+			u.seen[binary.BigEndian.Uint32(b)] = true
+			u.mu.Unlock()
+		}
+		return nil
+	})
+	return u
+}
+
+// flows runs, from the namespace at key, a TCP echo stream to addr:7777 and a UDP
+// flow (one datagram every 5 ms) to addr:9000 until stop closes; it returns the TCP
+// error (nil: no reset, no loss, every byte echoed) and how many datagrams it sent.
+func flows(t *testing.T, key string, addr netip.Addr, withTCP bool, stop <-chan struct{}) (tcpErr func() error, sent func() uint32) {
+	t.Helper()
+	c, err := dialIn(key, netip.AddrPortFrom(addr, 7777), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := netns.Open(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var u net.Conn
+	if err := ns.Do(func() (err error) { u, err = net.Dial("udp4", netip.AddrPortFrom(addr, 9000).String()); return }); err != nil {
+		t.Fatal(err)
+	}
+	ns.Close()
+	var wg sync.WaitGroup
+	var terr error
+	var n uint32
+	wg.Go(func() {
+		defer c.Close()
+		if !withTCP {
+			return
+		}
+		buf, got := make([]byte, 4096), make([]byte, 4096)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for j := range buf {
+				buf[j] = byte(i + j)
+			}
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(buf); err != nil {
+				terr = err
+				return
+			}
+			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(buf, got) {
+				terr = fmt.Errorf("echo %d: %v (equal %v)", i, err, bytes.Equal(buf, got))
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		defer u.Close()
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			_, _ = u.Write(binary.BigEndian.AppendUint32(nil, n))
+			n++
+		}
+	})
+	return func() error { wg.Wait(); return terr }, func() uint32 { wg.Wait(); return n }
+}
+
+// Key rotation under load: 20 rotations (alternately of host 2's and host 1's key)
+// while a TCP echo stream and a UDP flow cross the encrypted overlay from host 1 to
+// host 2. TCP sees no error and every byte comes back; each rotation is complete, when
+// both other hosts acknowledged the new key in etcd, well within 2 s. UDP losses are
+// reported beside the same flow's losses without rotations.
+func TestEncryptedOverlayKeyRotationUnderLoad(t *testing.T) {
+	l := newClusterLab(t, 3)
+	h1, h2 := l.hosts[0], l.hosts[1]
+	h1.network(cnm.NetworkSpec{Name: "sec", Driver: "overlay", Attachable: true, Options: map[string]string{"encrypted": "true"}})
+	waitNetwork(t, h2, "sec")
+	a := h1.sandbox("a", "sec")
+	h2.sandbox("b", "sec")
+	listen(t, h2.sandboxKey("b"))
+	b := h2.addr("b", "sec", false)
+	if err := within(10*time.Second, func() error { return dialEcho(a.Key, b, time.Second) }); err != nil {
+		t.Fatal(err)
+	}
+	recv := countUDP(t, h2.sandboxKey("b"))
+	lost := func(sent uint32) int {
+		recv.mu.Lock()
+		defer recv.mu.Unlock()
+		n := 0
+		for i := range sent {
+			if !recv.seen[i] {
+				n++
+			}
+		}
+		clear(recv.seen)
+		return n
+	}
+	run := func(rotations int, withTCP bool) (error, int, uint32, []time.Duration) {
+		stop := make(chan struct{})
+		tcpErr, sent := flows(t, a.Key, b, withTCP, stop)
+		time.Sleep(300 * time.Millisecond)
+		var took []time.Duration
+		if rotations == 0 {
+			time.Sleep(3 * time.Second)
+		}
+		for i := range rotations {
+			h := []*env{h2, h1}[i%2]
+			r, err := h.s.RotateKey(t.Context())
+			if err != nil || len(r.Missing) > 0 {
+				t.Fatalf("rotation %d: %+v, %v", i, r, err)
+			}
+			took = append(took, r.Took)
+			time.Sleep(50 * time.Millisecond) // old sessions' traffic in flight meets the new key
+		}
+		time.Sleep(300 * time.Millisecond)
+		close(stop)
+		err := tcpErr()
+		n := sent()
+		time.Sleep(200 * time.Millisecond) // the last datagrams in flight
+		return err, lost(n), n, took
+	}
+	baseErr, baseLost, baseSent, _ := run(0, true)
+	if baseErr != nil {
+		t.Fatalf("TCP without rotations: %v", baseErr)
+	}
+	rotErr, rotLost, rotSent, took := run(20, true)
+	slices.Sort(took)
+	t.Logf("TCP stream and UDP flow: without rotations %d of %d datagrams lost; across 20 rotations %d of %d lost, TCP %v; a rotation took p50 %v, max %v (every other node acknowledged)",
+		baseLost, baseSent, rotLost, rotSent, rotErr, took[len(took)/2], took[len(took)-1])
+	if rotErr != nil {
+		t.Fatalf("TCP across 20 rotations: %v", rotErr)
+	}
+	// UDP is reported, not yet held to the baseline: with rotations alternating
+	// between the two ends, a few datagrams are lost around some rotations (the
+	// rotating end cannot send until a peer that learnt its key has shaken hands;
+	// see docs/overlay.md, "What is not built yet").
+	for _, d := range took {
+		if d > 2*time.Second {
+			t.Errorf("a rotation took %v to be acknowledged by every node (goal 2 s)", d)
+		}
+	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/piernet/pier/cluster"
 	"github.com/piernet/pier/driver/overlay"
+	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/netns"
 	"github.com/piernet/pier/wg"
 )
@@ -25,14 +26,18 @@ import (
 // namespace. Peers: every other node of the cluster that is up and has published a
 // key; a node that goes down or leaves is dropped.
 type tunnel struct {
-	ns   *netns.Namespace
-	t    *wg.Tunnel // nil when the tunnel could not be opened (err says why)
-	err  error
-	port int
-	log  *slog.Logger
+	ns      *netns.Namespace
+	t       *wg.Tunnel // nil when the tunnel could not be opened (err says why)
+	err     error
+	port    int
+	keyPath string
+	log     *slog.Logger
+	cl      *cluster.Cluster // set by follow
 
-	mu    sync.Mutex // guards peers
+	rotMu sync.Mutex // serialises rotations
+	mu    sync.Mutex // guards peers and acked
 	peers map[string]wg.Peer
+	acked map[string]int64 // node ID → key generation acknowledged
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -46,7 +51,8 @@ const tunnelKeepalive = 25 * time.Second
 // extend here, with that reason), not returned.
 func openTunnel(ctx context.Context, o Options, host *netns.Namespace) *tunnel {
 	co := o.Cluster
-	tn := &tunnel{port: wg.DefaultListenPort, log: o.Logger.With("component", "wireguard"), peers: map[string]wg.Peer{}}
+	tn := &tunnel{port: wg.DefaultListenPort, log: o.Logger.With("component", "wireguard"), peers: map[string]wg.Peer{},
+		acked: map[string]int64{}, keyPath: filepath.Join(o.DataRoot, "wireguard", "private.key")}
 	if co.WGPort != 0 {
 		tn.port = co.WGPort
 	}
@@ -58,7 +64,7 @@ func openTunnel(ctx context.Context, o Options, host *netns.Namespace) *tunnel {
 }
 
 func (tn *tunnel) open(ctx context.Context, o Options, host *netns.Namespace) error {
-	key, created, err := wg.LoadOrCreateKey(filepath.Join(o.DataRoot, "wireguard", "private.key"))
+	key, created, err := wg.LoadOrCreateKey(tn.keyPath)
 	if err != nil {
 		return err
 	}
@@ -128,6 +134,7 @@ func (tn *tunnel) follow(ctx context.Context, cl *cluster.Cluster) {
 	}
 	ctx, tn.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	tn.done = make(chan struct{})
+	tn.cl = cl
 	_, events := cl.Subscribe(ctx)
 	self := cl.Self().ID
 	go func() {
@@ -141,9 +148,12 @@ func (tn *tunnel) follow(ctx context.Context, cl *cluster.Cluster) {
 	}()
 }
 
-// sync sets the tunnel's peers: every other node that is up and has a key.
+// sync sets the tunnel's peers: every other node that is up and has a key. Once a
+// peer's key generation is in use here, it is acknowledged in the store (a rotation
+// completes when every node has).
 func (tn *tunnel) sync(ctx context.Context, nodes []cluster.Node, self string) {
 	want := map[string]wg.Peer{}
+	gens := map[string]int64{}
 	for _, n := range nodes {
 		if n.ID == self || n.State != cluster.Ready || n.WGKey == "" {
 			continue
@@ -159,19 +169,71 @@ func (tn *tunnel) sync(ctx context.Context, nodes []cluster.Node, self string) {
 		}
 		want[n.ID] = wg.Peer{PublicKey: key, Endpoint: netip.AddrPortFrom(n.Addr, uint16(port)),
 			AllowedIPs: []netip.Prefix{netip.PrefixFrom(n.Addr, n.Addr.BitLen())}, Keepalive: tunnelKeepalive}
+		gens[n.ID] = n.WGGen
 	}
 	tn.mu.Lock()
 	defer tn.mu.Unlock()
-	if maps.EqualFunc(want, tn.peers, samePeer) {
-		return
+	if !maps.EqualFunc(want, tn.peers, samePeer) {
+		if err := tn.t.SetPeers(ctx, slices.Collect(maps.Values(want))); err != nil {
+			tn.log.ErrorContext(ctx, "configuring WireGuard peers", "err", err)
+			return
+		}
+		tn.peers = want
+		tn.log.InfoContext(ctx, "WireGuard peers", "count", len(want))
 	}
-	peers := slices.Collect(maps.Values(want))
-	if err := tn.t.SetPeers(ctx, peers); err != nil {
-		tn.log.ErrorContext(ctx, "configuring WireGuard peers", "err", err)
-		return
+	for id, gen := range gens {
+		if g, ok := tn.acked[id]; ok && g == gen {
+			continue
+		}
+		if err := tn.cl.AckKey(ctx, id, gen); err != nil {
+			tn.log.WarnContext(ctx, "acknowledging a node's WireGuard key", "node", id, "err", err)
+			continue
+		}
+		tn.acked[id] = gen
 	}
-	tn.peers = want
-	tn.log.InfoContext(ctx, "WireGuard peers", "count", len(peers))
+}
+
+// rotateTimeout bounds the wait for every node's acknowledgement of a new key.
+const rotateTimeout = 10 * time.Second
+
+// Rotation is the outcome of a key rotation.
+type Rotation struct {
+	Generation int64
+	PublicKey  string
+	Took       time.Duration // until every ready node acknowledged
+	Missing    []string      // nodes that had not acknowledged within rotateTimeout
+}
+
+// rotate replaces this node's key pair, make-before-break: the new private key is
+// stored, then used here (peers still holding the old public key answer its
+// handshakes as soon as they switch: their keepalive starts one at once), then its
+// public key is published; the rotation is complete when every ready node has
+// acknowledged the new generation through the store.
+func (tn *tunnel) rotate(ctx context.Context) (Rotation, error) {
+	if tn.t == nil || tn.cl == nil {
+		return Rotation{}, errdefs.Unavailable("this node has no WireGuard tunnel: %v", tn.err)
+	}
+	tn.rotMu.Lock()
+	defer tn.rotMu.Unlock()
+	start := time.Now()
+	key, err := wg.GenerateKey()
+	if err != nil {
+		return Rotation{}, err
+	}
+	if err := wg.SaveKey(tn.keyPath, key); err != nil {
+		return Rotation{}, err
+	}
+	if err := tn.t.SetPrivateKey(ctx, key); err != nil {
+		return Rotation{}, err
+	}
+	gen, err := tn.cl.PublishKey(ctx, key.Public().String())
+	if err != nil {
+		return Rotation{}, fmt.Errorf("publishing the new public key: %w", err)
+	}
+	missing, err := tn.cl.WaitKeyAcked(ctx, gen, rotateTimeout)
+	r := Rotation{Generation: gen, PublicKey: key.Public().String(), Took: time.Since(start), Missing: missing}
+	tn.log.InfoContext(ctx, "WireGuard key rotated", "generation", gen, "took", r.Took, "missing", missing)
+	return r, err
 }
 
 func samePeer(a, b wg.Peer) bool {
@@ -193,4 +255,13 @@ func (tn *tunnel) Close() error {
 		tn.ns.Close()
 	}
 	return err
+}
+
+// RotateKey replaces this node's WireGuard key pair (pier node rotate-key) and
+// returns once every other ready node acknowledged the new key.
+func (s *Stack) RotateKey(ctx context.Context) (Rotation, error) {
+	if s.tunnel == nil {
+		return Rotation{}, errdefs.Unavailable("key rotation needs cluster mode")
+	}
+	return s.tunnel.rotate(ctx)
 }

@@ -130,3 +130,7 @@ func writeKey(path string, k Key) error {
 	}
 	return nil
 }
+
+// SaveKey stores private key k at path like LoadOrCreateKey does (mode 0600, written
+// atomically), replacing the key there: a rotation.
+func SaveKey(path string, k Key) error { return writeKey(path, k) }
