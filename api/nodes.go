@@ -13,6 +13,20 @@ import (
 type Cluster interface {
 	Nodes(ctx context.Context) ([]types.NodeInfo, error)
 	Info(ctx context.Context) (types.ClusterInfo, error)
+	// RotateKey replaces this node's WireGuard key pair.
+	RotateKey(ctx context.Context) (types.KeyRotation, error)
+}
+
+func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.Cluster == nil {
+		return errNotClustered
+	}
+	out, err := s.cfg.Cluster.RotateKey(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
 var errNotClustered = errdefs.Unavailable("this pierd is not part of a cluster (start it with --cluster-init, --cluster-join or --cluster-store)")

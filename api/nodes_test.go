@@ -19,6 +19,10 @@ func (f fakeClusterView) Info(context.Context) (types.ClusterInfo, error) {
 	return types.ClusterInfo{NodeID: f.nodes[0].ID, NodeName: f.nodes[0].Name, Token: "PIER1-x-y"}, nil
 }
 
+func (f fakeClusterView) RotateKey(context.Context) (types.KeyRotation, error) {
+	return types.KeyRotation{Generation: 2, PublicKey: "k", Took: "12ms"}, nil
+}
+
 func get(t *testing.T, s *Server, path string) (int, []byte) {
 	t.Helper()
 	rec := httptest.NewRecorder()

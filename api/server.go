@@ -96,6 +96,7 @@ func (s *Server) routes() []route {
 		{"POST /pier/v1/services/{ref}/update", s.updateService},
 		{"GET /pier/v1/nodes", s.listNodes},
 		{"GET /pier/v1/nodes/{ref}", s.inspectNode},
+		{"POST /pier/v1/nodes/self/rotate-key", s.rotateKey},
 		{"GET /pier/v1/cluster", s.clusterInfo},
 		{"GET /containers/json", s.listContainers},
 		{"GET /containers/{id}/json", s.inspectContainer},

@@ -18,8 +18,31 @@ func (a *app) nodeCommand() *cobra.Command {
 		Args:  noArgs,
 		RunE:  helpRunE,
 	}
-	cmd.AddCommand(a.nodeLsCommand(), a.nodeInspectCommand())
+	cmd.AddCommand(a.nodeLsCommand(), a.nodeInspectCommand(), a.nodeRotateKeyCommand())
 	return cmd
+}
+
+func (a *app) nodeRotateKeyCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "rotate-key",
+		Short: "Replace this node's WireGuard key pair (encrypted overlays) and wait until every node uses it",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			r, err := c.NodeRotateKey(cmd.Context())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.Out, "generation %d, public key %s, acknowledged by every node in %s\n", r.Generation, r.PublicKey, r.Took)
+			if len(r.Missing) > 0 {
+				fmt.Fprintf(a.Out, "not acknowledged in time by: %s\n", strings.Join(r.Missing, ", "))
+			}
+			return nil
+		},
+	}
 }
 
 func (a *app) nodeLsCommand() *cobra.Command {

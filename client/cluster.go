@@ -14,6 +14,14 @@ func (c *Client) NodeList(ctx context.Context) ([]types.NodeInfo, error) {
 	return out, err
 }
 
+// NodeRotateKey replaces the answering node's WireGuard key pair and waits for every
+// other node's acknowledgement.
+func (c *Client) NodeRotateKey(ctx context.Context) (types.KeyRotation, error) {
+	var out types.KeyRotation
+	_, err := c.do(ctx, request{method: http.MethodPost, path: "/pier/v1/nodes/self/rotate-key"}, &out)
+	return out, err
+}
+
 // NodeInspect returns one node by name or ID.
 func (c *Client) NodeInspect(ctx context.Context, ref string) (types.NodeInfo, error) {
 	var out types.NodeInfo

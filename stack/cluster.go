@@ -201,9 +201,19 @@ func fromPools(ps []cluster.PoolRecord) []cnm.Pool {
 // ClusterView serves the API's /pier/v1/nodes and /pier/v1/cluster (api.Cluster).
 type ClusterView struct {
 	c      *cluster.Cluster
+	tunnel *tunnel
 	store  []string
 	token  func() string
 	selfID string
+}
+
+// RotateKey replaces this node's WireGuard key pair (see tunnel.rotate).
+func (v *ClusterView) RotateKey(ctx context.Context) (types.KeyRotation, error) {
+	r, err := v.tunnel.rotate(ctx)
+	if err != nil {
+		return types.KeyRotation{}, err
+	}
+	return types.KeyRotation{Generation: r.Generation, PublicKey: r.PublicKey, Took: r.Took.Round(time.Millisecond).String(), Missing: r.Missing}, nil
 }
 
 func (v *ClusterView) Nodes(ctx context.Context) ([]types.NodeInfo, error) {
@@ -260,6 +270,6 @@ func (s *Stack) joinCluster(ctx context.Context, o Options, reg *driver.Registry
 	}
 	ov.Start(ctx)
 	s.overlay = ov
-	s.ClusterView = &ClusterView{c: cl, store: co.Endpoints, token: co.Token, selfID: co.NodeID}
+	s.ClusterView = &ClusterView{c: cl, tunnel: s.tunnel, store: co.Endpoints, token: co.Token, selfID: co.NodeID}
 	return clusterSeam{cl}, nil
 }

@@ -108,6 +108,14 @@ type NodeInfo struct {
 	Capabilities map[string]string `json:",omitempty"`
 }
 
+// KeyRotation is the reply of POST /pier/v1/nodes/self/rotate-key.
+type KeyRotation struct {
+	Generation int64
+	PublicKey  string   // the node's new WireGuard public key
+	Took       string   // until every other ready node acknowledged it
+	Missing    []string `json:",omitempty"` // nodes that had not acknowledged in time
+}
+
 // ClusterInfo is the reply of GET /pier/v1/cluster.
 type ClusterInfo struct {
 	NodeID   string
