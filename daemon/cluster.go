@@ -66,7 +66,8 @@ func openCluster(ctx context.Context, cfg Config, nodeID string, log *slog.Logge
 		return nil, nil, err
 	}
 	o := &stack.ClusterOptions{KV: kv, Endpoints: m.ClientURLs(), NodeID: nodeID, NodeName: name, Advertise: adv,
-		TTL: cfg.NodeTTL(), VXLANPort: cfg.VXLANPort(), Version: Version, EtcdMember: m.IsMember(),
+		TTL: cfg.NodeTTL(), VXLANPort: cfg.VXLANPort(), WGPort: cfg.ClusterWGPort,
+		KeyRotation: time.Duration(cfg.ClusterKeyRotation), Version: Version, EtcdMember: m.IsMember(),
 		Capabilities: kernelCapabilities()}
 	if m.IsMember() {
 		o.Token = m.Token

@@ -37,6 +37,10 @@ type ClusterConfig struct {
 	ClusterStoreKey    string   `json:"cluster-store-key"`
 	ClusterNodeTTL     Duration `json:"cluster-node-ttl"`
 	ClusterVXLANPort   int      `json:"cluster-vxlan-port"`
+	// ClusterWGPort is the UDP port of the WireGuard tunnel of encrypted overlays;
+	// ClusterKeyRotation rotates this node's WireGuard key that often (0: never).
+	ClusterWGPort      int      `json:"cluster-wireguard-port"`
+	ClusterKeyRotation Duration `json:"cluster-key-rotation"`
 }
 
 // Enabled reports whether pierd runs in cluster mode.
@@ -117,8 +121,17 @@ func (c ClusterConfig) validate() error {
 	if c.ClusterVXLANPort < 0 || c.ClusterVXLANPort > 65535 {
 		return errdefs.InvalidArgument("--cluster-vxlan-port %d: want a UDP port between 1 and 65535", c.ClusterVXLANPort)
 	}
+	if c.ClusterWGPort < 0 || c.ClusterWGPort > 65535 {
+		return errdefs.InvalidArgument("--cluster-wireguard-port %d: want a UDP port between 1 and 65535", c.ClusterWGPort)
+	}
+	if d := time.Duration(c.ClusterKeyRotation); d != 0 && d < MinClusterKeyRotation {
+		return errdefs.InvalidArgument("--cluster-key-rotation %s: at least %s (WireGuard re-keys its sessions every 2 minutes by itself)", d, MinClusterKeyRotation)
+	}
 	return nil
 }
+
+// MinClusterKeyRotation is the shortest periodic key rotation.
+const MinClusterKeyRotation = 10 * time.Second
 
 // validateUnused refuses cluster settings given without a cluster mode (a typo'd
 // setup must not silently run single-host).
@@ -133,8 +146,8 @@ func (c ClusterConfig) validateUnused() error {
 			return errdefs.InvalidArgument("%s needs a cluster mode: --cluster-init, --cluster-join or --cluster-store", s.name)
 		}
 	}
-	if c.ClusterNodeTTL != 0 || c.ClusterVXLANPort != 0 {
-		return errdefs.InvalidArgument("--cluster-node-ttl and --cluster-vxlan-port need a cluster mode: --cluster-init, --cluster-join or --cluster-store")
+	if c.ClusterNodeTTL != 0 || c.ClusterVXLANPort != 0 || c.ClusterWGPort != 0 || c.ClusterKeyRotation != 0 {
+		return errdefs.InvalidArgument("--cluster-node-ttl, --cluster-vxlan-port, --cluster-wireguard-port and --cluster-key-rotation need a cluster mode: --cluster-init, --cluster-join or --cluster-store")
 	}
 	return nil
 }
@@ -270,6 +283,8 @@ func addClusterFlags(fs *flag.FlagSet, c *ClusterConfig) {
 	c.ClusterNodeTTL = Duration(DefaultClusterNodeTTL)
 	fs.Var(&c.ClusterNodeTTL, "cluster-node-ttl", "node lease `duration`: a node silent this long is down (at least 1.5s)")
 	fs.IntVar(&c.ClusterVXLANPort, "cluster-vxlan-port", DefaultClusterVXLANPort, "UDP `port` of the overlay networks' VXLAN")
+	fs.IntVar(&c.ClusterWGPort, "cluster-wireguard-port", 51820, "UDP `port` of the WireGuard tunnel that carries encrypted overlays")
+	fs.Var(&c.ClusterKeyRotation, "cluster-key-rotation", "rotate this node's WireGuard key every `duration` (default 0: only with pier node rotate-key)")
 }
 
 // applyCluster copies the cluster flag named name from v over c; false if name is
@@ -300,6 +315,10 @@ func applyCluster(name string, v, c *ClusterConfig) bool {
 		c.ClusterNodeTTL = v.ClusterNodeTTL
 	case "cluster-vxlan-port":
 		c.ClusterVXLANPort = v.ClusterVXLANPort
+	case "cluster-wireguard-port":
+		c.ClusterWGPort = v.ClusterWGPort
+	case "cluster-key-rotation":
+		c.ClusterKeyRotation = v.ClusterKeyRotation
 	default:
 		return false
 	}

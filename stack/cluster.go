@@ -262,7 +262,7 @@ func (s *Stack) joinCluster(ctx context.Context, o Options, reg *driver.Registry
 		return nil, err
 	}
 	s.cluster = cl
-	s.tunnel.follow(ctx, cl)
+	s.tunnel.follow(ctx, cl, co.KeyRotation)
 	ov := overlay.New(overlay.Options{Kernel: s.tunnel.kernel(s.Host), Advertise: co.Advertise,
 		Port: co.VXLANPort, Logger: o.Logger, ProbeTunnel: true})
 	if err := reg.Register(ov); err != nil {

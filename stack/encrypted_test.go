@@ -337,3 +337,28 @@ func TestEncryptedOverlayKeyRotationUnderLoad(t *testing.T) {
 		}
 	}
 }
+
+// --cluster-key-rotation: each node rotates its key by itself, and the encrypted
+// overlay keeps carrying new connections across the rotations.
+func TestEncryptedOverlayPeriodicRotation(t *testing.T) {
+	l := newClusterLab(t, 2, func(o *ClusterOptions) { o.KeyRotation = 300 * time.Millisecond })
+	h1, h2 := l.hosts[0], l.hosts[1]
+	h1.network(cnm.NetworkSpec{Name: "sec", Driver: "overlay", Attachable: true, Options: map[string]string{"encrypted": ""}})
+	waitNetwork(t, h2, "sec")
+	a := h1.sandbox("a", "sec")
+	h2.sandbox("b", "sec")
+	listen(t, h2.sandboxKey("b"))
+	b := h2.addr("b", "sec", false)
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := within(3*time.Second, func() error { return dialEcho(a.Key, b, time.Second) }); err != nil {
+			t.Fatalf("a connection during periodic rotations: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, h := range []*env{h1, h2} {
+		if gen := h.s.cluster.Self().WGGen; gen < 3 {
+			t.Errorf("%s rotated its key %d times in 3 s at a 300 ms period", h.s.cluster.Self().Name, gen)
+		}
+	}
+}

@@ -70,8 +70,10 @@ type ClusterOptions struct {
 	Token      func() string
 	// Capabilities are the kernel features this node reports (pier node ls).
 	Capabilities map[string]string
-	// WGPort is the UDP port of the WireGuard tunnel of encrypted overlays (0: 51820).
-	WGPort int
+	// WGPort is the UDP port of the WireGuard tunnel of encrypted overlays (0: 51820);
+	// KeyRotation rotates its key that often (0: only on request).
+	WGPort      int
+	KeyRotation time.Duration
 }
 
 // Stack is an opened single-host pier stack.

@@ -41,6 +41,7 @@ type tunnel struct {
 
 	cancel context.CancelFunc
 	done   chan struct{}
+	wg     sync.WaitGroup // periodic rotation
 }
 
 // tunnelKeepalive makes a peer that learns a new key start a handshake at once (a
@@ -128,7 +129,7 @@ func (tn *tunnel) kernel(host *netns.Namespace) overlay.HostKernel {
 }
 
 // follow keeps the peers in line with the cluster's nodes until Close.
-func (tn *tunnel) follow(ctx context.Context, cl *cluster.Cluster) {
+func (tn *tunnel) follow(ctx context.Context, cl *cluster.Cluster, every time.Duration) {
 	if tn.t == nil {
 		return
 	}
@@ -146,6 +147,25 @@ func (tn *tunnel) follow(ctx context.Context, cl *cluster.Cluster) {
 			}
 		}
 	}()
+	if every > 0 {
+		tn.wg.Go(func() { tn.rotateEvery(ctx, every) })
+	}
+}
+
+// rotateEvery rotates the key periodically (--cluster-key-rotation) until Close.
+func (tn *tunnel) rotateEvery(ctx context.Context, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if r, err := tn.rotate(ctx); err != nil || len(r.Missing) > 0 {
+			tn.log.WarnContext(ctx, "periodic WireGuard key rotation", "err", err, "not_acknowledged_by", r.Missing)
+		}
+	}
 }
 
 // sync sets the tunnel's peers: every other node that is up and has a key. Once a
@@ -246,6 +266,7 @@ func (tn *tunnel) Close() error {
 	if tn.cancel != nil {
 		tn.cancel()
 		<-tn.done
+		tn.wg.Wait()
 	}
 	var err error
 	if tn.t != nil {
