@@ -437,10 +437,18 @@ func alive(pid int) bool {
 
 func tail(path string) string {
 	b, _ := os.ReadFile(path)
-	if len(b) > 4000 {
-		b = b[len(b)-4000:]
+	// etcd's own chatter (peers lost and found on every restart) would fill the tail.
+	var keep []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, "component=etcd") {
+			keep = append(keep, line)
+		}
 	}
-	return string(b)
+	s := strings.Join(keep, "\n")
+	if len(s) > 4000 {
+		s = s[len(s)-4000:]
+	}
+	return s
 }
 
 // Kill SIGKILLs a host's pierd, as a crash would.
