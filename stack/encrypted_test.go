@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/internal/netlab"
+	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
 )
 
@@ -360,5 +362,125 @@ func TestEncryptedOverlayPeriodicRotation(t *testing.T) {
 		if gen := h.s.cluster.Self().WGGen; gen < 3 {
 			t.Errorf("%s rotated its key %d times in 3 s at a 300 ms period", h.s.cluster.Self().Name, gen)
 		}
+	}
+}
+
+// forgedVXLAN builds a VXLAN datagram's payload for vni carrying an Ethernet frame to
+// dstMAC with an IPv4/UDP packet from 192.0.2.254:40000 to dst:port holding data.
+func forgedVXLAN(vni uint32, dstMAC net.HardwareAddr, dst netip.Addr, port uint16, data []byte) []byte {
+	udp := binary.BigEndian.AppendUint16(nil, 40000)
+	udp = binary.BigEndian.AppendUint16(udp, port)
+	udp = binary.BigEndian.AppendUint16(udp, uint16(8+len(data)))
+	udp = append(binary.BigEndian.AppendUint16(udp, 0), data...) // checksum 0: none (IPv4)
+	ip := []byte{0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, unix.IPPROTO_UDP, 0, 0, 192, 0, 2, 254}
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
+	ip = append(ip, dst.AsSlice()...)
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+	frame := append(append(append([]byte{}, dstMAC...), 0x02, 0x42, 0xde, 0xad, 0xbe, 0xef, 0x08, 0x00), append(ip, udp...)...)
+	hdr := []byte{0x08, 0, 0, 0}
+	return append(append(hdr, binary.BigEndian.AppendUint32(nil, vni<<8)...), frame...)
+}
+
+// endpointMAC is the MAC of sandbox sb's endpoint on network net.
+func (e *env) endpointMAC(sb, net string) net.HardwareAddr {
+	e.t.Helper()
+	eps, err := e.s.Controller.SandboxEndpoints(e.t.Context(), sb)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, ep := range eps {
+		if n, _ := e.s.Controller.Network(e.t.Context(), ep.NetworkID); n.Name == net {
+			mac, err := parseMAC(ep.MAC)
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			return mac
+		}
+	}
+	e.t.Fatalf("%s is not on %s", sb, net)
+	return nil
+}
+
+func parseMAC(s string) (net.HardwareAddr, error) { return net.ParseMAC(s) }
+
+// Fail closed on the way in and after a flush: a cleartext VXLAN datagram for the
+// encrypted network's VNI, forged on the underlay and sent to host 2, is not
+// delivered to the sandbox it is addressed to — while the same forgery for a plain
+// overlay's VNI is (the positive control: the forgery itself works). And `nft flush
+// ruleset` on both hosts changes nothing: the encrypted network's traffic still
+// leaves only through WireGuard.
+func TestEncryptedOverlayRefusesCleartext(t *testing.T) {
+	l := newClusterLab(t, 2)
+	h1, h2 := l.hosts[0], l.hosts[1]
+	sec := h1.network(cnm.NetworkSpec{Name: "sec", Driver: "overlay", Attachable: true, Options: map[string]string{"encrypted": ""}})
+	plain := h1.network(cnm.NetworkSpec{Name: "plain", Driver: "overlay", Attachable: true})
+	waitNetwork(t, h2, "sec")
+	waitNetwork(t, h2, "plain")
+	a := h1.sandbox("a", "sec", "plain")
+	h2.sandbox("b", "sec", "plain")
+	listen(t, h2.sandboxKey("b"))
+	recv := countUDP(t, h2.sandboxKey("b"))
+	bSec, bPlain := h2.addr("b", "sec", false), h2.addr("b", "plain", false)
+	lab, err := netns.Open(l.lab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	out, err := netns.Open(l.outsider(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	forge := func(vni uint32, mac net.HardwareAddr, dst netip.Addr, seq uint32) {
+		t.Helper()
+		var c net.Conn
+		if err := out.Do(func() (err error) { c, err = net.Dial("udp4", "192.0.2.2:4789"); return }); err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write(forgedVXLAN(vni, mac, dst, 9000, binary.BigEndian.AppendUint32(nil, seq))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := func(seq uint32) bool {
+		recv.mu.Lock()
+		defer recv.mu.Unlock()
+		return recv.seen[seq]
+	}
+	// The positive control first: a forged frame for the plain overlay gets in.
+	if _, ok := nstest.Poll(3*time.Second, func() bool { forge(plain.VNIs[0], h2.endpointMAC("b", "plain"), bPlain, 1); return got(1) }); !ok {
+		t.Fatal("a forged VXLAN datagram for the plain overlay was not delivered either: the forgery does not work, the test proves nothing")
+	}
+	for i := range 20 {
+		forge(sec.VNIs[0], h2.endpointMAC("b", "sec"), bSec, uint32(100+i))
+	}
+	time.Sleep(300 * time.Millisecond)
+	for i := range 20 {
+		if got(uint32(100 + i)) {
+			t.Fatalf("a forged cleartext VXLAN datagram for the encrypted VNI %d reached the sandbox", sec.VNIs[0])
+		}
+	}
+
+	// nft flush ruleset on both hosts: encryption does not depend on a rule.
+	for _, h := range []*env{h1, h2} {
+		if err := exec.Command("nsenter", "--net="+h.hostPath, "nft", "flush", "ruleset").Run(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	marker := make([]byte, 16)
+	_, _ = rand.Read(marker)
+	w := &wire{vni: map[uint32]int{}}
+	stop := netlab.Capture(t, lab, "lab-h1", w.saw(marker))
+	err = within(5*time.Second, func() error { return sendMarked(a.Key, bSec, marker, 256<<10) })
+	stop()
+	if err != nil || w.vni[sec.VNIs[0]] > 0 || w.marked > 0 || w.wg == 0 {
+		t.Fatalf("after nft flush ruleset: send %v; %d VXLAN frames of the encrypted VNI, %d with the marker, %d WireGuard datagrams", err, w.vni[sec.VNIs[0]], w.marked, w.wg)
 	}
 }
