@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -108,6 +110,33 @@ func TestLabEncryptedOverlay(t *testing.T) {
 		t.Fatalf("the encrypted overlay is not only WireGuard on the wire")
 	}
 	mu.Unlock()
+
+	// h2's key changes behind pier's back (its key file is gone, as with a wiped data
+	// root): at its next start it makes a new key, publishes it as a new generation,
+	// and the encrypted network works again between h1 and h2.
+	if err := l.Stop("h2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(l.Hosts[1].Data, "wireguard", "private.key")); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Start(t.Context(), "h2"); err != nil {
+		t.Fatal(err)
+	}
+	nstest.Eventually(t, "a new connection across sec after h2's new key", 15*time.Second, func() bool {
+		c, err := netlab.Dial(t, a, "tcp4", to, time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write([]byte("x")); err != nil {
+			return false
+		}
+		b := make([]byte, 1)
+		_, err = io.ReadFull(c, b)
+		return err == nil
+	})
 
 	// A crash of h1's pierd takes its userspace WireGuard device: nothing leaves.
 	if err := l.Kill("h1"); err != nil {
