@@ -136,6 +136,20 @@ func TestIngressMeshAcrossClusterHosts(t *testing.T) {
 	spread("tcp4", false)
 	spread("udp4", false)
 
+	// From a node itself, 127.0.0.1:8080 works too (the loopback proxy: the kernel
+	// does not DNAT loopback to another host).
+	for i, h := range hosts {
+		host, err := netns.Open(h.hostPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		task, _, _, err := askWho(t, host, "tcp4", netip.MustParseAddrPort("127.0.0.1:8080"))
+		host.Close()
+		if err != nil || (i > 0 && task != fmt.Sprintf("t%d", i+1)) || (i == 0 && task != "t2" && task != "t3") {
+			t.Errorf("127.0.0.1:8080 on host %d: %q, %v", i+1, task, err)
+		}
+	}
+
 	snat := true
 	if _, err := hosts[2].s.Controller.UpdateService(ctx, "web", cnm.ServiceUpdate{IngressSNAT: &snat}); err != nil {
 		t.Fatal(err)

@@ -5,17 +5,20 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 
 	"github.com/piernet/pier/cnm"
 	"github.com/piernet/pier/ingress"
 	"github.com/piernet/pier/netns"
+	"github.com/piernet/pier/portmap"
 )
 
 // mesh is the controller's routing mesh (cnm.Mesh) on package ingress: one Publisher
 // in the host namespace, and a Return in each task namespace on the ingress network.
 type mesh struct {
 	host    *netns.Namespace
+	proxy   *portmap.Proxy // loopback: the kernel does not DNAT 127.0.0.1 to another host
 	pub     *ingress.Publisher
 	untrack *ingress.Untrack
 	log     *slog.Logger
@@ -31,12 +34,12 @@ type taskReturn struct {
 	ifc string
 }
 
-func newMesh(ctx context.Context, host *netns.Namespace, log *slog.Logger) (*mesh, error) {
+func newMesh(ctx context.Context, host *netns.Namespace, proxy *portmap.Proxy, log *slog.Logger) (*mesh, error) {
 	pub, err := ingress.New(ctx, ingress.Options{NetNS: host.Handle, Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	return &mesh{host: host, pub: pub, untrack: ingress.NewUntrack(host.Handle), log: log, returns: map[string]*taskReturn{}}, nil
+	return &mesh{host: host, proxy: proxy, pub: pub, untrack: ingress.NewUntrack(host.Handle), log: log, returns: map[string]*taskReturn{}}, nil
 }
 
 // overlayPorts are the name prefixes of the overlay driver's bridge ports (its VXLAN
@@ -55,11 +58,26 @@ func (m *mesh) Publish(ctx context.Context, s cnm.MeshService) error {
 		return err
 	}
 	svc := ingress.Service{ID: s.ID, Backends: s.Backends, SNAT: s.SNAT}
+	var loop []portmap.Binding
 	for _, p := range s.Ports {
 		svc.Ports = append(svc.Ports, ingress.Port{Proto: p.Proto, Published: p.Published, Target: p.Target})
+		if len(s.Backends) > 0 {
+			// From this node itself, 127.0.0.1:PORT goes through the loopback proxy, to
+			// one task (the first; the kernel path balances every other connection).
+			loop = append(loop, portmap.Binding{HostIP: netip.IPv4Unspecified(), HostPort: p.Published, Proto: portmap.Proto(p.Proto),
+				ContainerIP: s.Backends[0], ContainerPort: p.Target})
+		}
 	}
-	return m.pub.Set(ctx, svc)
+	if err := m.pub.Set(ctx, svc); err != nil {
+		return err
+	}
+	if m.proxy == nil {
+		return nil
+	}
+	return m.proxy.Set(ctx, proxyOwner(s.ID), loop)
 }
+
+func proxyOwner(id string) string { return "mesh-" + id }
 
 // ensureForwarding turns routing on in the host namespace (the bridge driver does
 // the same for its networks).
@@ -76,7 +94,12 @@ func (m *mesh) ensureForwarding() error {
 	return nil
 }
 
-func (m *mesh) Unpublish(ctx context.Context, id string) error { return m.pub.Remove(ctx, id) }
+func (m *mesh) Unpublish(ctx context.Context, id string) error {
+	if m.proxy != nil {
+		m.proxy.Remove(proxyOwner(id))
+	}
+	return m.pub.Remove(ctx, id)
+}
 
 func (m *mesh) SetReturn(ctx context.Context, key, iface string, routers []cnm.MeshRouter) error {
 	m.mu.Lock()

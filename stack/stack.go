@@ -159,7 +159,7 @@ func (s *Stack) open(ctx context.Context, o Options) error {
 		if seam, err = s.joinCluster(ctx, o, reg); err != nil {
 			return err
 		}
-		if s.mesh, err = newMesh(ctx, s.Host, o.Logger); err != nil {
+		if s.mesh, err = newMesh(ctx, s.Host, s.proxy, o.Logger); err != nil {
 			return err
 		}
 		meshSeam = s.mesh
