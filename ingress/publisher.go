@@ -411,3 +411,19 @@ func (p *Publisher) flushRemoved(old, now Service) {
 		p.log.Debug("deleted UDP flows to removed backends", "service", old.ID, "flows", n)
 	}
 }
+
+// Detach releases the Publisher's sockets and leaves its table in the kernel: a
+// restarting pierd keeps publishing meanwhile, and its next Publisher rewrites the
+// table from the services it is given.
+func (p *Publisher) Detach() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	if p.k.close != nil {
+		p.k.close()
+	}
+	return p.dropConnLocked()
+}

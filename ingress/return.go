@@ -500,3 +500,16 @@ func swapSysctl(ns *netns.Namespace, key, val string) (string, error) {
 	}
 	return old, ns.SetSysctl(key, val)
 }
+
+// Detach releases the Return's handles and leaves its table, rules and routes in the
+// task's namespace: mesh connections keep flowing while pierd restarts, and the next
+// NewReturn for the task rewrites them.
+func (r *Return) Detach() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	r.closed = true
+	r.k.close()
+}

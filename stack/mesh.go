@@ -158,11 +158,16 @@ func (m *mesh) heal(ctx context.Context) {
 	m.log.WarnContext(ctx, "the routing mesh's table was changed by another process; restored it")
 }
 
+// Close releases the mesh's handles and leaves its kernel state (the published ports,
+// the tasks' return routes, the untracking): like the firewall's table, it keeps
+// serving while pierd restarts, and the next Open rewrites it.
 func (m *mesh) Close() error {
 	m.mu.Lock()
-	for key := range m.returns {
-		m.dropLocked(key)
+	defer m.mu.Unlock()
+	for key, tr := range m.returns {
+		tr.r.Detach()
+		tr.ns.Close()
+		delete(m.returns, key)
 	}
-	m.mu.Unlock()
-	return errors.Join(m.pub.Close(), m.untrack.Close())
+	return m.pub.Detach()
 }
