@@ -73,9 +73,8 @@ func sendMarked(key string, addr netip.Addr, marker []byte, size int) error {
 // An encrypted overlay (-o encrypted) between two clustered hosts: a 1 MiB TCP echo
 // crosses it, and on the underlay its traffic is only WireGuard — no VXLAN frame of
 // its VNI, no byte of the payload in cleartext — while a plain overlay beside it is
-// VXLAN as before. With the WireGuard device gone (a crash of pierd takes the
-// userspace device with it), the encrypted network's traffic stops: nothing leaves in
-// cleartext.
+// VXLAN as before. With the WireGuard device gone (deleted by hand), the encrypted
+// network's traffic stops — nothing leaves in cleartext — until pierd re-creates it.
 func TestEncryptedOverlayAcrossClusterHosts(t *testing.T) {
 	l := newClusterLab(t, 2)
 	h1, h2 := l.hosts[0], l.hosts[1]
@@ -138,13 +137,26 @@ func TestEncryptedOverlayAcrossClusterHosts(t *testing.T) {
 	}
 	w = &wire{vni: map[uint32]int{}}
 	stop = netlab.Capture(t, lab, "lab-h1", w.saw(marker))
-	err = sendMarked(a.Key, bSec, marker, 64<<10)
-	time.Sleep(200 * time.Millisecond)
-	stop()
-	if err == nil || w.vni[sec.VNIs[0]] > 0 || w.marked > 0 {
-		t.Fatalf("with host 1's WireGuard device gone: send %v; on the wire %d VXLAN frames of the encrypted VNI, %d with the marker", err, w.vni[sec.VNIs[0]], w.marked)
+	c, err := dialIn(a.Key, netip.AddrPortFrom(bSec, 7777), 300*time.Millisecond)
+	if err == nil {
+		c.Close()
 	}
-	t.Logf("device gone: the send failed (%v); nothing of it on the wire", err)
+	time.Sleep(100 * time.Millisecond)
+	stop()
+	if err == nil || w.vni[sec.VNIs[0]] > 0 {
+		t.Fatalf("with host 1's WireGuard device gone: dial %v; on the wire %d VXLAN frames of the encrypted VNI", err, w.vni[sec.VNIs[0]])
+	}
+	t.Logf("device gone: the connection failed (%v); nothing of it on the wire", err)
+
+	// pierd notices and re-creates the device (same key, same peers): traffic flows
+	// again, still only as WireGuard.
+	w = &wire{vni: map[uint32]int{}}
+	stop = netlab.Capture(t, lab, "lab-h1", w.saw(marker))
+	err = within(10*time.Second, func() error { return sendMarked(a.Key, bSec, marker, 64<<10) })
+	stop()
+	if err != nil || w.vni[sec.VNIs[0]] > 0 || w.marked > 0 {
+		t.Fatalf("after the device came back: send %v; %d VXLAN frames of the encrypted VNI, %d with the marker", err, w.vni[sec.VNIs[0]], w.marked)
+	}
 }
 
 // linkMTU is the MTU of the sandbox's interface on network n.

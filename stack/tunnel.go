@@ -33,6 +33,7 @@ type tunnel struct {
 	keyPath string
 	log     *slog.Logger
 	cl      *cluster.Cluster // set by follow
+	opts    wg.Options       // how t was opened (PrivateKey follows rotations); for heal
 
 	rotMu sync.Mutex // serialises rotations
 	mu    sync.Mutex // guards peers and acked
@@ -93,8 +94,9 @@ func (tn *tunnel) open(ctx context.Context, o Options, host *netns.Namespace) er
 	if o.Cluster.Advertise.Is6() {
 		overhead = 80
 	}
-	tn.t, err = wg.Open(ctx, wg.Options{TunnelNS: path, SocketNS: host.Path, ListenPort: tn.port, PrivateKey: key,
-		Address: netip.PrefixFrom(o.Cluster.Advertise, o.Cluster.Advertise.BitLen()), MTU: under - overhead, Logger: tn.log})
+	tn.opts = wg.Options{TunnelNS: path, SocketNS: host.Path, ListenPort: tn.port, PrivateKey: key,
+		Address: netip.PrefixFrom(o.Cluster.Advertise, o.Cluster.Advertise.BitLen()), MTU: under - overhead, Logger: tn.log}
+	tn.t, err = wg.Open(ctx, tn.opts)
 	if err != nil {
 		return err
 	}
@@ -150,6 +152,56 @@ func (tn *tunnel) follow(ctx context.Context, cl *cluster.Cluster, every time.Du
 	if every > 0 {
 		tn.wg.Go(func() { tn.rotateEvery(ctx, every) })
 	}
+	tn.wg.Go(func() { tn.watchDevice(ctx, self) })
+}
+
+// deviceCheck is how often the tunnel's device is looked for.
+const deviceCheck = time.Second
+
+// watchDevice re-creates the tunnel's device when it disappears (deleted by hand):
+// until then the encrypted networks' traffic has no route and is dropped — never
+// sent in cleartext — and this is logged.
+func (tn *tunnel) watchDevice(ctx context.Context, self string) {
+	tick := time.NewTicker(deviceCheck)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if _, err := tn.ns.NL.LinkByName(tn.deviceName()); err == nil {
+			continue
+		}
+		tn.log.ErrorContext(ctx, "the WireGuard device disappeared: encrypted overlays are cut off (nothing leaves in cleartext); re-creating it")
+		if tn.reopen(ctx) {
+			tn.sync(ctx, tn.cl.Nodes(), self)
+		}
+	}
+}
+
+func (tn *tunnel) deviceName() string {
+	if tn.opts.Name != "" {
+		return tn.opts.Name
+	}
+	return wg.DefaultName
+}
+
+// reopen replaces a tunnel whose device is gone by a new one with the same key.
+func (tn *tunnel) reopen(ctx context.Context) bool {
+	tn.rotMu.Lock()
+	defer tn.rotMu.Unlock()
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	_ = tn.t.Close()
+	t, err := wg.Open(ctx, tn.opts)
+	if err != nil {
+		tn.log.ErrorContext(ctx, "re-creating the WireGuard device", "err", err)
+		return false
+	}
+	tn.t, tn.peers = t, map[string]wg.Peer{}
+	tn.log.InfoContext(ctx, "WireGuard device re-created")
+	return true
 }
 
 // rotateEvery rotates the key periodically (--cluster-key-rotation) until Close.
@@ -246,6 +298,7 @@ func (tn *tunnel) rotate(ctx context.Context) (Rotation, error) {
 	if err := tn.t.SetPrivateKey(ctx, key); err != nil {
 		return Rotation{}, err
 	}
+	tn.opts.PrivateKey = key
 	gen, err := tn.cl.PublishKey(ctx, key.Public().String())
 	if err != nil {
 		return Rotation{}, fmt.Errorf("publishing the new public key: %w", err)
