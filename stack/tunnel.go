@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -204,15 +205,17 @@ func (tn *tunnel) reopen(ctx context.Context) bool {
 	return true
 }
 
-// rotateEvery rotates the key periodically (--cluster-key-rotation) until Close.
+// rotateEvery rotates the key periodically (--cluster-key-rotation) until Close, each
+// period jittered by up to ±10 %: nodes started together must not rotate together
+// (two ends of a tunnel rotating within one handshake can leave it without a session
+// until WireGuard's 5 s retry; see docs/overlay.md).
 func (tn *tunnel) rotateEvery(ctx context.Context, every time.Duration) {
-	tick := time.NewTicker(every)
-	defer tick.Stop()
 	for {
+		d := every - every/10 + time.Duration(rand.Int64N(int64(every/5)+1))
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-time.After(d):
 		}
 		if r, err := tn.rotate(ctx); err != nil || len(r.Missing) > 0 {
 			tn.log.WarnContext(ctx, "periodic WireGuard key rotation", "err", err, "not_acknowledged_by", r.Missing)
