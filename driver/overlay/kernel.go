@@ -107,12 +107,12 @@ type HostKernel struct {
 func alias(nid string) string { return ownerAlias + nid }
 
 func (k HostKernel) EnsureNetwork(ctx context.Context, d Devices) error {
+	if d.Encrypted && k.Tunnel == nil {
+		return errdefs.Unavailable("encrypted overlay: this host has no WireGuard tunnel (%s); the network is not extended here rather than carried in cleartext", k.TunnelErr)
+	}
 	br, err := k.ensureBridge(d)
 	if err != nil {
 		return err
-	}
-	if d.Encrypted && k.Tunnel == nil {
-		return errdefs.Unavailable("encrypted overlay: this host has no WireGuard tunnel (%s); the network is not extended here rather than carried in cleartext", k.TunnelErr)
 	}
 	if l, err := k.Host.NL.LinkByName(d.VXLAN); err == nil {
 		// NetNsID >= 0: the device's socket is in another namespace (the tunnel's). A

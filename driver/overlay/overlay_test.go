@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/piernet/pier/driver"
+	"github.com/piernet/pier/errdefs"
 	"github.com/piernet/pier/internal/netlab"
 	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/netns"
@@ -421,5 +422,48 @@ func TestTunnelProbeAcrossHosts(t *testing.T) {
 				t.Fatalf("probe outcome %q, want %q", got[0], want)
 			}
 		})
+	}
+}
+
+// Fail closed at the join: on a host without a WireGuard tunnel an encrypted
+// network's join fails with the reason, and nothing of the network is left (a
+// plain network on the same host joins fine: the positive control).
+func TestEncryptedJoinWithoutTunnelFails(t *testing.T) {
+	nstest.Require(t, "root")
+	host := netlab.NewNS(t)
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = "under0"
+	if err := host.NL.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "under1"}); err != nil {
+		t.Fatal(err)
+	}
+	l, _ := host.NL.LinkByName("under0")
+	_ = host.NL.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP{192, 0, 2, 1}, Mask: net.CIDRMask(24, 32)}})
+	_ = host.NL.LinkSetUp(l)
+	d := New(Options{Kernel: HostKernel{Host: host, TunnelErr: "no TUN device"}, Advertise: netip.MustParseAddr("192.0.2.1")})
+	ctx := t.Context()
+	for _, c := range []struct {
+		id   string
+		vni  uint32
+		opts map[string]string
+	}{{"sec", 4400, map[string]string{optEncrypted: ""}}, {"plain", 4401, nil}} {
+		if err := d.CreateNetwork(ctx, driver.NetworkConfig{ID: c.id, Name: c.id, VNIs: []uint32{c.vni}, Options: c.opts}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.CreateEndpoint(ctx, driver.EndpointConfig{NetworkID: c.id, EndpointID: c.id + "ep000000000"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sb := netlab.NewNS(t)
+	_, err := d.Join(ctx, driver.JoinRequest{NetworkID: "sec", EndpointID: "secep000000000", SandboxKey: sb.Path, IfName: "eth0"})
+	if !errdefs.Is(err, errdefs.KindUnavailable) || !strings.Contains(err.Error(), "no TUN device") {
+		t.Fatalf("joining an encrypted network without a tunnel: %v", err)
+	}
+	for _, name := range []string{"ovvx4400", "ovbr4400"} {
+		if _, err := host.NL.LinkByName(name); err == nil {
+			t.Fatalf("%s exists after the failed join", name)
+		}
+	}
+	if _, err := d.Join(ctx, driver.JoinRequest{NetworkID: "plain", EndpointID: "plainep000000000", SandboxKey: sb.Path, IfName: "eth1"}); err != nil {
+		t.Fatalf("a plain network on the same host: %v", err)
 	}
 }
