@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/piernet/pier/internal/nstest"
 	"github.com/piernet/pier/lb"
 	"github.com/piernet/pier/netns"
+	"github.com/piernet/pier/portmap"
 )
 
 // serveWho answers TCP and UDP on :80 in a task with its name and the peer it saw.
@@ -182,5 +184,36 @@ func TestIngressMeshAcrossClusterHosts(t *testing.T) {
 			_, _, _, err := askWho(t, out, "tcp4", to)
 			return errors.Is(err, syscall.ECONNREFUSED)
 		})
+	}
+}
+
+// Host mode on a single host: a task publishes the port itself (reachable on the
+// host's address), a second task of the same service on the same host is refused —
+// the port is this host's — and after the first task is gone the port is free again.
+func TestServiceHostModePublishing(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	app := e.network(cnm.NetworkSpec{Name: "app"})
+	// The host's own address on app (a non-loopback address of the host: DNATed by the
+	// kernel, so the task sees the caller's address).
+	hostPort := netip.AddrPortFrom(app.IPv4[0].Gateway.Addr(), 9090)
+	e.service(cnm.ServiceSpec{Name: "web", Networks: []string{"app"}, Ports: []lb.Port{{Proto: "tcp", Port: 80}},
+		Publish: []cnm.PublishPort{{Mode: cnm.PublishHost, Proto: "tcp", Published: 9090, Target: 80}}})
+	t1 := e.task(t, "t1", "web")
+	if len(t1.Published) == 0 || slices.ContainsFunc(t1.Published, func(b portmap.Binding) bool { return b.HostPort != 9090 }) {
+		t.Fatalf("the task's published ports: %+v", t1.Published)
+	}
+	if name, err := askName(e.hostPath, hostPort); err != nil || name != "t1" {
+		t.Fatalf("host-mode port 9090: %q, %v", name, err)
+	}
+	if _, err := e.s.Controller.CreateSandbox(ctx, cnm.SandboxSpec{Name: "t2", Service: "web"}); err == nil || !strings.Contains(err.Error(), "9090") {
+		t.Fatalf("a second task publishing 9090 on the same host: %v", err)
+	}
+	if err := e.s.Controller.DeleteSandbox(ctx, "t1", true); err != nil {
+		t.Fatal(err)
+	}
+	e.task(t, "t3", "web")
+	if name, err := askName(e.hostPath, hostPort); err != nil || name != "t3" {
+		t.Fatalf("host-mode port 9090 after the first task left: %q, %v", name, err)
 	}
 }
