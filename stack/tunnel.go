@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -248,6 +249,12 @@ func (tn *tunnel) sync(ctx context.Context, nodes []cluster.Node, self string) {
 	}
 	tn.mu.Lock()
 	defer tn.mu.Unlock()
+	set := time.Now()
+	for id, p := range want {
+		if old, ok := tn.peers[id]; ok && old.PublicKey != p.PublicKey {
+			tn.wg.Go(func() { tn.ensureSession(ctx, id, p.PublicKey, set) })
+		}
+	}
 	if !maps.EqualFunc(want, tn.peers, samePeer) {
 		if err := tn.t.SetPeers(ctx, slices.Collect(maps.Values(want))); err != nil {
 			tn.log.ErrorContext(ctx, "configuring WireGuard peers", "err", err)
@@ -265,6 +272,48 @@ func (tn *tunnel) sync(ctx context.Context, nodes []cluster.Node, self string) {
 			continue
 		}
 		tn.acked[id] = gen
+	}
+}
+
+// sessionCheck is how long a peer's new key is given to carry a session before its
+// entry is made again.
+const sessionCheck = 100 * time.Millisecond
+
+// ensureSession makes sure a peer whose key just changed gets a session with it. The
+// handshakes of a rotation can cross (both ends rotating close together) or meet
+// WireGuard's flood limit on initiations, and WireGuard itself retries only after
+// 5 s; a peer entry made anew initiates at once. So when no handshake with the new
+// key happened within sessionCheck, the entry is removed and added again (a few
+// times at most).
+func (tn *tunnel) ensureSession(ctx context.Context, id string, key wg.Key, since time.Time) {
+	for range 6 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(sessionCheck):
+		}
+		ps, err := tn.t.Peers(ctx)
+		if err != nil {
+			return
+		}
+		if slices.ContainsFunc(ps, func(p wg.PeerStatus) bool { return p.PublicKey == key && p.LastHandshake.After(since) }) {
+			return
+		}
+		tn.mu.Lock()
+		cur, ok := tn.peers[id]
+		if !ok || cur.PublicKey != key {
+			tn.mu.Unlock()
+			return
+		}
+		without := make([]wg.Peer, 0, len(tn.peers))
+		for pid, p := range tn.peers {
+			if pid != id {
+				without = append(without, p)
+			}
+		}
+		err = errors.Join(tn.t.SetPeers(ctx, without), tn.t.SetPeers(ctx, slices.Collect(maps.Values(tn.peers))))
+		tn.mu.Unlock()
+		tn.log.InfoContext(ctx, "no WireGuard session with a peer's new key yet: its entry made again", "node", id, "err", err)
 	}
 }
 
