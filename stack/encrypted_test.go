@@ -490,7 +490,7 @@ func TestEncryptedOverlayRefusesCleartext(t *testing.T) {
 	_, _ = rand.Read(marker)
 	w := &wire{vni: map[uint32]int{}}
 	stop := netlab.Capture(t, lab, "lab-h1", w.saw(marker))
-	err = within(5*time.Second, func() error { return sendMarked(a.Key, bSec, marker, 256<<10) })
+	err = within(15*time.Second, func() error { return sendMarked(a.Key, bSec, marker, 256<<10) })
 	stop()
 	if err != nil || w.vni[sec.VNIs[0]] > 0 || w.marked > 0 || w.wg == 0 {
 		t.Fatalf("after nft flush ruleset: send %v; %d VXLAN frames of the encrypted VNI, %d with the marker, %d WireGuard datagrams", err, w.vni[sec.VNIs[0]], w.marked, w.wg)

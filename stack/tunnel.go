@@ -292,7 +292,10 @@ func (tn *tunnel) ensureSession(ctx context.Context, id string, key wg.Key, sinc
 			return
 		case <-time.After(sessionCheck):
 		}
-		ps, err := tn.t.Peers(ctx)
+		tn.mu.Lock()
+		t := tn.t // reopen replaces it under mu
+		tn.mu.Unlock()
+		ps, err := t.Peers(ctx)
 		if err != nil {
 			return
 		}
