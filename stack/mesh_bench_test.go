@@ -373,12 +373,14 @@ func BenchmarkEncryptedOverlay(b *testing.B) {
 		serveBench(b, openNS(b, h2.sandboxKey("b")), "", 10, 11)
 		hns := []*netns.Namespace{openNS(b, h1.hostPath), openNS(b, h2.hostPath)}
 		inner := rawWireguardGo(b, hns)
+		vx := rawVXLAN(b, hns, inner)
 		serveBench(b, hns[1], "", 10, 11)
 		from := openNS(b, a.Key)
 		paths := []benchPath{
 			{"encrypted", from, netip.AddrPortFrom(h2.addr("b", "sec", false), 11)},
 			{"plain", from, netip.AddrPortFrom(h2.addr("b", "plain", false), 11)},
-			{"wireguard-go", hns[0], netip.AddrPortFrom(inner, 11)},
+			{"wireguard-go", hns[0], netip.AddrPortFrom(inner[1], 11)},
+			{"vxlan-in-wireguard-go", hns[0], netip.AddrPortFrom(vx, 11)},
 			{"underlay", hns[0], hostAddr(1, 11)},
 		}
 		for _, p := range paths {
@@ -388,6 +390,7 @@ func BenchmarkEncryptedOverlay(b *testing.B) {
 		}
 		g := throughputRounds(b, paths)
 		b.ReportMetric(g["encrypted"]/g["wireguard-go"], "encrypted/wireguard-go")
+		b.ReportMetric(g["encrypted"]/g["vxlan-in-wireguard-go"], "encrypted/vxlan-in-wireguard-go")
 		b.ReportMetric(g["encrypted"]/g["plain"], "encrypted/plain")
 	})
 	b.Run("rotation", func(b *testing.B) {
@@ -422,9 +425,9 @@ func BenchmarkEncryptedOverlay(b *testing.B) {
 
 // rawWireguardGo builds a wireguard-go pair by hand between the namespaces hns[0]
 // and hns[1] (the hosts' own, underlay 192.0.2.1 and .2, UDP 51821): TUN "wgraw0"
-// in each, 198.51.100.1 and .2. It returns host 2's inner address. A minimal copy of
+// in each, 198.51.100.1 and .2. It returns both inner addresses. A minimal copy of
 // wg's rawDevice (BenchmarkRawWireguardGo), which is unexported there.
-func rawWireguardGo(b *testing.B, hns []*netns.Namespace) netip.Addr {
+func rawWireguardGo(b *testing.B, hns []*netns.Namespace) [2]netip.Addr {
 	var keys [2]wg.Key
 	for i := range keys {
 		var err error
@@ -469,5 +472,29 @@ func rawWireguardGo(b *testing.B, hns []*netns.Namespace) netip.Addr {
 			b.Fatal(err)
 		}
 	}
-	return inner[1]
+	return inner
+}
+
+// rawVXLAN puts a VXLAN device by hand over the wireguard-go pair (VNI 999, UDP 4790
+// between the inner addresses, 203.0.113.1 and .2/24 on it, MTU 1390 as pier's
+// encrypted networks): the encrypted overlay's traffic without pier. It returns host
+// 2's address on it.
+func rawVXLAN(b *testing.B, hns []*netns.Namespace, inner [2]netip.Addr) netip.Addr {
+	addrs := [2]netip.Addr{netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("203.0.113.2")}
+	for i, ns := range hns {
+		vx := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "vxraw0", MTU: 1390}, VxlanId: 999, Port: 4790,
+			SrcAddr: inner[i].AsSlice(), Group: inner[1-i].AsSlice()}
+		err := ns.NL.LinkAdd(vx)
+		if err == nil {
+			b.Cleanup(func() { _ = ns.NL.LinkDel(vx) })
+			err = ns.NL.AddrAdd(vx, &netlink.Addr{IPNet: &net.IPNet{IP: addrs[i].AsSlice(), Mask: net.CIDRMask(24, 32)}})
+		}
+		if err == nil {
+			err = ns.NL.LinkSetUp(vx)
+		}
+		if err != nil {
+			b.Fatalf("a VXLAN device over the wireguard-go pair: %v", err)
+		}
+	}
+	return addrs[1]
 }
