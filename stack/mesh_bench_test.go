@@ -425,7 +425,8 @@ func BenchmarkEncryptedOverlay(b *testing.B) {
 
 // rawWireguardGo builds a wireguard-go pair by hand between the namespaces hns[0]
 // and hns[1] (the hosts' own, underlay 192.0.2.1 and .2, UDP 51821): TUN "wgraw0"
-// in each, 198.51.100.1 and .2. It returns both inner addresses. A minimal copy of
+// in each, 198.51.100.1 and .2, MTU 1440 (the underlay's 1500 less WireGuard's 60, as
+// pier's own device). It returns both inner addresses. A minimal copy of
 // wg's rawDevice (BenchmarkRawWireguardGo), which is unexported there.
 func rawWireguardGo(b *testing.B, hns []*netns.Namespace) [2]netip.Addr {
 	var keys [2]wg.Key
@@ -445,7 +446,7 @@ func rawWireguardGo(b *testing.B, hns []*netns.Namespace) [2]netip.Addr {
 		var err error
 		nstest.Do(b, ns.Handle, func() {
 			var td tun.Device
-			if td, err = tun.CreateTUN("wgraw0", wg.DefaultMTU); err != nil {
+			if td, err = tun.CreateTUN("wgraw0", 1500-60); err != nil {
 				return
 			}
 			dev = device.NewDevice(td, conn.NewStdNetBind(), device.NewLogger(device.LogLevelSilent, ""))
