@@ -160,7 +160,25 @@ func (c *cluster) dockerService(ctx context.Context, sec *csection) error {
 	if !strings.HasPrefix(strings.TrimSpace(state), "Running") {
 		return fmt.Errorf("the service's task is not running after 60 s: %s", oneLine(strings.TrimSpace(state)))
 	}
+	sec.Notes = append(sec.Notes, "Docker: "+c.dockerTaskAnswers(ctx))
 	return nil
+}
+
+// dockerTaskAnswers checks the task itself: its httpd, asked inside its container.
+func (c *cluster) dockerTaskAnswers(ctx context.Context) string {
+	id, err := c.docker.docker(ctx, 2, "ps", "-q", "--filter", "label=com.docker.swarm.service.name=bcweb")
+	if err != nil || strings.TrimSpace(id) == "" {
+		return fmt.Sprintf("no task container found on d3 (%v)", err)
+	}
+	b, err := (&dockerSys{c: c.docker.hosts[2].c}).inspect(ctx, strings.Fields(id)[0])
+	if err != nil {
+		return "inspecting the task: " + err.Error()
+	}
+	_, err = inNetns(ctx, b.NetNS, c.cfg.Self, "probe", "http-client", "-addr", "127.0.0.1:80", "-n", "1", "-timeout", "5s").Output()
+	if err != nil {
+		return fmt.Sprintf("the task container (addresses %v) does not answer on 127.0.0.1:80 either: %v%s", b.IPs, err, exitText(err))
+	}
+	return fmt.Sprintf("the task container (addresses %v) answers on 127.0.0.1:80 inside itself: the task runs, the mesh in front of it does not.", b.IPs)
 }
 
 // grepLog returns up to the last two lines of a log file that contain any of words
@@ -175,6 +193,9 @@ func grepLog(path string, words ...string) string {
 		low := strings.ToLower(l)
 		for _, w := range words {
 			if strings.Contains(low, w) && (strings.Contains(low, "level=error") || strings.Contains(low, "level=warn")) {
+				if k := strings.Index(l, " Key: "); k >= 0 {
+					l = l[:k] + " …" // keys stay out of the report
+				}
 				if len(l) > 300 {
 					l = l[:300] + "…"
 				}
