@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -181,6 +182,9 @@ func (c *cluster) dockerTaskAnswers(ctx context.Context) string {
 	return fmt.Sprintf("the task container (addresses %v) answers on 127.0.0.1:80 inside itself: the task runs, the mesh in front of it does not.", b.IPs)
 }
 
+// logKey matches key material in Docker's log lines (its IPsec SA dumps).
+var logKey = regexp.MustCompile(`((?i:key)[:=] ?)0x[0-9a-fA-F]+`)
+
 // grepLog returns up to the last two lines of a log file that contain any of words
 // (case-insensitive), shortened.
 func grepLog(path string, words ...string) string {
@@ -193,11 +197,9 @@ func grepLog(path string, words ...string) string {
 		low := strings.ToLower(l)
 		for _, w := range words {
 			if strings.Contains(low, w) && (strings.Contains(low, "level=error") || strings.Contains(low, "level=warn")) {
-				if k := strings.Index(l, " Key: "); k >= 0 {
-					l = l[:k] + " …" // keys stay out of the report
-				}
-				if len(l) > 300 {
-					l = l[:300] + "…"
+				l = logKey.ReplaceAllString(l, "${1}…") // keys stay out of the report
+				if len(l) > 400 {
+					l = l[:200] + " … " + l[len(l)-200:]
 				}
 				hits = append(hits, "`"+strings.ReplaceAll(l, "`", "'")+"`")
 				break

@@ -59,3 +59,11 @@ func TestHTTPProbe(t *testing.T) {
 		t.Fatalf("http-client printed %q (%v), want 5 durations", out.String(), err)
 	}
 }
+
+func TestLogKeyCut(t *testing.T) {
+	l := `msg="Failed Adding rSA{Aead: {Name: rfc4106(gcm(aes)), Key: 0xdeadbeef01, ICVLen: 128}}: invalid argument"`
+	got := logKey.ReplaceAllString(l, "${1}…")
+	if strings.Contains(got, "deadbeef") || !strings.HasSuffix(got, "invalid argument\"") {
+		t.Errorf("cut line %q still has the key or lost the reason", got)
+	}
+}
