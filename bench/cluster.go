@@ -29,16 +29,17 @@ type ClusterConfig struct {
 	NEcho    int           // round trips of the echo client
 	NConv    int           // convergence tries per system
 	NFail    int           // failure tries of pier (Docker: one, its host is gone after)
+	NConn    int           // ingress connections per path
 	Progress io.Writer
 }
 
 // ClusterScenarios run in this order; the Docker swarm is built before them.
-var ClusterScenarios = []string{"throughput", "latency", "convergence", "failure"}
+var ClusterScenarios = []string{"throughput", "encrypted", "latency", "ingress", "convergence", "failure"}
 
 // DefaultClusterConfig keeps a run on a 2-core machine around 10 minutes.
 func DefaultClusterConfig() ClusterConfig {
 	return ClusterConfig{WorkDir: "/tmp/pierbench-cluster", Pierd: "bin/pierd", Busybox: "/bin/busybox",
-		Tput: 4 * time.Second, NTput: 5, NEcho: 5000, NConv: 30, NFail: 3, Progress: os.Stderr}
+		Tput: 4 * time.Second, NTput: 5, NEcho: 5000, NConv: 30, NFail: 3, NConn: 400, Progress: os.Stderr}
 }
 
 // clusterNSPrefix names the network namespaces of the Docker hosts and the raw pair.
@@ -136,7 +137,7 @@ func (c *cluster) measure(ctx context.Context) error {
 		c.docker = nil
 	}
 	steps := map[string]func(context.Context) *csection{
-		"throughput": c.scenThroughput, "latency": c.scenLatency,
+		"throughput": c.scenThroughput, "encrypted": c.scenEncrypted, "latency": c.scenLatency, "ingress": c.scenIngress,
 		"convergence": c.scenConvergence, "failure": c.scenFailure,
 	}
 	for _, name := range ClusterScenarios {

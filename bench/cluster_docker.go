@@ -113,9 +113,14 @@ func (s *swarm) docker(ctx context.Context, i int, args ...string) (string, erro
 
 // startBox runs a `sleep` container on the overlay on host i.
 func (s *swarm) startBox(ctx context.Context, i int, name string) (box, error) {
+	return s.startBoxOn(ctx, i, name, clusterNet)
+}
+
+// startBoxOn runs a `sleep` container on network net on host i.
+func (s *swarm) startBoxOn(ctx context.Context, i int, name, net string) (box, error) {
 	h := s.hosts[i]
 	cfg := &container.Config{Image: swarmImage, Cmd: []string{"/bin/sleep", "3600"}}
-	hc := &container.HostConfig{NetworkMode: container.NetworkMode(clusterNet)}
+	hc := &container.HostConfig{NetworkMode: container.NetworkMode(net)}
 	start := time.Now()
 	cr, err := h.c.ContainerCreate(ctx, dclient.ContainerCreateOptions{Config: cfg, HostConfig: hc, Name: name})
 	if err != nil {
@@ -128,8 +133,8 @@ func (s *swarm) startBox(ctx context.Context, i int, name string) (box, error) {
 	took := time.Since(start)
 	b, err := (&dockerSys{c: h.c}).inspect(ctx, cr.ID)
 	b.Took = took
-	if err == nil && b.IPs[clusterNet] == "" {
-		err = fmt.Errorf("%s: container %s has no address on %s: %v", h.name, name, clusterNet, b.IPs)
+	if err == nil && b.IPs[net] == "" {
+		err = fmt.Errorf("%s: container %s has no address on %s: %v", h.name, name, net, b.IPs)
 	}
 	return b, err
 }

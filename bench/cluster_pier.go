@@ -46,17 +46,27 @@ func startPierCluster(ctx context.Context, c *cluster) (*pierCluster, error) {
 	if err != nil {
 		return nil, errors.Join(err, p.close(ctx))
 	}
-	p.mtu, err = mtuOf(ctx, b)
+	p.mtu, err = mtuOf(ctx, b, clusterNet)
 	if rerr := p.removeBox(ctx, 2, b); err != nil || rerr != nil {
 		return nil, errors.Join(err, rerr, p.close(ctx))
 	}
 	return p, nil
 }
 
-// startBox creates a sandbox on the overlay on host h (0-based). A host that has not
-// seen the network yet answers NotFound for a moment: retried for 10 s.
+// startBox creates a sandbox on the overlay on host h (0-based).
 func (p *pierCluster) startBox(ctx context.Context, h int, name string) (box, error) {
-	req := types.SandboxCreateRequest{Name: name, Networks: []types.SandboxNetwork{{Network: clusterNet}}}
+	return p.startBoxOn(ctx, h, name, clusterNet)
+}
+
+// startBoxOn creates a sandbox on network net on host h. A host that has not seen the
+// network yet answers NotFound for a moment: retried for 10 s.
+func (p *pierCluster) startBoxOn(ctx context.Context, h int, name, net string) (box, error) {
+	return p.create(ctx, h, types.SandboxCreateRequest{Name: name, Networks: []types.SandboxNetwork{{Network: net}}}, net)
+}
+
+// create makes the sandbox req on host h and reports its address on net.
+func (p *pierCluster) create(ctx context.Context, h int, req types.SandboxCreateRequest, net string) (box, error) {
+	name := req.Name
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		start := time.Now()
@@ -65,12 +75,10 @@ func (p *pierCluster) startBox(ctx context.Context, h int, name string) (box, er
 		if err == nil {
 			b := box{ID: info.ID, Name: info.Name, NetNS: info.Key, Took: took, IPs: map[string]string{}}
 			for _, ep := range info.Endpoints { // the overlay's, not the gateway bridge's
-				if ep.Network == clusterNet {
-					b.IPs[clusterNet] = strings.Split(ep.IPv4Address, "/")[0]
-				}
+				b.IPs[ep.Network] = strings.Split(ep.IPv4Address, "/")[0]
 			}
-			if b.IPs[clusterNet] == "" {
-				return b, fmt.Errorf("sandbox %s has no address on %s: %+v", name, clusterNet, info.Endpoints)
+			if b.IPs[net] == "" {
+				return b, fmt.Errorf("sandbox %s has no address on %s: %+v", name, net, info.Endpoints)
 			}
 			return b, nil
 		}
@@ -121,9 +129,9 @@ func (p *pierCluster) close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// mtuOf is the MTU of the box's interface carrying its overlay address.
-func mtuOf(ctx context.Context, b box) (int, error) {
-	ip := b.IPs[clusterNet]
+// mtuOf is the MTU of the box's interface carrying its address on net.
+func mtuOf(ctx context.Context, b box, net string) (int, error) {
+	ip := b.IPs[net]
 	out, err := runIn(ctx, b.NetNS, "ip", "-o", "-4", "addr", "show")
 	if err != nil {
 		return 0, err

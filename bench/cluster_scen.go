@@ -69,32 +69,9 @@ func (c *cluster) scenThroughput(ctx context.Context) *csection {
 	secs := int(c.cfg.Tput.Seconds())
 	sec := &csection{Title: "Cross-host TCP throughput", Unit: "Gbit/s",
 		Intro: fmt.Sprintf("`iperf3 -c SERVER -t %d [-P 4]` in a box on host 1 against `iperf3 -s` in a box on host 3 (pier h1→h3, Docker d1→d3; raw: one namespace to the other over the VXLAN pair). %d runs per system and stream count, the three systems rotating. Goal (issue 17): pier overlay ≥ 0.95 × raw VXLAN.", secs, c.cfg.NTput)}
-	errs := pr.err
-	for k := range 3 {
-		if errs[k] != nil {
-			continue
-		}
-		p := pr.p[k]
-		_, errs[k] = c.startHelper(startProc("iperf3-"+p.name, filepath.Join(c.cfg.WorkDir, "iperf3-"+p.name+".log"),
-			"nsenter", "--net="+p.serverNS, "--", "iperf3", "-s", "-B", p.serverIP))
-	}
+	errs := c.iperfServers(pr.p[:], pr.err[:], "")
 	for _, streams := range []int{1, 4} {
-		var samples [3][]float64
-		serr := errs
-		for i := range c.cfg.NTput {
-			for j := range 3 {
-				k := (i + j) % 3
-				if serr[k] != nil || ctx.Err() != nil {
-					continue
-				}
-				bps, err := iperfRun(ctx, pr.p[k], secs, streams)
-				if err != nil {
-					serr[k] = err
-					continue
-				}
-				samples[k] = append(samples[k], bps/1e9)
-			}
-		}
+		samples, serr := c.iperfRounds(ctx, pr.p[:], errs, secs, streams)
 		c.logf("throughput, %d stream(s): pier %.2f, Docker %.2f, raw %.2f Gbit/s", streams, median(samples[0]), median(samples[1]), median(samples[2]))
 		scen := fmt.Sprintf("%d stream(s)", streams)
 		for k := range 3 {
@@ -130,7 +107,7 @@ func verdictOf(measured, met bool) string {
 func iperfRun(ctx context.Context, p endpointPair, secs, streams int) (float64, error) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		out, err := inNetns(ctx, p.client, "iperf3", "-c", p.serverIP, "-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams), "-J").Output()
+		out, err := inNetns(ctx, p.client, "iperf3", "-c", p.serverIP, "--connect-timeout", "3000", "-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams), "-J").Output()
 		var res struct {
 			End struct {
 				SumReceived struct {

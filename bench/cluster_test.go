@@ -1,8 +1,11 @@
 package bench
 
 import (
+	"encoding/json"
+	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestPct(t *testing.T) {
@@ -34,5 +37,33 @@ func TestRatioTo(t *testing.T) {
 	}
 	if got := ratioTo(nil, []float64{1}); got != "" {
 		t.Errorf("ratioTo without samples = %q, want empty", got)
+	}
+}
+
+// TestHTTPProbe: http-client against http-server on loopback records one duration
+// per exchange, each a real connect + GET + answer.
+func TestHTTPProbe(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	go func() { _ = httpServer(addr) }()
+	var out strings.Builder
+	if err := httpClient(addr, 5, 5*time.Second, &out); err != nil {
+		t.Fatal(err)
+	}
+	var ts []float64
+	if err := json.Unmarshal([]byte(out.String()), &ts); err != nil || len(ts) != 5 {
+		t.Fatalf("http-client printed %q (%v), want 5 durations", out.String(), err)
+	}
+}
+
+func TestLogKeyCut(t *testing.T) {
+	l := `msg="Failed Adding rSA{Aead: {Name: rfc4106(gcm(aes)), Key: 0xdeadbeef01, ICVLen: 128}}: invalid argument"`
+	got := logKey.ReplaceAllString(l, "${1}…")
+	if strings.Contains(got, "deadbeef") || !strings.HasSuffix(got, "invalid argument\"") {
+		t.Errorf("cut line %q still has the key or lost the reason", got)
 	}
 }

@@ -25,9 +25,13 @@ import (
 //	                              resolves and the IP first answers TCP
 //	gone -name N -ip IP           prints "ready", waits for a line on stdin, then prints
 //	                              when the name stops resolving and the IP stops answering
+//	http-server -addr IP:PORT     answers one HTTP/1.0 request per connection
+//	http-client -addr IP:PORT     n connections, each connect + GET + answer to EOF;
+//	                              prints their durations as JSON
+//	wg-tunnel -config F -mtu M    a wireguard-go device wgraw0 configured by F, until SIGTERM
 func Probe(args []string, in io.Reader, out io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("probe: want echo-server, echo-client, appear or gone")
+		return errors.New("probe: want echo-server, echo-client, appear, gone, http-server, http-client or wg-tunnel")
 	}
 	fs := flag.NewFlagSet("probe "+args[0], flag.ContinueOnError)
 	addr := fs.String("addr", "", "TCP `ip:port`")
@@ -37,6 +41,8 @@ func Probe(args []string, in io.Reader, out io.Writer) error {
 	ip := fs.String("ip", "", "address to reach (gone)")
 	dns := fs.String("dns", "127.0.0.11:53", "DNS server")
 	timeout := fs.Duration("timeout", 60*time.Second, "give up after")
+	cfg := fs.String("config", "", "wireguard-go UAPI configuration `file` (wg-tunnel)")
+	mtu := fs.Int("mtu", 1420, "MTU of the TUN device (wg-tunnel)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -49,11 +55,23 @@ func Probe(args []string, in io.Reader, out io.Writer) error {
 		return probeAppear(*name, *dns, *timeout, in, out)
 	case "gone":
 		return probeGone(*name, *ip, *dns, *timeout, in, out)
+	case "http-server":
+		return httpServer(*addr)
+	case "http-client":
+		return httpClient(*addr, *n, *timeout, out)
+	case "wg-tunnel":
+		return wgTunnel(*cfg, *mtu)
 	}
 	return fmt.Errorf("probe: unknown kind %q", args[0])
 }
 
 func echoServer(addr string) error {
+	return serveTCP(addr, func(c net.Conn) { _, _ = io.Copy(c, c) })
+}
+
+// serveTCP calls handle for each connection to addr, in its own goroutine, and
+// closes the connection after it.
+func serveTCP(addr string, handle func(net.Conn)) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -65,7 +83,7 @@ func echoServer(addr string) error {
 		}
 		go func() {
 			defer c.Close()
-			_, _ = io.Copy(c, c)
+			handle(c)
 		}()
 	}
 }

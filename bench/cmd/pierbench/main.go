@@ -97,6 +97,7 @@ func parseCluster(args []string) (bench.ClusterConfig, error) {
 	fs.IntVar(&cfg.NEcho, "n-echo", cfg.NEcho, "echo round trips per system")
 	fs.IntVar(&cfg.NConv, "n-conv", cfg.NConv, "convergence tries per system")
 	fs.IntVar(&cfg.NFail, "n-fail", cfg.NFail, "failure tries of pier")
+	fs.IntVar(&cfg.NConn, "n-conn", cfg.NConn, "ingress connections per path")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
