@@ -64,7 +64,9 @@ func rawDevice(b *testing.B, ns *netns.Namespace, cfg string, self, peer netip.A
 		if td, err = tun.CreateTUN("wgraw0", DefaultMTU); err != nil {
 			return
 		}
-		dev = device.NewDevice(td, conn.NewStdNetBind(), device.NewLogger(device.LogLevelSilent, ""))
+		// nsBind: wireguard-go may re-open its sockets later from another goroutine;
+		// they must still be made in ns, never in the machine's own namespace.
+		dev = device.NewDevice(td, &nsBind{Bind: conn.NewStdNetBind(), ns: ns}, device.NewLogger(device.LogLevelSilent, ""))
 		if err = dev.IpcSet(cfg); err == nil {
 			err = dev.Up()
 		}
