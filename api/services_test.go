@@ -9,6 +9,7 @@ import (
 )
 
 func TestServiceRoutes(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.must(http.StatusCreated, "POST", "/networks/create", map[string]any{"Name": "app"})
 	var svc types.ServiceInfo
