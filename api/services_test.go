@@ -9,7 +9,6 @@ import (
 )
 
 func TestServiceRoutes(t *testing.T) {
-	t.Parallel()
 	e := newEnv(t)
 	e.must(http.StatusCreated, "POST", "/networks/create", map[string]any{"Name": "app"})
 	var svc types.ServiceInfo
