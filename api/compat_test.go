@@ -10,6 +10,7 @@ import (
 )
 
 func TestSwarmAndEngineRoutes(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	for _, tc := range []struct {
 		method, path string
@@ -37,6 +38,7 @@ func TestSwarmAndEngineRoutes(t *testing.T) {
 }
 
 func TestNetworkScopeAndCodes(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.must(201, "POST", "/networks/create", `{"Name":"app","IPAM":{"Config":[{"Subnet":"10.9.0.0/24"}]}}`)
 	e.must(200, "GET", "/networks/app?scope=local", nil)

@@ -17,6 +17,8 @@ import (
 )
 
 // env is a real controller in a fresh network namespace behind an API server.
+// Tests that build their own env run with t.Parallel(), except those that create
+// services: see stack/helpers_test.go.
 type env struct {
 	t        testing.TB
 	hostPath string

@@ -17,6 +17,7 @@ import (
 )
 
 func TestPing(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	for _, tc := range []struct {
 		method, path string
@@ -42,6 +43,7 @@ func TestPing(t *testing.T) {
 }
 
 func TestNetworkCreateInspect(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	created := e.must(201, "POST", "/v1.41/networks/create", `{"Name":"app","CheckDuplicate":true,
 		"Driver":"bridge","EnableIPv6":null,"Internal":true,"Labels":{"team":"web"},
@@ -81,6 +83,7 @@ func TestNetworkCreateInspect(t *testing.T) {
 }
 
 func TestNetworkBadInput(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.must(201, "POST", "/networks/create", `{"Name":"app"}`)
 	e.must(201, "POST", "/pier/v1/sandboxes", `{"Name":"web","Networks":[{"Network":"app"}]}`)
@@ -155,6 +158,7 @@ func TestNetworkBadInput(t *testing.T) {
 // MTU) answers 400 with the option named, and has taken nothing: its subnet is free for
 // the next create.
 func TestBadDriverOptionLeavesSubnetFree(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	before := e.state()
 	const body = `{"Name":"app","Options":{"com.docker.network.driver.mtu":%q},"IPAM":{"Config":[{"Subnet":"10.33.0.0/24"}]}}`
@@ -174,6 +178,7 @@ func TestBadDriverOptionLeavesSubnetFree(t *testing.T) {
 }
 
 func TestNetworkConnectDisconnect(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.must(201, "POST", "/networks/create", `{"Name":"app","IPAM":{"Config":[{"Subnet":"10.9.0.0/24"}]}}`)
 	e.must(201, "POST", "/pier/v1/sandboxes", `{"Name":"db","Networks":[{"Network":"bridge"}]}`)
@@ -202,6 +207,7 @@ func TestNetworkConnectDisconnect(t *testing.T) {
 }
 
 func TestNetworkListFilters(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ids := map[string]string{}
 	for _, body := range []string{
@@ -250,6 +256,7 @@ func TestNetworkListFilters(t *testing.T) {
 }
 
 func TestNetworkPrune(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	for _, body := range []string{`{"Name":"old","Labels":{"keep":"no"}}`, `{"Name":"kept","Labels":{"keep":"yes"}}`,
 		`{"Name":"busy"}`, `{"Name":"other"}`} {
@@ -281,6 +288,7 @@ func TestNetworkPrune(t *testing.T) {
 }
 
 func TestVersionInfo(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	r := e.must(200, "GET", "/v1.41/version", nil)
 	for _, want := range []string{`"ApiVersion":"1.50"`, `"MinAPIVersion":"1.24"`, `"Os":"linux"`, `"Version":"test"`} {
@@ -307,6 +315,7 @@ func mustMAC(s string) network.HardwareAddr {
 // TestSmallestSubnetTakesAnEndpoint is the positive control of the /31 and /32
 // refusals: a /30 network is created and takes exactly one endpoint.
 func TestSmallestSubnetTakesAnEndpoint(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.must(201, "POST", "/networks/create", map[string]any{"Name": "p2p", "IPAM": map[string]any{"Config": []map[string]string{{"Subnet": "10.9.9.8/30"}}}})
 	e.must(201, "POST", "/pier/v1/sandboxes", map[string]any{"Name": "one", "Networks": []map[string]string{{"Network": "p2p"}}})

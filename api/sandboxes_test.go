@@ -15,6 +15,7 @@ import (
 )
 
 func TestSandboxCreate(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.must(201, "POST", "/networks/create", `{"Name":"app","IPAM":{"Config":[{"Subnet":"10.9.0.0/24"}]}}`)
 	var web types.SandboxInfo
@@ -74,6 +75,7 @@ func assertFile(t *testing.T, path string, lines ...string) {
 }
 
 func TestSandboxDefaultNetworks(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	for _, tc := range []struct {
 		body      string
@@ -105,6 +107,7 @@ func TestSandboxDefaultNetworks(t *testing.T) {
 }
 
 func TestSandboxCreateFailsCleanly(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.must(201, "POST", "/networks/create", `{"Name":"app","IPAM":{"Config":[{"Subnet":"10.9.0.0/24"}]}}`)
 	e.must(201, "POST", "/pier/v1/sandboxes", `{"Name":"web","Networks":[{"Network":"app","IPv4Address":"10.9.0.5"}]}`)
@@ -143,6 +146,7 @@ func TestSandboxCreateFailsCleanly(t *testing.T) {
 }
 
 func TestSandboxDelete(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	var sb types.SandboxInfo
 	e.must(201, "POST", "/pier/v1/sandboxes", `{"Name":"web"}`).decode(t, &sb)

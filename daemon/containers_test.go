@@ -12,6 +12,7 @@ import (
 // sandboxes as (read-only) containers; container commands pier does not serve fail
 // with a message that says why (issue 14 item 9).
 func TestDockerCLISeesSandboxes(t *testing.T) {
+	t.Parallel()
 	nstest.Require(t, "docker")
 	d := newPierd(t)
 	d.start()
@@ -53,6 +54,7 @@ func TestDockerCLISeesSandboxes(t *testing.T) {
 // swarm commands outside a swarm, subnets with host bits and too-small subnets
 // (issue 14 items 1, 6, 8), with a positive control.
 func TestDockerCLIAnswersLikeDocker(t *testing.T) {
+	t.Parallel()
 	nstest.Require(t, "docker")
 	d := newPierd(t)
 	d.start()

@@ -18,6 +18,7 @@ import (
 )
 
 func TestDockerCLI(t *testing.T) {
+	t.Parallel()
 	nstest.Require(t, "docker")
 	d := newPierd(t)
 	d.start()
@@ -106,6 +107,7 @@ func TestDockerCLI(t *testing.T) {
 }
 
 func TestMobySDK(t *testing.T) {
+	t.Parallel()
 	d := newPierd(t)
 	d.start()
 	ctx := t.Context()
@@ -186,6 +188,7 @@ func TestMobySDK(t *testing.T) {
 func second[T any](_ T, err error) error { return err }
 
 func TestMalformedRequests(t *testing.T) {
+	t.Parallel()
 	d := newPierd(t)
 	d.start()
 	before, _ := d.request("GET", "/networks", nil)
@@ -214,6 +217,7 @@ func TestMalformedRequests(t *testing.T) {
 }
 
 func TestRestart(t *testing.T) {
+	t.Parallel()
 	nstest.Require(t, "docker")
 	d := newPierd(t)
 	d.start()
@@ -258,6 +262,7 @@ func snapshot(d *pierd) string {
 }
 
 func TestSecondPierdRefused(t *testing.T) {
+	t.Parallel()
 	d := newPierd(t)
 	d.start()
 	out, err := execOutput("nsenter", d.args(d.sock+"2")...)
@@ -273,6 +278,7 @@ func TestSecondPierdRefused(t *testing.T) {
 }
 
 func TestConfigFileAndFlags(t *testing.T) {
+	t.Parallel()
 	nstest.Require(t, "docker")
 	file := filepath.Join(t.TempDir(), "pierd.json")
 	if err := os.WriteFile(file, []byte(`{"default-address-pools":[{"base":"10.99.0.0/16","size":24}],"log-level":"warn"}`), 0o644); err != nil {

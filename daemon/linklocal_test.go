@@ -23,6 +23,7 @@ import (
 // (ping), reported by sandbox inspect and kept across a restart; a non-link-local value
 // is a 400 that says so, and changes nothing.
 func TestLinkLocalIPs(t *testing.T) {
+	t.Parallel()
 	d := newPierd(t)
 	d.start()
 	ctx := t.Context()

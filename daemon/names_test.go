@@ -21,6 +21,7 @@ var dockerNetworkNames = []string{"test 01", "réseau-ü", "a/b", strings.Repeat
 // TestNetworkNamesDockerCLI creates, inspects, connects to and deletes networks with the
 // names Docker accepts, through the docker CLI; a blank name is refused.
 func TestNetworkNamesDockerCLI(t *testing.T) {
+	t.Parallel()
 	nstest.Require(t, "docker")
 	d := newPierd(t)
 	d.start()
@@ -49,6 +50,7 @@ func TestNetworkNamesDockerCLI(t *testing.T) {
 
 // TestNetworkNamesSDK does the same through the moby Go SDK.
 func TestNetworkNamesSDK(t *testing.T) {
+	t.Parallel()
 	d := newPierd(t)
 	d.start()
 	ctx := t.Context()

@@ -11,6 +11,7 @@ import (
 // pierd in a test namespace. Without them the test is skipped, unless CI is set (.ci/run
 // installs them): then it fails.
 func TestPythonSDK(t *testing.T) {
+	t.Parallel()
 	// Debian's package first: a newer docker-py from pip must not stand in for it.
 	env := append(dockerEnv(t.TempDir()), "PYTHONPATH=/usr/lib/python3/dist-packages", "PYTHONDONTWRITEBYTECODE=1")
 	probe := exec.Command("python3", "-c", "import docker, pytest; print(docker.__file__, docker.__version__)")

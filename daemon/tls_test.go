@@ -21,6 +21,7 @@ import (
 )
 
 func TestTCPMutualTLS(t *testing.T) {
+	t.Parallel()
 	nstest.Require(t, "docker")
 	certs := newCerts(t)
 	const addr = "tcp://127.0.0.1:2376"
@@ -53,6 +54,7 @@ func TestTCPMutualTLS(t *testing.T) {
 // were the refusal to regress, it would serve there, never on the machine's own
 // loopback or firewall.
 func TestPlainTCPRefused(t *testing.T) {
+	t.Parallel()
 	d := newPierd(t, "-H", "tcp://127.0.0.1:2375")
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()

@@ -16,6 +16,7 @@ import (
 )
 
 func TestTwoSandboxesOnOneBridgeTalk(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.network(cnm.NetworkSpec{Name: "app"})
 	a := e.sandbox("a", "app")
@@ -38,6 +39,7 @@ func TestTwoSandboxesOnOneBridgeTalk(t *testing.T) {
 }
 
 func TestNetworksAreIsolated(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.network(cnm.NetworkSpec{Name: "one"})
 	e.network(cnm.NetworkSpec{Name: "two"})
@@ -56,6 +58,7 @@ func TestNetworksAreIsolated(t *testing.T) {
 }
 
 func TestICCDisabledBlocksSameNetwork(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	n := e.network(cnm.NetworkSpec{Name: "quiet", Options: map[string]string{"com.docker.network.bridge.enable_icc": "false"}})
 	e.network(cnm.NetworkSpec{Name: "loud"})
@@ -79,6 +82,7 @@ func TestICCDisabledBlocksSameNetwork(t *testing.T) {
 }
 
 func TestInternalNetworkHasNoDefaultRoute(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.network(cnm.NetworkSpec{Name: "priv", Internal: true})
 	a := e.sandbox("a", "priv")
@@ -92,6 +96,7 @@ func TestInternalNetworkHasNoDefaultRoute(t *testing.T) {
 }
 
 func TestSandboxOnTwoNetworksKeepsDefaultRoute(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	n1 := e.network(cnm.NetworkSpec{Name: "net1"})
 	n2 := e.network(cnm.NetworkSpec{Name: "net2"})
@@ -122,6 +127,7 @@ func TestSandboxOnTwoNetworksKeepsDefaultRoute(t *testing.T) {
 }
 
 func TestDualStackPing6(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.network(cnm.NetworkSpec{Name: "v6", EnableIPv6: true})
 	a := e.sandbox("a", "v6")
@@ -142,6 +148,7 @@ func TestDualStackPing6(t *testing.T) {
 // talk to each other, resolve each other's names, and a published port is reachable
 // over both families (IPv4 through the proxy).
 func TestIPv6OnlyNetwork(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.s.Controller
 	out := outside6(t, e)

@@ -87,6 +87,7 @@ func crashRand(t *testing.T) *rand.Rand {
 }
 
 func TestSIGKILLMidOperationRestoresAndLeaksNothing(t *testing.T) {
+	t.Parallel()
 	nstest.Require(t, "root", "nft", "nsenter")
 	rng := crashRand(t)
 	for round := range 3 {

@@ -77,6 +77,7 @@ func queryA(t *testing.T, e *env, sb cnm.Sandbox, name string) []string {
 }
 
 func TestControllerFeedsEmbeddedDNS(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	if err := e.s.Controller.EnsurePredefined(t.Context(), true); err != nil {
 		t.Fatal(err)
@@ -131,6 +132,7 @@ func TestControllerFeedsEmbeddedDNS(t *testing.T) {
 // DNS) it is written to the linking sandbox's /etc/hosts. A link to a sandbox that
 // does not exist is refused.
 func TestLinks(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.s.Controller
 	if err := c.EnsurePredefined(t.Context(), true); err != nil {

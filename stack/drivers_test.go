@@ -16,6 +16,7 @@ import (
 )
 
 func TestBridgeOptionsReachTheKernel(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.network(cnm.NetworkSpec{Name: "opts", EnableIPv6: true, Options: map[string]string{
 		"com.docker.network.bridge.name":            "bropts",
@@ -73,6 +74,7 @@ func TestBridgeOptionsReachTheKernel(t *testing.T) {
 }
 
 func TestBadBridgeOptionsAndOverlapsAreRefused(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	for _, opts := range []map[string]string{
 		{"com.docker.network.driver.mtu": "tiny"},
@@ -102,6 +104,7 @@ func TestBadBridgeOptionsAndOverlapsAreRefused(t *testing.T) {
 }
 
 func TestAutoPoolSkipsRoutedSubnets(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	// Something on the host already uses 172.17.5.0/24: the first default pool is taken.
 	host := e.s.Host
@@ -125,6 +128,7 @@ func TestAutoPoolSkipsRoutedSubnets(t *testing.T) {
 }
 
 func TestPredefinedNetworksHostAndNone(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.s.Controller
 	ctx := t.Context()

@@ -20,6 +20,12 @@ import (
 )
 
 // env is one test "host": a fresh network namespace plus data and exec roots.
+//
+// Every kernel call goes through handles bound to the host's namespace, so tests that
+// build their own envs run with t.Parallel(). Not in parallel: tests that create
+// services or cluster labs (lb and ingress add nftables sets without an ID, which the
+// library numbers from a process-wide counter without a lock, a data race that -race
+// reports when two such tests overlap), and tests that assert a short wall-clock bound.
 type env struct {
 	t        testing.TB
 	hostPath string

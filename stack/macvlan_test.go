@@ -53,6 +53,7 @@ func macvlanSpec(name string, opts map[string]string, subnets ...string) cnm.Net
 }
 
 func TestMacvlanSandboxesReachEachOtherAndTheSegment(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	outside := segment(t, e, netip.MustParsePrefix("192.0.2.254/24"))
 	e.network(macvlanSpec("mv", map[string]string{"parent": "uplink"}, "192.0.2.0/24", "2001:db8:2::/64"))
@@ -84,6 +85,7 @@ func TestMacvlanSandboxesReachEachOtherAndTheSegment(t *testing.T) {
 }
 
 func TestMacvlanPrivateModeIsolatesSandboxes(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	outside := segment(t, e, netip.MustParsePrefix("192.0.2.254/24"))
 	e.network(macvlanSpec("priv", map[string]string{"parent": "uplink", "macvlan_mode": "private"}, "192.0.2.0/24"))
@@ -103,6 +105,7 @@ func TestMacvlanPrivateModeIsolatesSandboxes(t *testing.T) {
 }
 
 func TestMacvlanWithoutParentIsInternal(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	n := e.network(macvlanSpec("inner", nil, "198.51.100.0/24"))
 	a, b := e.sandbox("a", "inner"), e.sandbox("b", "inner")
@@ -126,6 +129,7 @@ func TestMacvlanWithoutParentIsInternal(t *testing.T) {
 }
 
 func TestMacvlanInternalHasNoDefaultRoute(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	segment(t, e, netip.MustParsePrefix("192.0.2.254/24"))
 	spec := macvlanSpec("int", map[string]string{"parent": "uplink"}, "192.0.2.0/24")
@@ -138,6 +142,7 @@ func TestMacvlanInternalHasNoDefaultRoute(t *testing.T) {
 }
 
 func TestMacvlanRefusals(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	segment(t, e, netip.MustParsePrefix("192.0.2.254/24"))
 	c := e.s.Controller
@@ -163,6 +168,7 @@ func TestMacvlanRefusals(t *testing.T) {
 }
 
 func TestIPvlan(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	segment(t, e, netip.MustParsePrefix("192.0.2.254/24"))
 	spec := cnm.NetworkSpec{Name: "iv", Driver: "ipvlan", Options: map[string]string{"parent": "uplink"},
@@ -190,6 +196,7 @@ func TestIPvlan(t *testing.T) {
 // its macvlan sandboxes through the parent, and the documented workaround (a macvlan
 // sub-interface of its own on the parent) lets it.
 func TestMacvlanHostLimitation(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	segment(t, e, netip.MustParsePrefix("192.0.2.254/24"))
 	e.network(macvlanSpec("mv", map[string]string{"parent": "uplink"}, "192.0.2.0/24"))

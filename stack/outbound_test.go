@@ -125,6 +125,7 @@ func askSourceAt(key, addr string) (string, error) {
 }
 
 func TestOutboundIsMasqueradedAndFollowsTheGateway(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	out := outside(t, e)
 	remoteSeen(t, out)
@@ -155,6 +156,7 @@ func TestOutboundIsMasqueradedAndFollowsTheGateway(t *testing.T) {
 }
 
 func TestInternalNetworkCannotReachOutside(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	out := outside(t, e)
 	remoteSeen(t, out)

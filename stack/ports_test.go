@@ -48,6 +48,7 @@ func dialReaches(key string, addr netip.AddrPort) error {
 func dialFrom(key string, addr netip.AddrPort) error { return echo(key, addr, time.Second) }
 
 func TestPublishedPortReachableAndKeptAcrossRestart(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	out := outside(t, e)
 	e.network(cnm.NetworkSpec{Name: "web"})
@@ -112,6 +113,7 @@ func hostPort(bs []portmap.Binding, except uint16) uint16 {
 }
 
 func TestMacvlanRefusesPublishedPorts(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.network(cnm.NetworkSpec{Name: "mv", Driver: "macvlan"})
 	if _, err := e.s.Controller.CreateSandbox(t.Context(), cnm.SandboxSpec{Name: "p", Ports: specs(t, "80")}); err != nil {
@@ -128,6 +130,7 @@ func TestMacvlanRefusesPublishedPorts(t *testing.T) {
 // the proxy (the kernel cannot NAT IPv6 to IPv4), on ::1 and on the host's own IPv6
 // addresses alike.
 func TestIPv4OnlySandboxPublishedOnIPv6(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	out := outside6(t, e)
 	e.network(cnm.NetworkSpec{Name: "web"})

@@ -96,6 +96,7 @@ func (p *pluginEnv) state(name string) map[string][]string {
 }
 
 func TestRemoteDriverAndIPAM(t *testing.T) {
+	t.Parallel()
 	p := newPluginEnv(t, 5*time.Second)
 	p.start("vethnet", "vethnet")
 	p.start("poolipam", "poolipam")
@@ -144,6 +145,7 @@ func TestRemoteDriverAndIPAM(t *testing.T) {
 // rule). pier records and configures it, keeps it across a restart and never hands it
 // to an IPAM.
 func TestRemoteDriverAssignsAddresses(t *testing.T) {
+	t.Parallel()
 	p := newPluginEnv(t, 5*time.Second)
 	p.start("vethnet", "vethnet", "-assign", "192.0.2.0/24")
 	c := p.s.Controller
@@ -181,6 +183,7 @@ func TestRemoteDriverAssignsAddresses(t *testing.T) {
 // keeps its interfaces until DeleteEndpoint finds them there. Both a disconnect and a
 // forced sandbox delete hand them back.
 func TestRemoteInterfaceHandedBack(t *testing.T) {
+	t.Parallel()
 	p := newPluginEnv(t, 5*time.Second)
 	p.start("vethnet", "vethnet", "-keep-on-leave")
 	p.start("poolipam", "poolipam")
@@ -221,6 +224,7 @@ func TestRemoteInterfaceHandedBack(t *testing.T) {
 // gave none (as Docker), and the sandbox's interface carries that MAC even though the
 // network plugin made the interface with another.
 func TestRemoteIPAMRequiresMAC(t *testing.T) {
+	t.Parallel()
 	p := newPluginEnv(t, 5*time.Second)
 	p.start("vethnet", "vethnet")
 	p.start("poolipam", "poolipam", "-requires-mac")
@@ -258,6 +262,7 @@ func TestRemoteIPAMRequiresMAC(t *testing.T) {
 // "global" network that exists on this host only; without cluster mode it is refused
 // with a clear error, and the plugin is never asked to create anything.
 func TestRemoteGlobalScopeNeedsCluster(t *testing.T) {
+	t.Parallel()
 	p := newPluginEnv(t, 5*time.Second)
 	p.start("vethnet", "vethnet", "-scope", "global")
 	_, err := p.s.Controller.CreateNetwork(t.Context(), cnm.NetworkSpec{Name: "remote", Driver: "vethnet"})
@@ -447,6 +452,7 @@ func (p *pluginEnv) checkNothingLeft(networkMade bool) {
 // state and do not ask for RequiresRequestReplay, so they are not asked again) still
 // serve the network: old and new sandboxes talk.
 func TestRemoteNetworkAfterRestart(t *testing.T) {
+	t.Parallel()
 	p := newPluginEnv(t, 5*time.Second)
 	p.start("vethnet", "vethnet")
 	p.start("poolipam", "poolipam")

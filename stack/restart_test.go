@@ -52,6 +52,7 @@ func (e *env) snapshot() snapshot {
 func (e *env) hostLinks() []string { return links(e.t, e.hostPath) }
 
 func TestRestartRestoresAndRepairs(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	if err := e.s.Controller.EnsurePredefined(t.Context(), true); err != nil {
 		t.Fatal(err)
@@ -118,6 +119,7 @@ func hostVeth(t *testing.T, e *env, sb, net string) string {
 // marking it with its network leaves an unmarked bridge; restore must remove it, and
 // must leave alone bridges pier did not create, even with names like its own.
 func TestRestartRemovesHalfCreatedBridges(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.network(cnm.NetworkSpec{Name: "app"})
 	want := e.hostLinks()
