@@ -53,7 +53,7 @@ const udpSrcTimeout = 120 * time.Second
 var typeUDPFlow = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService, nftables.TypeInetService)
 
 func udpSrcMap(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: mapUDPSrc, KeyType: typeUDPFlow, Concatenation: true, IsMap: true,
+	return &nftables.Set{Table: t, Name: mapUDPSrc, ID: 1, KeyType: typeUDPFlow, Concatenation: true, IsMap: true,
 		DataType: nftables.TypeIPAddr, HasTimeout: true, Dynamic: true}
 }
 

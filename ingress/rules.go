@@ -42,19 +42,19 @@ func table() *nftables.Table {
 }
 
 func targetsMap(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: mapTargets, KeyType: typeProtoPort, Concatenation: true, IsMap: true, DataType: nftables.TypeInetService}
+	return &nftables.Set{Table: t, Name: mapTargets, ID: 1, KeyType: typeProtoPort, Concatenation: true, IsMap: true, DataType: nftables.TypeInetService}
 }
 
 func servicesMap(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: mapServices, KeyType: typeProtoPort, Concatenation: true, IsMap: true, DataType: nftables.TypeMark}
+	return &nftables.Set{Table: t, Name: mapServices, ID: 2, KeyType: typeProtoPort, Concatenation: true, IsMap: true, DataType: nftables.TypeMark}
 }
 
 func snatSet(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: setSNAT, KeyType: typeProtoPort, Concatenation: true}
+	return &nftables.Set{Table: t, Name: setSNAT, ID: 3, KeyType: typeProtoPort, Concatenation: true}
 }
 
 func slotsMap(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: mapSlots, KeyType: typeSlotKey, Concatenation: true, IsMap: true, DataType: nftables.TypeIPAddr}
+	return &nftables.Set{Table: t, Name: mapSlots, ID: 4, KeyType: typeSlotKey, Concatenation: true, IsMap: true, DataType: nftables.TypeIPAddr}
 }
 
 // queueDelete deletes the table whether or not it exists.

@@ -3,6 +3,7 @@ package lb
 import (
 	"encoding/binary"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"net/netip"
 	"slices"
@@ -88,29 +89,35 @@ var (
 	typeSlotKey = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeMark) // mark: a host-endian 32-bit number, as numgen writes it, that nft can print
 )
 
+// Sets carry fixed batch IDs: with ID 0, google/nftables numbers them from one
+// package-wide counter that only a per-connection lock guards (a data race between
+// two tables written at once). IDs only need to be unique within a batch.
+
 func vipSet(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: setVIPs, KeyType: nftables.TypeIPAddr}
+	return &nftables.Set{Table: t, Name: setVIPs, ID: 1, KeyType: nftables.TypeIPAddr}
 }
 
 func portsSet(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: setPorts, KeyType: typePortKey, Concatenation: true}
+	return &nftables.Set{Table: t, Name: setPorts, ID: 2, KeyType: typePortKey, Concatenation: true}
 }
 
 func allSet(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: setAll, KeyType: nftables.TypeIPAddr}
+	return &nftables.Set{Table: t, Name: setAll, ID: 3, KeyType: nftables.TypeIPAddr}
 }
 
 func slotsMap(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: mapSlots, KeyType: typeSlotKey, Concatenation: true,
+	return &nftables.Set{Table: t, Name: mapSlots, ID: 4, KeyType: typeSlotKey, Concatenation: true,
 		IsMap: true, DataType: nftables.TypeIPAddr}
 }
 
 func stickyDispatch(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: mapStickyChain, KeyType: nftables.TypeIPAddr, IsMap: true, DataType: nftables.TypeVerdict}
+	return &nftables.Set{Table: t, Name: mapStickyChain, ID: 5, KeyType: nftables.TypeIPAddr, IsMap: true, DataType: nftables.TypeVerdict}
 }
 
 func stickyMap(t *nftables.Table, id string) *nftables.Set {
-	return &nftables.Set{Table: t, Name: "sticky_" + id, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeIPAddr,
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return &nftables.Set{Table: t, Name: "sticky_" + id, ID: 16 + h.Sum32()%(1<<24), KeyType: nftables.TypeIPAddr, DataType: nftables.TypeIPAddr,
 		IsMap: true, HasTimeout: true, Dynamic: true}
 }
 
