@@ -353,7 +353,7 @@ func (c *Controller) remoteRouterChanged(ctx context.Context, ep RemoteEndpoint)
 // network can be removed.
 func (c *Controller) dropRouter(ctx context.Context) {
 	r := c.router
-	if r == nil || c.cluster == nil {
+	if r == nil || c.cluster == nil || c.mesh == nil {
 		return
 	}
 	if err := c.cluster.WithdrawEndpoint(ctx, r.NetworkID, r.ID); err != nil {
