@@ -87,6 +87,15 @@ func TestLabIngressKeepsClientAddress(t *testing.T) {
 		t.Fatalf("a second service publishing ingress port 8080 on another host: %v\n%s", err, out)
 	}
 	client := webTasks(t, l)
+	// Converged when h1 (no task) forwards to both tasks: each task enters rotation
+	// once it listens, and h1 learns that through etcd.
+	conv := map[string]bool{}
+	nstest.Eventually(t, "both tasks behind h1's 8080", 15*time.Second, func() bool {
+		if name, err := who(t, client, "tcp4", netip.AddrPortFrom(l.Hosts[0].Addr, 8080)); err == nil {
+			conv[name] = true
+		}
+		return conv["t2"] && conv["t3"]
+	})
 
 	// Every host answers on 8080, TCP and UDP, and each task saw the client itself.
 	for _, proto := range []string{"tcp4", "udp4"} {

@@ -251,9 +251,7 @@ func (tn *tunnel) sync(ctx context.Context, nodes []cluster.Node, self string) {
 	defer tn.mu.Unlock()
 	set := time.Now()
 	for id, p := range want {
-		// A new peer, or a new key: both ends add each other at about the same time, so
-		// their first handshakes can cross too.
-		if old, ok := tn.peers[id]; !ok || old.PublicKey != p.PublicKey {
+		if old, ok := tn.peers[id]; ok && old.PublicKey != p.PublicKey {
 			tn.wg.Go(func() { tn.ensureSession(ctx, id, p.PublicKey, set) })
 		}
 	}
@@ -277,23 +275,25 @@ func (tn *tunnel) sync(ctx context.Context, nodes []cluster.Node, self string) {
 	}
 }
 
-// sessionCheck is how long a peer's new key is given to carry a session before its
-// entry is made again.
-const sessionCheck = 100 * time.Millisecond
+// sessionCheck is how long a peer's new key is first given to carry a session before
+// its entry is made again; each later check waits twice as long (a loaded machine's
+// handshakes take longer, and making an entry again cancels one in flight).
+const sessionCheck = 250 * time.Millisecond
 
-// ensureSession makes sure a peer that is new or whose key just changed gets a session
-// with it. Handshakes can cross (two nodes adding each other, or both ends rotating,
-// close together) or meet WireGuard's flood limit on initiations, and WireGuard itself
-// retries only after 5 s; a peer entry made anew initiates at once. So when no handshake with the new
+// ensureSession makes sure a peer whose key just changed gets a session with it.
+// Handshakes can cross (both ends rotating close together) or meet WireGuard's flood
+// limit on initiations, and WireGuard itself retries only after 5 s; a peer entry made anew initiates at once. So when no handshake with the new
 // key happened within sessionCheck, the entry is removed and added again (a few
 // times at most).
 func (tn *tunnel) ensureSession(ctx context.Context, id string, key wg.Key, since time.Time) {
-	for range 6 {
+	wait := sessionCheck
+	for range 4 {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(sessionCheck):
+		case <-time.After(wait):
 		}
+		wait *= 2
 		tn.mu.Lock()
 		t := tn.t // reopen replaces it under mu
 		tn.mu.Unlock()
