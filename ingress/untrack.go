@@ -24,9 +24,11 @@ const UntrackTableName = "pier_ingress_raw"
 // client later reaches the same task through this host's own router with the same
 // source port (clients reuse ports across destinations), the DNAT's reply tuple
 // clashes with that entry and the kernel remaps the client's source port — the task
-// no longer sees the client's real port. Frames arriving on a bridge port and not
+// no longer sees the client's real port. Frames arriving through the bridge and not
 // addressed to this host's router MAC are therefore NOTRACKed in the raw priority;
-// the router's own traffic (replies coming back to it) stays tracked.
+// the router's own traffic (replies coming back to it) stays tracked. br_netfilter
+// hands the IPv4 hooks the bridge itself as the input interface (it swaps in the
+// logical device), not the port: the prefixes name bridges.
 type Untrack struct {
 	ns vns.NsHandle
 
@@ -39,7 +41,7 @@ type Untrack struct {
 // writes it.
 func NewUntrack(ns vns.NsHandle) *Untrack { return &Untrack{ns: ns} }
 
-// Set makes the table untrack frames arriving on interfaces whose names begin with
+// Set makes the table untrack frames arriving through bridges whose names begin with
 // one of ports and not addressed to one of macs. It rewrites the table atomically.
 func (u *Untrack) Set(ctx context.Context, ports []string, macs []net.HardwareAddr) error {
 	u.mu.Lock()

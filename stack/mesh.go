@@ -42,15 +42,16 @@ func newMesh(ctx context.Context, host *netns.Namespace, proxy *portmap.Proxy, l
 	return &mesh{host: host, proxy: proxy, pub: pub, untrack: ingress.NewUntrack(host.Handle), log: log, returns: map[string]*taskReturn{}}, nil
 }
 
-// overlayPorts are the name prefixes of the overlay driver's bridge ports (its VXLAN
-// devices and the host sides of its veths).
-var overlayPorts = []string{"ovvx", "ovh"}
+// overlayBridges is the name prefix of the overlay driver's bridges. With
+// br_netfilter, a bridged frame passes the IPv4 hooks with the bridge as its input
+// interface (br_netfilter swaps in the logical device), not the port it came in on.
+var overlayBridges = []string{"ovbr"}
 
 func (m *mesh) SetRouter(ctx context.Context, mac net.HardwareAddr) error {
 	if mac == nil {
 		return m.untrack.Set(ctx, nil, nil)
 	}
-	return m.untrack.Set(ctx, overlayPorts, []net.HardwareAddr{mac})
+	return m.untrack.Set(ctx, overlayBridges, []net.HardwareAddr{mac})
 }
 
 func (m *mesh) Publish(ctx context.Context, s cnm.MeshService) error {
