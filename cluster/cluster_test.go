@@ -346,3 +346,42 @@ func sameSet(a, b map[string]bool) bool {
 	}
 	return true
 }
+
+// replayingKV applies every transaction that puts an endpoint record twice, as a
+// client that retries a request whose answer was lost would: the second attempt's
+// comparisons fail against the first attempt's own writes.
+type replayingKV struct {
+	KV
+	replays int
+}
+
+func (k *replayingKV) Txn(ctx context.Context, cmps []Cmp, ops []Op) (TxnResult, error) {
+	r, err := k.KV.Txn(ctx, cmps, ops)
+	if err == nil && r.Succeeded && len(ops) > 0 && strings.HasPrefix(ops[0].Key, prefEndpoints) {
+		k.replays++
+		return k.KV.Txn(ctx, cmps, ops)
+	}
+	return r, err
+}
+
+// PutEndpoint whose transaction was applied but reported failed (a retried request)
+// still succeeds: the name is the endpoint's own. Another endpoint's name is refused.
+func TestPutEndpointSurvivesAReplayedTransaction(t *testing.T) {
+	ctx := t.Context()
+	kv := &replayingKV{KV: NewFake()}
+	n := newNode(t, kv, "h1", 1)
+	if err := n.CreateNetwork(ctx, NetworkRecord{ID: "net1", Name: "ov", Driver: "overlay"}); err != nil {
+		t.Fatal(err)
+	}
+	rec := EndpointRecord{ID: "ep1", Name: "t1", NetworkID: "net1", SandboxID: "sb1"}
+	if err := n.PutEndpoint(ctx, rec); err != nil || kv.replays == 0 {
+		t.Fatalf("a replayed endpoint put: %v (replays %d)", err, kv.replays)
+	}
+	if got := n.Endpoints("net1"); len(got) != 1 || got[0].Name != "t1" {
+		// The view follows the watch: poll briefly.
+		nstest.Eventually(t, "the endpoint in the view", 5*time.Second, func() bool { got = n.Endpoints("net1"); return len(got) == 1 && got[0].Name == "t1" })
+	}
+	if err := n.PutEndpoint(ctx, EndpointRecord{ID: "ep2", Name: "t1", NetworkID: "net1"}); !errdefs.Is(err, errdefs.KindForbidden) {
+		t.Fatalf("another endpoint taking name t1: %v", err)
+	}
+}

@@ -125,7 +125,29 @@ func (c *Cluster) PutEndpoint(ctx context.Context, rec EndpointRecord) error {
 	if _, ok, err := c.kv.Get(ctx, prefNetworks+rec.NetworkID); err == nil && !ok {
 		return errdefs.NotFound("network %s not found", rec.NetworkID)
 	}
+	// The name is ours after all: this transaction was applied once already and the
+	// client retried it (etcd's client retries a request whose answer was lost), or
+	// a concurrent update of the same endpoint won. Both wrote this very record.
+	if now, ok, err := c.kv.Get(ctx, nameKey); err == nil && ok && string(now.Value) == rec.ID {
+		if _, ok, err := c.kv.Get(ctx, epKey(rec.NetworkID, rec.ID)); err == nil && ok {
+			return c.putEndpointRecord(ctx, rec, now)
+		}
+	}
 	return errdefs.Forbidden("endpoint with name %s already exists in network", rec.Name)
+}
+
+// putEndpointRecord writes rec again under its name claim as read in held (the claim
+// is this endpoint's): the last writer's view of the endpoint wins.
+func (c *Cluster) putEndpointRecord(ctx context.Context, rec EndpointRecord, held KeyValue) error {
+	r, err := c.kv.Txn(ctx, []Cmp{Exists(prefNetworks + rec.NetworkID), Unchanged(held.Key, held.ModRev)},
+		[]Op{Put(epKey(rec.NetworkID, rec.ID), mustJSON(rec), 0)})
+	if err != nil {
+		return storeErr(err)
+	}
+	if !r.Succeeded {
+		return errdefs.Conflict("endpoint %s changed concurrently; try again", rec.Name)
+	}
+	return nil
 }
 
 // DeleteEndpoint removes an endpoint record and its name claim; a missing one is fine.
