@@ -76,15 +76,8 @@ func sendMarked(key string, addr netip.Addr, marker []byte, size int) error {
 // VXLAN as before. With the WireGuard device gone (deleted by hand), the encrypted
 // network's traffic stops — nothing leaves in cleartext — until pierd re-creates it.
 func TestEncryptedOverlayAcrossClusterHosts(t *testing.T) {
-	l := newClusterLab(t, 2)
+	l, sec, plain, a := secAndPlain(t)
 	h1, h2 := l.hosts[0], l.hosts[1]
-	sec := h1.network(cnm.NetworkSpec{Name: "sec", Driver: "overlay", Attachable: true, Options: map[string]string{"encrypted": ""}})
-	plain := h1.network(cnm.NetworkSpec{Name: "plain", Driver: "overlay", Attachable: true})
-	waitNetwork(t, h2, "sec")
-	waitNetwork(t, h2, "plain")
-	a := h1.sandbox("a", "sec", "plain")
-	h2.sandbox("b", "sec", "plain")
-	listen(t, h2.sandboxKey("b"))
 	bSec, bPlain := h2.addr("b", "sec", false), h2.addr("b", "plain", false)
 	if mtu := linkMTU(t, a.Key, sec); mtu != 1500-50-60 {
 		t.Errorf("the encrypted network's MTU in the sandbox is %d, want 1390 (VXLAN and WireGuard)", mtu)
@@ -157,6 +150,22 @@ func TestEncryptedOverlayAcrossClusterHosts(t *testing.T) {
 	if err != nil || w.vni[sec.VNIs[0]] > 0 || w.marked > 0 {
 		t.Fatalf("after the device came back: send %v; %d VXLAN frames of the encrypted VNI, %d with the marker", err, w.vni[sec.VNIs[0]], w.marked)
 	}
+}
+
+// secAndPlain builds two clustered hosts with an encrypted overlay "sec" and a plain
+// one "plain", sandbox a on host 1 and b on host 2 on both, b echoing on :7777.
+func secAndPlain(t *testing.T) (l *clusterLab, sec, plain cnm.Network, a cnm.Sandbox) {
+	t.Helper()
+	l = newClusterLab(t, 2)
+	h1, h2 := l.hosts[0], l.hosts[1]
+	sec = h1.network(cnm.NetworkSpec{Name: "sec", Driver: "overlay", Attachable: true, Options: map[string]string{"encrypted": ""}})
+	plain = h1.network(cnm.NetworkSpec{Name: "plain", Driver: "overlay", Attachable: true})
+	waitNetwork(t, h2, "sec")
+	waitNetwork(t, h2, "plain")
+	a = h1.sandbox("a", "sec", "plain")
+	h2.sandbox("b", "sec", "plain")
+	listen(t, h2.sandboxKey("b"))
+	return l, sec, plain, a
 }
 
 // linkMTU is the MTU of the sandbox's interface on network n.
@@ -429,15 +438,8 @@ func parseMAC(s string) (net.HardwareAddr, error) { return net.ParseMAC(s) }
 // ruleset` on both hosts changes nothing: the encrypted network's traffic still
 // leaves only through WireGuard.
 func TestEncryptedOverlayRefusesCleartext(t *testing.T) {
-	l := newClusterLab(t, 2)
+	l, sec, plain, a := secAndPlain(t)
 	h1, h2 := l.hosts[0], l.hosts[1]
-	sec := h1.network(cnm.NetworkSpec{Name: "sec", Driver: "overlay", Attachable: true, Options: map[string]string{"encrypted": ""}})
-	plain := h1.network(cnm.NetworkSpec{Name: "plain", Driver: "overlay", Attachable: true})
-	waitNetwork(t, h2, "sec")
-	waitNetwork(t, h2, "plain")
-	a := h1.sandbox("a", "sec", "plain")
-	h2.sandbox("b", "sec", "plain")
-	listen(t, h2.sandboxKey("b"))
 	recv := countUDP(t, h2.sandboxKey("b"))
 	bSec, bPlain := h2.addr("b", "sec", false), h2.addr("b", "plain", false)
 	lab, err := netns.Open(l.lab)
