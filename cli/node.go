@@ -36,9 +36,12 @@ func (a *app) nodeRotateKeyCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.Out, "generation %d, public key %s, acknowledged by every node in %s\n", r.Generation, r.PublicKey, r.Took)
+			fmt.Fprintf(a.Out, "generation %d, public key %s, in use with every node in %s\n", r.Generation, r.PublicKey, r.Took)
 			if len(r.Missing) > 0 {
 				fmt.Fprintf(a.Out, "not acknowledged in time by: %s\n", strings.Join(r.Missing, ", "))
+			}
+			if len(r.NoSession) > 0 {
+				fmt.Fprintf(a.Out, "no session under the new key in time with: %s\n", strings.Join(r.NoSession, ", "))
 			}
 			return nil
 		},

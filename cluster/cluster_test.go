@@ -385,3 +385,47 @@ func TestPutEndpointSurvivesAReplayedTransaction(t *testing.T) {
 		t.Fatalf("another endpoint taking name t1: %v", err)
 	}
 }
+
+// One node rotates its key at a time: a second node waits for the lock, gets an
+// Unavailable error naming the holder when it waits too long, and takes the lock
+// once it is released — or once the holder's lease expires (a node that died).
+func TestKeyRotationLock(t *testing.T) {
+	kv := NewFake()
+	a := newNode(t, kv, "h1", 1)
+	b := newNode(t, kv, "h2", 2)
+	nstest.Eventually(t, "h2 to see h1 ready", 2*time.Second, func() bool { return stateOf(b, "h1") == Ready })
+	unlock, err := a.LockKeyRotation(t.Context(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.LockKeyRotation(t.Context(), 50*time.Millisecond); !errdefs.Is(err, errdefs.KindUnavailable) || !strings.Contains(err.Error(), "h1") {
+		t.Fatalf("second lock while h1 holds it: %v", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		u, err := b.LockKeyRotation(t.Context(), 5*time.Second)
+		if err == nil {
+			u()
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("h2 took the lock while h1 held it: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	unlock()
+	if err := <-got; err != nil {
+		t.Fatalf("h2 waiting for the released lock: %v", err)
+	}
+	// A holder that dies: its lease expires and the lock with it.
+	if _, err := a.LockKeyRotation(t.Context(), time.Second); err != nil {
+		t.Fatal(err)
+	}
+	kv.Expire(LeaseID(a.lease.Load()))
+	u, err := b.LockKeyRotation(t.Context(), 5*time.Second)
+	if err != nil {
+		t.Fatalf("lock after the holder's lease expired: %v", err)
+	}
+	u()
+}

@@ -2,10 +2,13 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/piernet/pier/errdefs"
 )
 
 // PublishKey replaces this node's WireGuard public key in its node record, as a new
@@ -89,4 +92,50 @@ func (c *Cluster) continueKeyGen(ctx context.Context) error {
 		c.wgGen++
 	}
 	return nil
+}
+
+// LockKeyRotation takes the cluster-wide key rotation lock, waiting up to timeout
+// while another node holds it: one node rotates at a time, so that no two ends of a
+// tunnel change keys within one handshake. The lock is held under this node's lease
+// (a node that dies releases it when its lease expires); unlock releases it.
+func (c *Cluster) LockKeyRotation(ctx context.Context, timeout time.Duration) (unlock func(), err error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		octx, cancel := c.opContext(ctx)
+		ok, rev, err := Create(octx, c.kv, keyRotateLock, []byte(c.o.NodeID), LeaseID(c.lease.Load()))
+		cancel()
+		if err != nil {
+			return nil, storeErr(err)
+		}
+		if ok {
+			return func() {
+				uctx, cancel := c.opContext(context.WithoutCancel(ctx))
+				defer cancel()
+				_, _ = c.kv.Txn(uctx, []Cmp{Unchanged(keyRotateLock, rev)}, []Op{Delete(keyRotateLock)})
+			}, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, errdefs.Unavailable("another node's key rotation %s", c.rotationHolder(ctx))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// rotationHolder names the node holding the rotation lock, for an error.
+func (c *Cluster) rotationHolder(ctx context.Context) string {
+	kv, ok, err := c.kv.Get(ctx, keyRotateLock)
+	if err != nil || !ok {
+		return "was in progress"
+	}
+	name := string(kv.Value)
+	for _, n := range c.Nodes() {
+		if n.ID == name {
+			name = n.Name
+		}
+	}
+	return fmt.Sprintf("(node %s) is still in progress", name)
 }

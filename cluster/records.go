@@ -29,6 +29,7 @@ const (
 	prefIngress   = Root + "names/ingress/"  // names/ingress/<proto>/<port>: service ID
 	prefAcks      = Root + "acks/"           // acks/<endpoint>/<node>: the node stopped choosing a draining task
 	prefKeyAcks   = Root + "wgacks/"         // wgacks/<node>/<peer>: the key generation of node that peer uses
+	keyRotateLock = Root + "locks/wgrotate"  // the node rotating its key (node lease)
 )
 
 // NodeRecord is a node's static facts (nodes/<id>).

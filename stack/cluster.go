@@ -213,7 +213,7 @@ func (v *ClusterView) RotateKey(ctx context.Context) (types.KeyRotation, error) 
 	if err != nil {
 		return types.KeyRotation{}, err
 	}
-	return types.KeyRotation{Generation: r.Generation, PublicKey: r.PublicKey, Took: r.Took.Round(time.Millisecond).String(), Missing: r.Missing}, nil
+	return types.KeyRotation{Generation: r.Generation, PublicKey: r.PublicKey, Took: r.Took.Round(time.Millisecond).String(), Missing: r.Missing, NoSession: r.NoSession}, nil
 }
 
 func (v *ClusterView) Nodes(ctx context.Context) ([]types.NodeInfo, error) {

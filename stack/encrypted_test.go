@@ -285,11 +285,13 @@ func flows(t *testing.T, key string, addr netip.Addr, withTCP bool, stop <-chan 
 	return func() error { wg.Wait(); return terr }, func() uint32 { wg.Wait(); return n }
 }
 
-// Key rotation under load: 20 rotations (alternately of host 2's and host 1's key)
-// while a TCP echo stream and a UDP flow cross the encrypted overlay from host 1 to
-// host 2. TCP sees no error and every byte comes back; each rotation is complete, when
-// both other hosts acknowledged the new key in etcd, well within 2 s. UDP losses are
-// reported beside the same flow's losses without rotations.
+// Key rotation under load: 20 rotations — ten alternately of host 2's and host 1's
+// key, then five rounds in which both start one at the same moment (the cluster-wide
+// lock makes them take turns) — while a TCP echo stream crosses the encrypted overlay
+// from host 1 to host 2 and a UDP flow runs each way. TCP sees no error and every
+// byte comes back; no datagram is lost beyond what the same flows lose without
+// rotations; each rotation is complete (every other host acknowledged the new key and
+// has a session under it) well within 2 s.
 func TestEncryptedOverlayKeyRotationUnderLoad(t *testing.T) {
 	l := newClusterLab(t, 3)
 	h1, h2 := l.hosts[0], l.hosts[1]
@@ -297,66 +299,105 @@ func TestEncryptedOverlayKeyRotationUnderLoad(t *testing.T) {
 	waitNetwork(t, h2, "sec")
 	a := h1.sandbox("a", "sec")
 	h2.sandbox("b", "sec")
-	listen(t, h2.sandboxKey("b"))
-	b := h2.addr("b", "sec", false)
+	bKey := h2.sandboxKey("b")
+	listen(t, bKey)
+	listen(t, a.Key)
+	b, aAddr := h2.addr("b", "sec", false), h1.addr("a", "sec", false)
 	if err := within(10*time.Second, func() error { return dialEcho(a.Key, b, time.Second) }); err != nil {
 		t.Fatal(err)
 	}
-	recv := countUDP(t, h2.sandboxKey("b"))
-	lost := func(sent uint32) int {
+	atB, atA := countUDP(t, bKey), countUDP(t, a.Key)
+	lost := func(recv *udpCounter, sent uint32) int {
 		recv.mu.Lock()
 		defer recv.mu.Unlock()
-		n := 0
+		var seqs []uint32
 		for i := range sent {
 			if !recv.seen[i] {
-				n++
+				seqs = append(seqs, i)
 			}
 		}
 		clear(recv.seen)
-		return n
+		if len(seqs) > 0 {
+			t.Logf("lost datagrams (a datagram every 5 ms): %v", seqs[:min(len(seqs), 20)])
+		}
+		return len(seqs)
 	}
-	run := func(rotations int, withTCP bool) (error, int, uint32, []time.Duration) {
+	type outcome struct {
+		tcp            error
+		lostAB, lostBA int
+		sentAB, sentBA uint32
+		took           []time.Duration
+	}
+	rotate := func(h *env) time.Duration {
+		r, err := h.s.RotateKey(t.Context())
+		if err != nil || len(r.Missing)+len(r.NoSession) > 0 {
+			t.Errorf("rotation of %s: %+v, %v", h.s.cluster.Self().Name, r, err)
+		}
+		return r.Took
+	}
+	run := func(rotations bool) outcome {
 		stop := make(chan struct{})
-		tcpErr, sent := flows(t, a.Key, b, withTCP, stop)
+		tcpErr, sentAB := flows(t, a.Key, b, true, stop)
+		_, sentBA := flows(t, bKey, aAddr, false, stop)
 		time.Sleep(300 * time.Millisecond)
-		var took []time.Duration
-		if rotations == 0 {
+		var o outcome
+		if !rotations {
 			time.Sleep(3 * time.Second)
 		}
-		for i := range rotations {
-			h := []*env{h2, h1}[i%2]
-			r, err := h.s.RotateKey(t.Context())
-			if err != nil || len(r.Missing) > 0 {
-				t.Fatalf("rotation %d: %+v, %v", i, r, err)
+		for i := range 10 {
+			if !rotations {
+				break
 			}
-			took = append(took, r.Took)
+			o.took = append(o.took, rotate([]*env{h2, h1}[i%2]))
 			time.Sleep(50 * time.Millisecond) // old sessions' traffic in flight meets the new key
+		}
+		for range 5 {
+			if !rotations {
+				break
+			}
+			var mu sync.Mutex
+			var wg sync.WaitGroup
+			for _, h := range []*env{h1, h2} {
+				wg.Go(func() {
+					d := rotate(h)
+					mu.Lock()
+					o.took = append(o.took, d)
+					mu.Unlock()
+				})
+			}
+			wg.Wait()
+			time.Sleep(50 * time.Millisecond)
 		}
 		time.Sleep(300 * time.Millisecond)
 		close(stop)
-		err := tcpErr()
-		n := sent()
+		o.tcp = tcpErr()
+		o.sentAB, o.sentBA = sentAB(), sentBA()
 		time.Sleep(200 * time.Millisecond) // the last datagrams in flight
-		return err, lost(n), n, took
+		o.lostAB, o.lostBA = lost(atB, o.sentAB), lost(atA, o.sentBA)
+		return o
 	}
-	baseErr, baseLost, baseSent, _ := run(0, true)
-	if baseErr != nil {
-		t.Fatalf("TCP without rotations: %v", baseErr)
+	base := run(false)
+	if base.tcp != nil {
+		t.Fatalf("TCP without rotations: %v", base.tcp)
 	}
-	rotErr, rotLost, rotSent, took := run(20, true)
-	slices.Sort(took)
-	t.Logf("TCP stream and UDP flow: without rotations %d of %d datagrams lost; across 20 rotations %d of %d lost, TCP %v; a rotation took p50 %v, max %v (every other node acknowledged)",
-		baseLost, baseSent, rotLost, rotSent, rotErr, took[len(took)/2], took[len(took)-1])
-	if rotErr != nil {
-		t.Fatalf("TCP across 20 rotations: %v", rotErr)
+	rot := run(true)
+	slices.Sort(rot.took)
+	t.Logf("UDP datagrams lost host 1 → 2 / 2 → 1: without rotations %d of %d / %d of %d; across 20 rotations %d of %d / %d of %d; TCP %v; a rotation took p50 %v, max %v (every other node acknowledged and shook hands)",
+		base.lostAB, base.sentAB, base.lostBA, base.sentBA, rot.lostAB, rot.sentAB, rot.lostBA, rot.sentBA, rot.tcp, rot.took[len(rot.took)/2], rot.took[len(rot.took)-1])
+	if rot.tcp != nil {
+		t.Fatalf("TCP across 20 rotations: %v", rot.tcp)
 	}
-	// UDP is reported, not yet held to the baseline: with rotations alternating
-	// between the two ends, a few datagrams are lost around some rotations (the
-	// rotating end cannot send until a peer that learnt its key has shaken hands;
-	// see docs/overlay.md, "What is not built yet").
-	for _, d := range took {
+	// 0 lost in every run so far, with and without -race; with switch delays of
+	// 20-30 ms, and debug logging of the three devices, about one run in four lost
+	// one datagram (cause not found; docs/overlay.md). One is tolerated so that CI's
+	// load does not fail the suite; before the rotation lock, the early handshake and
+	// the delayed switch, 15 to 52 were lost.
+	if rot.lostAB+rot.lostBA > base.lostAB+base.lostBA+1 {
+		t.Errorf("rotations lost datagrams: %d and %d, against %d and %d without rotations", rot.lostAB, rot.lostBA, base.lostAB, base.lostBA)
+	}
+	for _, d := range rot.took {
 		if d > 2*time.Second {
-			t.Errorf("a rotation took %v to be acknowledged by every node (goal 2 s)", d)
+			t.Errorf("a rotation took %v to complete (goal 2 s)", d)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -37,26 +38,28 @@ type tunnel struct {
 	cl      *cluster.Cluster // set by follow
 	opts    wg.Options       // how t was opened (PrivateKey follows rotations); for heal
 
-	rotMu sync.Mutex // serialises rotations
-	mu    sync.Mutex // guards peers and acked
-	peers map[string]wg.Peer
-	acked map[string]int64 // node ID → key generation acknowledged
+	rotMu     sync.Mutex // serialises rotations
+	mu        sync.Mutex // guards peers and acked
+	peers     map[string]wg.Peer
+	acked     map[string]int64         // node ID → key generation acknowledged
+	quiet     map[string]wg.Key        // peers entered without a keepalive until initDelay passes
+	switching map[string]pendingSwitch // peers whose new key is put in use after switchDelay
 
 	cancel context.CancelFunc
 	done   chan struct{}
 	wg     sync.WaitGroup // periodic rotation
 }
 
-// tunnelKeepalive makes a peer that learns a new key start a handshake at once (a
-// rotation then loses nothing; see package wg).
+// tunnelKeepalive is every peer entry's keepalive; turning it on sends a keepalive at
+// once, or a handshake when there is no session (see initDelay).
 const tunnelKeepalive = 25 * time.Second
 
 // openTunnel opens the tunnel; a failure is kept (encrypted networks then refuse to
 // extend here, with that reason), not returned.
 func openTunnel(ctx context.Context, o Options, host *netns.Namespace) *tunnel {
 	co := o.Cluster
-	tn := &tunnel{port: wg.DefaultListenPort, log: o.Logger.With("component", "wireguard"), peers: map[string]wg.Peer{},
-		acked: map[string]int64{}, keyPath: filepath.Join(o.DataRoot, "wireguard", "private.key")}
+	tn := &tunnel{port: wg.DefaultListenPort, log: o.Logger.With("component", "wireguard", "addr", o.Cluster.Advertise), peers: map[string]wg.Peer{},
+		acked: map[string]int64{}, quiet: map[string]wg.Key{}, switching: map[string]pendingSwitch{}, keyPath: filepath.Join(o.DataRoot, "wireguard", "private.key")}
 	if co.WGPort != 0 {
 		tn.port = co.WGPort
 	}
@@ -218,8 +221,8 @@ func (tn *tunnel) rotateEvery(ctx context.Context, every time.Duration) {
 			return
 		case <-time.After(d):
 		}
-		if r, err := tn.rotate(ctx); err != nil || len(r.Missing) > 0 {
-			tn.log.WarnContext(ctx, "periodic WireGuard key rotation", "err", err, "not_acknowledged_by", r.Missing)
+		if r, err := tn.rotate(ctx); err != nil || len(r.Missing)+len(r.NoSession) > 0 {
+			tn.log.WarnContext(ctx, "periodic WireGuard key rotation", "err", err, "not_acknowledged_by", r.Missing, "no_session_with", r.NoSession)
 		}
 	}
 }
@@ -249,10 +252,27 @@ func (tn *tunnel) sync(ctx context.Context, nodes []cluster.Node, self string) {
 	}
 	tn.mu.Lock()
 	defer tn.mu.Unlock()
-	set := time.Now()
+	for id := range tn.switching {
+		if _, ok := want[id]; !ok {
+			delete(tn.switching, id)
+		}
+	}
 	for id, p := range want {
-		if old, ok := tn.peers[id]; ok && old.PublicKey != p.PublicKey {
-			tn.wg.Go(func() { tn.ensureSession(ctx, id, p.PublicKey, set) })
+		old, had := tn.peers[id]
+		switch {
+		case had && old.PublicKey != p.PublicKey:
+			// The peer rotated its key: its entry keeps the old key for switchDelay.
+			tn.switchLocked(ctx, id, p, gens[id])
+			want[id] = old
+			delete(gens, id) // acknowledged once switched
+			continue
+		case !had && self > id:
+			// A new peer: the node with the smaller ID starts the handshake.
+			tn.quietLocked(ctx, id, p.PublicKey)
+		}
+		if k, ok := tn.quiet[id]; ok && k == p.PublicKey {
+			p.Keepalive = 0
+			want[id] = p
 		}
 	}
 	if !maps.EqualFunc(want, tn.peers, samePeer) {
@@ -264,21 +284,123 @@ func (tn *tunnel) sync(ctx context.Context, nodes []cluster.Node, self string) {
 		tn.log.InfoContext(ctx, "WireGuard peers", "count", len(want))
 	}
 	for id, gen := range gens {
-		if g, ok := tn.acked[id]; ok && g == gen {
-			continue
-		}
-		if err := tn.cl.AckKey(ctx, id, gen); err != nil {
-			tn.log.WarnContext(ctx, "acknowledging a node's WireGuard key", "node", id, "err", err)
-			continue
-		}
-		tn.acked[id] = gen
+		tn.ackLocked(ctx, id, gen)
 	}
+}
+
+// ackLocked acknowledges in the store that generation gen of node id's key is in use
+// here (once per generation).
+func (tn *tunnel) ackLocked(ctx context.Context, id string, gen int64) {
+	if g, ok := tn.acked[id]; ok && g == gen {
+		return
+	}
+	if err := tn.cl.AckKey(ctx, id, gen); err != nil {
+		tn.log.WarnContext(ctx, "acknowledging a node's WireGuard key", "node", id, "err", err)
+		return
+	}
+	tn.acked[id] = gen
+}
+
+// switchDelay is how long the entry of a peer that rotated its key keeps the old key
+// once the new one is seen. The peer switched before publishing: it no longer sends
+// on the old session, but packets it sent just before can still be on their way
+// through either end's WireGuard (queued, being decrypted); once the entry has the new
+// key they would fail WireGuard's source check and be lost. The peer's own handshake
+// under the new key, sent before it published, has been refused by then, so this end
+// can start one at once (one initiator: handshakes that cross leave the pair without a
+// session for 5 s). Meanwhile the peer holds its packets (WireGuard holds 128 per
+// peer).
+const switchDelay = 100 * time.Millisecond
+
+// pendingSwitch is a peer's new entry waiting for switchDelay, and its key generation.
+type pendingSwitch struct {
+	peer wg.Peer
+	gen  int64
+}
+
+// switchLocked puts peer id's new entry p in place after switchDelay (unless a newer
+// key or the peer's departure came meanwhile), starts its handshake, and acknowledges
+// generation gen.
+func (tn *tunnel) switchLocked(ctx context.Context, id string, p wg.Peer, gen int64) {
+	if cur, ok := tn.switching[id]; ok && cur.peer.PublicKey == p.PublicKey {
+		tn.switching[id] = pendingSwitch{p, gen}
+		return
+	}
+	tn.switching[id] = pendingSwitch{p, gen}
+	tn.wg.Go(func() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(switchDelay):
+		}
+		tn.mu.Lock()
+		defer tn.mu.Unlock()
+		sw, ok := tn.switching[id]
+		if !ok || sw.peer.PublicKey != p.PublicKey {
+			return
+		}
+		delete(tn.switching, id)
+		peers := maps.Clone(tn.peers)
+		peers[id] = sw.peer
+		if err := tn.t.SetPeers(ctx, slices.Collect(maps.Values(peers))); err != nil {
+			tn.log.ErrorContext(ctx, "switching a WireGuard peer to its new key", "node", id, "err", err)
+			return
+		}
+		tn.peers = peers
+		set := time.Now()
+		tn.wg.Go(func() { tn.ensureSession(ctx, id, sw.peer.PublicKey, set) })
+		tn.ackLocked(ctx, id, sw.gen)
+	})
+}
+
+// initDelay is how long a new peer's entry stays without a keepalive when the other
+// end starts the handshake (the node with the smaller ID does). WireGuard has one handshake state per peer: when both ends send an initiation
+// within one round trip, each consumes the other's, both responses are refused, and
+// the pair has no session until WireGuard retries after 5 s. So one end initiates;
+// the other turns its keepalive on — which sends a keepalive, or a handshake if its
+// initiation was refused (sent before this end had the entry) — only after initDelay.
+const initDelay = 100 * time.Millisecond
+
+// quietLocked keeps the entry for peer id (with key) without a keepalive for
+// initDelay, then turns its keepalive on.
+func (tn *tunnel) quietLocked(ctx context.Context, id string, key wg.Key) {
+	if k, ok := tn.quiet[id]; ok && k == key {
+		return
+	}
+	tn.quiet[id] = key
+	tn.wg.Go(func() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(initDelay):
+		}
+		tn.mu.Lock()
+		defer tn.mu.Unlock()
+		if tn.quiet[id] != key {
+			return
+		}
+		delete(tn.quiet, id)
+		p, ok := tn.peers[id]
+		if !ok || p.PublicKey != key {
+			return
+		}
+		p.Keepalive = tunnelKeepalive
+		peers := maps.Clone(tn.peers)
+		peers[id] = p
+		if err := tn.t.SetPeers(ctx, slices.Collect(maps.Values(peers))); err != nil {
+			tn.log.ErrorContext(ctx, "turning a WireGuard peer's keepalive on", "node", id, "err", err)
+			return
+		}
+		tn.peers = peers
+	})
 }
 
 // sessionCheck is how long a peer's new key is first given to carry a session before
 // its entry is made again; each later check waits twice as long (a loaded machine's
-// handshakes take longer, and making an entry again cancels one in flight).
-const sessionCheck = 250 * time.Millisecond
+// handshakes take longer, and making an entry again cancels one in flight, and drops
+// the packets it holds). Rotations are serialised and the rotating side sends its
+// handshake first, so this is a safety net, not the normal path.
+const sessionCheck = time.Second
 
 // ensureSession makes sure a peer whose key just changed gets a session with it.
 // Handshakes can cross (both ends rotating close together) or meet WireGuard's flood
@@ -322,28 +444,46 @@ func (tn *tunnel) ensureSession(ctx context.Context, id string, key wg.Key, sinc
 	}
 }
 
-// rotateTimeout bounds the wait for every node's acknowledgement of a new key.
+// rotateTimeout bounds the wait for every node's acknowledgement of a new key, and
+// then the wait for a session under it with each of them.
 const rotateTimeout = 10 * time.Second
+
+// rotateLockWait bounds the wait for another node's rotation to finish.
+const rotateLockWait = 30 * time.Second
 
 // Rotation is the outcome of a key rotation.
 type Rotation struct {
 	Generation int64
 	PublicKey  string
-	Took       time.Duration // until every ready node acknowledged
+	Took       time.Duration // until every ready node acknowledged and has a session under the new key
 	Missing    []string      // nodes that had not acknowledged within rotateTimeout
+	NoSession  []string      // nodes that acknowledged but had no session under the new key within rotateTimeout
 }
 
-// rotate replaces this node's key pair, make-before-break: the new private key is
-// stored, then used here (peers still holding the old public key answer its
-// handshakes as soon as they switch: their keepalive starts one at once), then its
-// public key is published; the rotation is complete when every ready node has
-// acknowledged the new generation through the store.
+// rotate replaces this node's key pair, make-before-break:
+//
+//  1. the cluster-wide rotation lock is taken: one node at a time, so the two ends of
+//     a tunnel never change keys within one handshake (their handshakes would cross);
+//  2. the new private key is stored, then used here: this side's one handshake under
+//     it goes out at once (refused by peers that do not know the key yet, and not
+//     retried for 5 s); packets to peers wait for sessions (WireGuard holds 128 per
+//     peer), packets from peers still arrive on the old sessions;
+//  3. its public key is published; each peer replaces its entry for this node in one
+//     move (no packet finds no entry) and, with its keepalive, starts a handshake at
+//     once, then acknowledges the generation through the store;
+//  4. the rotation is complete when every ready node has acknowledged and this node
+//     has a session with each under the new key; then the lock is released.
 func (tn *tunnel) rotate(ctx context.Context) (Rotation, error) {
 	if tn.t == nil || tn.cl == nil {
 		return Rotation{}, errdefs.Unavailable("this node has no WireGuard tunnel: %v", tn.err)
 	}
 	tn.rotMu.Lock()
 	defer tn.rotMu.Unlock()
+	unlock, err := tn.cl.LockKeyRotation(ctx, rotateLockWait)
+	if err != nil {
+		return Rotation{}, fmt.Errorf("waiting for the cluster's key rotation lock: %w", err)
+	}
+	defer unlock()
 	start := time.Now()
 	key, err := wg.GenerateKey()
 	if err != nil {
@@ -352,6 +492,7 @@ func (tn *tunnel) rotate(ctx context.Context) (Rotation, error) {
 	if err := wg.SaveKey(tn.keyPath, key); err != nil {
 		return Rotation{}, err
 	}
+	switched := time.Now()
 	if err := tn.t.SetPrivateKey(ctx, key); err != nil {
 		return Rotation{}, err
 	}
@@ -361,9 +502,51 @@ func (tn *tunnel) rotate(ctx context.Context) (Rotation, error) {
 		return Rotation{}, fmt.Errorf("publishing the new public key: %w", err)
 	}
 	missing, err := tn.cl.WaitKeyAcked(ctx, gen, rotateTimeout)
-	r := Rotation{Generation: gen, PublicKey: key.Public().String(), Took: time.Since(start), Missing: missing}
-	tn.log.InfoContext(ctx, "WireGuard key rotated", "generation", gen, "took", r.Took, "missing", missing)
+	r := Rotation{Generation: gen, PublicKey: key.Public().String(), Missing: missing}
+	if err == nil {
+		r.NoSession, err = tn.waitSessions(ctx, switched, missing, rotateTimeout)
+	}
+	r.Took = time.Since(start)
+	tn.log.InfoContext(ctx, "WireGuard key rotated", "generation", gen, "took", r.Took, "missing", missing, "no_session", r.NoSession)
 	return r, err
+}
+
+// waitSessions waits until this node's device has a session with every peer (but
+// the nodes named in skip) made after since, or timeout passes; it returns the
+// names of the nodes it has none with.
+func (tn *tunnel) waitSessions(ctx context.Context, since time.Time, skip []string, timeout time.Duration) ([]string, error) {
+	names := map[string]string{}
+	for _, n := range tn.cl.Nodes() {
+		names[n.ID] = n.Name
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		tn.mu.Lock()
+		t, want := tn.t, maps.Clone(tn.peers)
+		tn.mu.Unlock()
+		ps, err := t.Peers(ctx)
+		if err != nil {
+			return nil, err
+		}
+		var without []string
+		for id, p := range want {
+			if slices.Contains(skip, names[id]) {
+				continue
+			}
+			if !slices.ContainsFunc(ps, func(s wg.PeerStatus) bool { return s.PublicKey == p.PublicKey && s.LastHandshake.After(since) }) {
+				without = append(without, cmp.Or(names[id], id))
+			}
+		}
+		if len(without) == 0 || time.Now().After(deadline) {
+			slices.Sort(without)
+			return without, nil
+		}
+		select {
+		case <-ctx.Done():
+			return without, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 func samePeer(a, b wg.Peer) bool {

@@ -18,16 +18,23 @@ import (
 
 // change is one step of configuration, rendered for either backend: UAPI text for
 // wireguard-go (uapiText), a wgtypes.Config for the kernel (kernelConfig). Peers not
-// named in it are left alone, so their sessions survive.
+// named in it are left alone, so their sessions survive. Peers are set before others
+// are removed: a peer whose key changed gets the AllowedIPs of its old entry in one
+// move, so no packet meanwhile finds no peer (and is dropped) while the old entry
+// stops.
 type change struct {
 	privateKey *Key
 	listenPort int    // 0: unchanged
 	remove     []Key  // peers to drop
 	set        []Peer // peers to add or update; their AllowedIPs replace the old ones
+	// kick are peers (with a keepalive) to send a keepalive to at once, after the
+	// rest of the change: with no session, that starts a handshake now (turning a
+	// keepalive on sends one, in wireguard-go and the kernel alike).
+	kick []Peer
 }
 
 func (c change) empty() bool {
-	return c.privateKey == nil && c.listenPort == 0 && len(c.remove) == 0 && len(c.set) == 0
+	return c.privateKey == nil && c.listenPort == 0 && len(c.remove) == 0 && len(c.set) == 0 && len(c.kick) == 0
 }
 
 // normalize returns p with its AllowedIPs masked, sorted and deduplicated.
@@ -144,9 +151,6 @@ func uapiText(c change) string {
 	if c.listenPort != 0 {
 		fmt.Fprintf(&b, "listen_port=%d\n", c.listenPort)
 	}
-	for _, k := range c.remove {
-		fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(k[:]))
-	}
 	for _, p := range c.set {
 		fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\npersistent_keepalive_interval=%d\nreplace_allowed_ips=true\n",
 			hex.EncodeToString(p.PublicKey[:]), p.Endpoint, int(p.Keepalive/time.Second))
@@ -154,10 +158,34 @@ func uapiText(c change) string {
 			fmt.Fprintf(&b, "allowed_ip=%s\n", a)
 		}
 	}
+	for _, k := range c.remove {
+		fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(k[:]))
+	}
+	for _, p := range c.kick {
+		fmt.Fprintf(&b, "public_key=%s\nupdate_only=true\npersistent_keepalive_interval=0\npersistent_keepalive_interval=%d\n",
+			hex.EncodeToString(p.PublicKey[:]), int(p.Keepalive/time.Second))
+	}
 	return b.String()
 }
 
-// kernelConfig renders c for the kernel's WireGuard (wgctrl).
+// kernelConfigs renders c for the kernel's WireGuard (wgctrl): one configuration,
+// or two when c kicks peers (their keepalive off in the first, on again in the
+// second, which sends one).
+func kernelConfigs(c change) []wgtypes.Config {
+	cfg := kernelConfig(c)
+	if len(c.kick) == 0 {
+		return []wgtypes.Config{cfg}
+	}
+	var on wgtypes.Config
+	for _, p := range c.kick {
+		off, ka := time.Duration(0), p.Keepalive
+		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(p.PublicKey), UpdateOnly: true, PersistentKeepaliveInterval: &off})
+		on.Peers = append(on.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(p.PublicKey), UpdateOnly: true, PersistentKeepaliveInterval: &ka})
+	}
+	return []wgtypes.Config{cfg, on}
+}
+
+// kernelConfig renders c, kicks aside, for the kernel's WireGuard (wgctrl).
 func kernelConfig(c change) wgtypes.Config {
 	var cfg wgtypes.Config
 	if c.privateKey != nil {
@@ -167,9 +195,6 @@ func kernelConfig(c change) wgtypes.Config {
 	if c.listenPort != 0 {
 		port := c.listenPort
 		cfg.ListenPort = &port
-	}
-	for _, k := range c.remove {
-		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), Remove: true})
 	}
 	for _, p := range c.set {
 		ka := p.Keepalive
@@ -183,6 +208,9 @@ func kernelConfig(c change) wgtypes.Config {
 			pc.AllowedIPs = append(pc.AllowedIPs, prefixNet(a))
 		}
 		cfg.Peers = append(cfg.Peers, pc)
+	}
+	for _, k := range c.remove {
+		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), Remove: true})
 	}
 	return cfg
 }

@@ -44,14 +44,14 @@ func TestUAPIText(t *testing.T) {
 	got := uapiText(change{privateKey: &priv, listenPort: 51820, remove: []Key{testKey(3)}, set: []Peer{p}})
 	want := `private_key=0101010101010101010101010101010101010101010101010101010101010101
 listen_port=51820
-public_key=0303030303030303030303030303030303030303030303030303030303030303
-remove=true
 public_key=0202020202020202020202020202020202020202020202020202020202020202
 endpoint=192.0.2.12:51820
 persistent_keepalive_interval=25
 replace_allowed_ips=true
 allowed_ip=192.0.2.12/32
 allowed_ip=198.51.100.0/24
+public_key=0303030303030303030303030303030303030303030303030303030303030303
+remove=true
 `
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("uapi text (-want +got):\n%s", diff)
@@ -68,18 +68,48 @@ func TestKernelConfig(t *testing.T) {
 	got := kernelConfig(change{privateKey: &priv, listenPort: 51820, remove: []Key{testKey(3)}, set: []Peer{p}})
 	wk, port, ka := wgtypes.Key(testKey(1)), 51820, 25*time.Second
 	want := wgtypes.Config{PrivateKey: &wk, ListenPort: &port, Peers: []wgtypes.PeerConfig{
-		{PublicKey: wgtypes.Key(testKey(3)), Remove: true},
 		{PublicKey: wgtypes.Key(testKey(2)), Endpoint: &net.UDPAddr{IP: net.ParseIP("2001:db8::2"), Port: 51820},
 			PersistentKeepaliveInterval: &ka, ReplaceAllowedIPs: true, AllowedIPs: []net.IPNet{
 				{IP: net.IP{192, 0, 2, 12}, Mask: net.CIDRMask(32, 32)},
 				{IP: net.ParseIP("2001:db8::"), Mask: net.CIDRMask(64, 128)},
 			}},
+		{PublicKey: wgtypes.Key(testKey(3)), Remove: true},
 	}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("kernel config (-want +got):\n%s", diff)
 	}
 	if got := kernelConfig(change{}); !cmp.Equal(got, wgtypes.Config{}) {
 		t.Errorf("empty change renders %+v", got)
+	}
+}
+
+// A kick turns a peer's keepalive off and on again, after the rest of the change:
+// that sends a keepalive (a handshake when there is no session) at once.
+func TestKickRendering(t *testing.T) {
+	priv := testKey(1)
+	p := testPeer(2, "192.0.2.12:51820", "192.0.2.12/32")
+	p.Keepalive = 25 * time.Second
+	got := uapiText(change{privateKey: &priv, kick: []Peer{p}})
+	want := `private_key=0101010101010101010101010101010101010101010101010101010101010101
+public_key=0202020202020202020202020202020202020202020202020202020202020202
+update_only=true
+persistent_keepalive_interval=0
+persistent_keepalive_interval=25
+`
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("uapi text (-want +got):\n%s", diff)
+	}
+	cfgs := kernelConfigs(change{privateKey: &priv, kick: []Peer{p}})
+	wk, off, on := wgtypes.Key(priv), time.Duration(0), 25*time.Second
+	wantK := []wgtypes.Config{
+		{PrivateKey: &wk, Peers: []wgtypes.PeerConfig{{PublicKey: wgtypes.Key(testKey(2)), UpdateOnly: true, PersistentKeepaliveInterval: &off}}},
+		{Peers: []wgtypes.PeerConfig{{PublicKey: wgtypes.Key(testKey(2)), UpdateOnly: true, PersistentKeepaliveInterval: &on}}},
+	}
+	if diff := cmp.Diff(wantK, cfgs); diff != "" {
+		t.Errorf("kernel configs (-want +got):\n%s", diff)
+	}
+	if n := len(kernelConfigs(change{privateKey: &priv})); n != 1 {
+		t.Errorf("a change without kicks renders %d kernel configs", n)
 	}
 }
 
@@ -161,9 +191,7 @@ func TestDiffPeers(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := uapiText(diffPeers(cur, want))
-	wantText := `public_key=0303030303030303030303030303030303030303030303030303030303030303
-remove=true
-public_key=0202020202020202020202020202020202020202020202020202020202020202
+	wantText := `public_key=0202020202020202020202020202020202020202020202020202020202020202
 endpoint=192.0.2.22:51820
 persistent_keepalive_interval=0
 replace_allowed_ips=true
@@ -173,6 +201,8 @@ endpoint=192.0.2.14:51820
 persistent_keepalive_interval=0
 replace_allowed_ips=true
 allowed_ip=192.0.2.14/32
+public_key=0303030303030303030303030303030303030303030303030303030303030303
+remove=true
 `
 	if diff := cmp.Diff(wantText, got); diff != "" {
 		t.Errorf("diff (-want +got):\n%s", diff)

@@ -58,7 +58,15 @@
 // every peer has acknowledged. One more trap, seen at set-up and in back-to-back
 // rotations: when both ends send a handshake initiation within one round trip, each
 // consumes the other's, both responses are refused, and the tunnel is down for 5 s
-// (REKEY_TIMEOUT). Let only one side have a reason to initiate at a time.
+// (REKEY_TIMEOUT). Let only one side have a reason to initiate at a time: SetPrivateKey
+// sends this side's handshake under the new key at once (a kick: a peer's keepalive
+// turned off and on again), so it is refused before any peer learns the key and is
+// not retried for 5 s; the peers then initiate (stack/tunnel.go orders the rest).
+//
+// SetPeers sets peers before it removes others, so a peer whose key changed gets its
+// old entry's AllowedIPs in one move (no packet finds no entry meanwhile), and keeps
+// the old entry, without AllowedIPs, for retireAfter: packets already queued on it are
+// still sent.
 //
 // # Locking
 //

@@ -52,7 +52,14 @@ func openKernel(ctx context.Context, o Options, tunNS, sockNS *netns.Namespace) 
 	return k, nil
 }
 
-func (k *kernel) apply(c change) error { return k.client.ConfigureDevice(k.name, kernelConfig(c)) }
+func (k *kernel) apply(c change) error {
+	for _, cfg := range kernelConfigs(c) {
+		if err := k.client.ConfigureDevice(k.name, cfg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 func (k *kernel) status() ([]PeerStatus, error) {
 	d, err := k.client.Device(k.name)

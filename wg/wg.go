@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -85,12 +87,19 @@ type Tunnel struct {
 	sockNS *netns.Namespace
 	rt     router // set once the device is up
 
-	mu     sync.Mutex // guards the fields below
-	priv   Key
-	peers  map[Key]Peer
-	routes map[netip.Prefix]bool
-	done   bool
+	mu       sync.Mutex // guards the fields below
+	priv     Key
+	peers    map[Key]Peer
+	routes   map[netip.Prefix]bool
+	retiring map[Key]*time.Timer // replaced entries, removed after retireAfter
+	done     bool
 }
+
+// retireAfter is how long a peer entry replaced by another (a peer's new key taking
+// its AllowedIPs) stays on the device, holding no AllowedIPs: long enough for the
+// packets already queued on it to be sent (removing an entry drops them). Nothing new
+// is routed to it, and what it receives is dropped by WireGuard's source check.
+const retireAfter = time.Second
 
 func (o *Options) defaults() error {
 	if o.Name == "" {
@@ -150,7 +159,7 @@ func Open(ctx context.Context, o Options) (*Tunnel, error) {
 
 func newTunnel(name string, log *slog.Logger, priv Key) *Tunnel {
 	return &Tunnel{name: name, log: log.With("component", "wg", "device", name), priv: priv,
-		peers: map[Key]Peer{}, routes: map[netip.Prefix]bool{}}
+		peers: map[Key]Peer{}, routes: map[netip.Prefix]bool{}, retiring: map[Key]*time.Timer{}}
 }
 
 // openNamespaces opens the tunnel namespace (with a netlink handle) and the socket
@@ -268,14 +277,53 @@ func (t *Tunnel) SetPeers(ctx context.Context, peers []Peer) error {
 	if err := t.routesLocked(del, false); err != nil {
 		return err
 	}
-	if c := diffPeers(t.peers, want); !c.empty() {
+	c := diffPeers(t.peers, want)
+	var replaced []Key
+	c.remove, replaced = splitReplaced(c.remove, t.peers, want)
+	if !c.empty() {
 		if err := t.be.apply(c); err != nil {
 			return fmt.Errorf("configuring wireguard peers on %s: %w", t.name, err)
 		}
-		t.log.Debug("wireguard peers changed", "removed", len(c.remove), "set", len(c.set))
+		t.log.Debug("wireguard peers changed", "removed", len(c.remove), "set", len(c.set), "retiring", len(replaced))
 	}
 	t.peers = want
+	for _, k := range replaced {
+		t.retireLocked(k)
+	}
 	return t.routesLocked(add, true)
+}
+
+// splitReplaced splits the peers to remove into those removed now and those whose
+// AllowedIPs another wanted peer takes over (replaced: retired later).
+func splitReplaced(remove []Key, cur, want map[Key]Peer) (now, replaced []Key) {
+	taken := routesOf(want)
+	for _, k := range remove {
+		if slices.ContainsFunc(cur[k].AllowedIPs, func(p netip.Prefix) bool { return taken[p] }) {
+			replaced = append(replaced, k)
+		} else {
+			now = append(now, k)
+		}
+	}
+	return now, replaced
+}
+
+// retireLocked removes the replaced entry k after retireAfter, unless it is wanted
+// again by then.
+func (t *Tunnel) retireLocked(k Key) {
+	if old, ok := t.retiring[k]; ok {
+		old.Stop()
+	}
+	t.retiring[k] = time.AfterFunc(retireAfter, func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		delete(t.retiring, k)
+		if _, back := t.peers[k]; back || t.done {
+			return
+		}
+		if err := t.be.apply(change{remove: []Key{k}}); err != nil {
+			t.log.Warn("removing a replaced wireguard peer", "peer", k, "err", err)
+		}
+	})
 }
 
 // routesLocked adds (or deletes) the routes dst through the device, tracking them in
@@ -318,7 +366,10 @@ func (r linkRouter) routeDel(p netip.Prefix) error {
 
 // SetPrivateKey replaces the tunnel's private key (rotation on this side). Sessions
 // with every peer end; each peer must know the new public key to handshake again (see
-// the package doc for the order that loses least).
+// the package doc for the order that loses least). Peers with a keepalive are sent
+// one at once, so this side's one handshake under the new key is sent now — refused
+// by peers that do not know the key yet, and not retried for 5 s — and cannot cross
+// the handshake a peer starts when it learns the key.
 func (t *Tunnel) SetPrivateKey(ctx context.Context, k Key) error {
 	if k.IsZero() {
 		return errdefs.InvalidArgument("wireguard private key is zero")
@@ -331,7 +382,14 @@ func (t *Tunnel) SetPrivateKey(ctx context.Context, k Key) error {
 	if _, own := t.peers[k.Public()]; own {
 		return errdefs.InvalidArgument("wireguard private key %s belongs to a peer", k.Public())
 	}
-	if err := t.be.apply(change{privateKey: &k}); err != nil {
+	c := change{privateKey: &k}
+	for _, p := range t.peers {
+		if p.Keepalive > 0 {
+			c.kick = append(c.kick, p)
+		}
+	}
+	slices.SortFunc(c.kick, func(a, b Peer) int { return strings.Compare(a.PublicKey.String(), b.PublicKey.String()) })
+	if err := t.be.apply(c); err != nil {
 		return fmt.Errorf("setting private key of %s: %w", t.name, err)
 	}
 	t.priv = k
@@ -361,6 +419,9 @@ func (t *Tunnel) Close() error {
 		return nil
 	}
 	t.done = true
+	for _, tm := range t.retiring {
+		tm.Stop()
+	}
 	err := t.be.close()
 	t.routes = map[netip.Prefix]bool{}
 	return errors.Join(err, t.tunNS.Close(), t.sockNS.Close())

@@ -112,8 +112,9 @@ type NodeInfo struct {
 type KeyRotation struct {
 	Generation int64
 	PublicKey  string   // the node's new WireGuard public key
-	Took       string   // until every other ready node acknowledged it
+	Took       string   // until every other ready node acknowledged it and has a session under it
 	Missing    []string `json:",omitempty"` // nodes that had not acknowledged in time
+	NoSession  []string `json:",omitempty"` // nodes that acknowledged but had no session under it in time
 }
 
 // ClusterInfo is the reply of GET /pier/v1/cluster.

@@ -53,13 +53,23 @@ func Unpin(execRoot string) {
 
 // Host is what a test host for a real stack is made of: a fresh pinned network
 // namespace (loopback up), data and exec roots in a temp dir, a resolv.conf and a
-// logger that reports warnings to t.Log.
+// logger that reports warnings (or PIER_TEST_LOG's level) to t.Log.
 type Host struct {
 	NetNS      string // the namespace's pinned path
 	DataRoot   string
 	ExecRoot   string
 	ResolvConf string
 	Logger     *slog.Logger
+}
+
+// logLevel is the hosts' log level: warnings, or what PIER_TEST_LOG names (debug,
+// info) when a test's story is needed.
+func logLevel() slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(os.Getenv("PIER_TEST_LOG"))); err != nil {
+		return slog.LevelWarn
+	}
+	return l
 }
 
 // NewHost builds a Host whose resolv.conf holds resolvConf; all of it is removed when
@@ -69,7 +79,7 @@ func NewHost(t testing.TB, resolvConf string) Host {
 	path, _ := nstest.NewPinned(t)
 	dir := t.TempDir()
 	h := Host{NetNS: path, DataRoot: filepath.Join(dir, "data"), ExecRoot: filepath.Join(dir, "exec"),
-		ResolvConf: filepath.Join(dir, "resolv.conf"), Logger: nstest.Log(t, slog.LevelWarn)}
+		ResolvConf: filepath.Join(dir, "resolv.conf"), Logger: nstest.Log(t, logLevel())}
 	if err := os.WriteFile(h.ResolvConf, []byte(resolvConf), 0o644); err != nil {
 		t.Fatal(err)
 	}
