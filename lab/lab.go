@@ -430,9 +430,15 @@ func alive(pid int) bool {
 	if err != nil {
 		return false
 	}
-	// A zombie is not running.
+	// A zombie is not running, unless it is a thread-group leader whose other
+	// threads are still exiting: they hold its files (the listening sockets a
+	// restarted pierd binds again) until the last one is gone.
 	f := strings.Fields(string(b))
-	return len(f) > 2 && f[2] != "Z"
+	if len(f) > 2 && f[2] != "Z" {
+		return true
+	}
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	return err == nil && len(tasks) > 1
 }
 
 func tail(path string) string {

@@ -38,7 +38,8 @@
 // cannot share AllowedIPs, so a peer cannot know a host's old and new key at once.
 // TestRotation measures the two orders with a UDP flow (a datagram every 5 ms) and a
 // TCP stream from A to B, with the two steps 50 ms apart as an acknowledgement through
-// etcd would make them (wireguard-go, 3 runs each):
+// etcd would make them (wireguard-go, 3 runs each; PIER_TEST_ROTATION_ORDERS=all
+// runs every order, the suite only the baseline and pier's):
 //
 //   - key-first (A's SetPrivateKey, then B's SetPeers with A's new public key), B's
 //     entry for A with a persistent keepalive: 0 datagrams lost, also over 10

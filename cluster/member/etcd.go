@@ -2,9 +2,11 @@ package member
 
 import (
 	"context"
+	"errors"
 	"net/url"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -74,7 +76,7 @@ func startEtcd(ctx context.Context, dir string, st state, o Options, zl *zap.Log
 	if o.ElectionMs != 0 {
 		cfg.ElectionMs = o.ElectionMs
 	}
-	e, err := embed.StartEtcd(cfg)
+	e, err := startBinding(ctx, cfg)
 	if err != nil {
 		return nil, errdefs.Unavailable("starting embedded etcd member %q on %s: %w", st.Name, st.clientURL(), err)
 	}
@@ -97,3 +99,28 @@ func (m *etcdMember) close() { m.e.Close() }
 
 // id is the member's etcd ID.
 func (m *etcdMember) id() uint64 { return uint64(m.e.Server.MemberID()) }
+
+// bindWait is how long startBinding retries while the member's ports are still held:
+// a pierd restarted at once after a crash or stop can find its predecessor's threads
+// still exiting, holding the listening sockets for a moment.
+const bindWait = 5 * time.Second
+
+// startBinding starts the member, retrying while its addresses are in use.
+func startBinding(ctx context.Context, cfg *embed.Config) (*embed.Etcd, error) {
+	deadline := time.Now().Add(bindWait)
+	for {
+		e, err := embed.StartEtcd(cfg)
+		if err == nil || !addrInUse(err) || time.Now().After(deadline) {
+			return e, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func addrInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}

@@ -351,3 +351,41 @@ func TestResumeRefusesOtherAdvertise(t *testing.T) {
 		t.Fatalf("Init with another advertise address: %v, want a conflict", err)
 	}
 }
+
+// TestResumeWaitsForItsPortsToBeFreed: a member restarted while its predecessor still
+// holds the peer port (a pierd whose threads are still exiting) starts once the port
+// is free, and gives up with the bind error when it stays taken.
+func TestResumeWaitsForItsPortsToBeFreed(t *testing.T) {
+	o := testOptions(t, "a")
+	m, err := Init(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	peerAddr := "127.0.0.1:" + strconv.Itoa(o.PeerPort)
+	ln, err := net.Listen("tcp", peerAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := time.AfterFunc(500*time.Millisecond, func() { ln.Close() })
+	defer held.Stop()
+	start := time.Now()
+	m2 := startInit(t, o)
+	if d := time.Since(start); d < 400*time.Millisecond {
+		t.Fatalf("started after %v while the peer port was held for 500ms", d)
+	}
+	if err := putGet(t.Context(), client(t, m2.ClientConfig()), "/k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	m2.Close()
+
+	ln, err = net.Listen("tcp", peerAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, err = Init(t.Context(), o)
+	if err == nil || !strings.Contains(err.Error(), "address already in use") || !errdefs.Is(err, errdefs.KindUnavailable) {
+		t.Fatalf("Init with the peer port taken for good: %v, want an Unavailable bind error", err)
+	}
+}
