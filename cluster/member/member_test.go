@@ -379,11 +379,11 @@ func TestResumeWaitsForItsPortsToBeFreed(t *testing.T) {
 	}
 	m2.Close()
 
-	ln, err = net.Listen("tcp", peerAddr)
+	taken, err := net.Listen("tcp", peerAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	defer taken.Close()
 	_, err = Init(t.Context(), o)
 	if err == nil || !strings.Contains(err.Error(), "address already in use") || !errdefs.Is(err, errdefs.KindUnavailable) {
 		t.Fatalf("Init with the peer port taken for good: %v, want an Unavailable bind error", err)
