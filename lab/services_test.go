@@ -36,9 +36,11 @@ func TestLabServiceSurvivesTaskHostDeath(t *testing.T) {
 		t.Fatal(err)
 	}
 	to := netip.AddrPortFrom(vip.Addr(), 80).String()
-	// Per request: long enough for one SYN retransmission (Linux resends after 1 s), so
-	// a SYN dropped by a machine under load is not taken for a dead task.
-	const timeout = 1500 * time.Millisecond
+	// Per request: long enough for two SYN retransmissions (Linux resends after 1 s and
+	// 3 s), so SYNs dropped by a machine under load (CI runs packages side by side) are
+	// not taken for a dead task; a request sent to the dead task fails however long it
+	// waits.
+	const timeout = 3500 * time.Millisecond
 	ask := func() (string, error) {
 		c, err := netlab.Dial(t, client, "tcp4", to, timeout)
 		if err != nil {

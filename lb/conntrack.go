@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -23,6 +24,20 @@ type Conntrack struct {
 // from one of backends. The kernel has no filtered delete: the table is dumped and
 // matching entries deleted one by one.
 func (c *Conntrack) DeleteUDP(vip netip.Addr, backends []netip.Addr) (uint, error) {
+	return c.delete(staleFlows{vip: vip, backends: backends})
+}
+
+// DeleteStale deletes what DeleteUDP does and also the entries of DNATed TCP flows to
+// backends that never answered (SYN_SENT): a dead backend's. Such an entry keeps its
+// DNAT for two minutes, so a SYN retransmitted on it, or a new connection that
+// happens to get the same source port, would go to the dead backend again; without
+// the entry it is balanced anew. Answered TCP flows are left alone: deleting their
+// entries would only have the next segment balanced elsewhere and reset.
+func (c *Conntrack) DeleteStale(vip netip.Addr, backends []netip.Addr) (uint, error) {
+	return c.delete(staleFlows{vip: vip, backends: backends, tcp: true})
+}
+
+func (c *Conntrack) delete(f staleFlows) (uint, error) {
 	if c.h == nil {
 		h, err := c.open()
 		if err != nil {
@@ -30,7 +45,7 @@ func (c *Conntrack) DeleteUDP(vip netip.Addr, backends []netip.Addr) (uint, erro
 		}
 		c.h = h
 	}
-	n, err := c.h.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, udpFlows{vip, backends})
+	n, err := c.h.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f)
 	if err != nil {
 		c.Close()
 		return n, fmt.Errorf("deleting conntrack entries: %w", err)
@@ -53,14 +68,22 @@ func (c *Conntrack) Close() {
 	}
 }
 
-type udpFlows struct {
+type staleFlows struct {
 	vip      netip.Addr
 	backends []netip.Addr
+	tcp      bool // also TCP flows in SYN_SENT
 }
 
 // MatchConntrackFlow implements netlink.CustomConntrackFilter.
-func (f udpFlows) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
-	if flow.Forward.Protocol != unix.IPPROTO_UDP {
+func (f staleFlows) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
+	switch flow.Forward.Protocol {
+	case unix.IPPROTO_UDP:
+	case unix.IPPROTO_TCP:
+		info, ok := flow.ProtoInfo.(*netlink.ProtoInfoTCP)
+		if !f.tcp || !ok || info.State != nl.TCP_CONNTRACK_SYN_SENT {
+			return false
+		}
+	default:
 		return false
 	}
 	dst, ok1 := netip.AddrFromSlice(flow.Forward.DstIP)

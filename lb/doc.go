@@ -25,9 +25,13 @@
 // elements and its chain (flushed and rewritten: O(its backends)). Removing a backend
 // deletes the sticky entries that point at it and, after the batch, the UDP conntrack
 // entries of flows from this namespace to it through the VIP (they would otherwise
-// keep going to a removed backend while the client keeps its port, kubernetes#125467).
-// TCP flows are left alone: removing a backend gracefully is the caller's business
-// (withdraw it, let its connections finish, then remove it).
+// keep going to a removed backend while the client keeps its port, kubernetes#125467),
+// and those of TCP flows it never answered (SYN_SENT: a dead backend's; the entry
+// keeps its DNAT two minutes, so a retransmitted SYN, or a new connection that drew
+// the same source port, went to the dead backend again: one in ~4 runs of
+// lab/TestLabServiceSurvivesTaskHostDeath). Answered TCP flows are left alone:
+// removing a backend gracefully is the caller's business (withdraw it, let its
+// connections finish, then remove it).
 //
 // A batch the kernel rejects leaves the table in an unknown state: the Table drops its
 // connection and the next change rewrites the whole table (delete and re-create in

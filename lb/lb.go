@@ -91,10 +91,6 @@ func (s Service) equalDispatch(o Service) bool {
 	return s.VIP == o.VIP && slices.Equal(s.Ports, o.Ports)
 }
 
-func (s Service) balancesUDP() bool {
-	return len(s.Ports) == 0 || slices.ContainsFunc(s.Ports, func(p Port) bool { return p.Proto == "udp" })
-}
-
 func (s Service) equalChain(o Service) bool {
 	return s.Sticky == o.Sticky && slices.Equal(s.Backends, o.Backends)
 }
@@ -127,9 +123,9 @@ type Table struct {
 // kernel is the Table's seam: a lasting nftables connection and the conntrack table.
 // Both are called with Table.mu held.
 type kernel struct {
-	dial      func() (conn, error)
-	deleteUDP func(vip netip.Addr, backends []netip.Addr) (uint, error)
-	close     func() // releases what deleteUDP keeps open
+	dial        func() (conn, error)
+	deleteStale func(vip netip.Addr, backends []netip.Addr) (uint, error)
+	close       func() // releases what deleteStale keeps open
 }
 
 // New returns a Table for opts.NetNS. It does not touch the kernel until the first
@@ -141,9 +137,9 @@ func New(_ context.Context, opts Options) (*Table, error) {
 	ns := opts.NetNS
 	ct := &Conntrack{NS: ns}
 	return newTable(kernel{
-		dial:      func() (conn, error) { return dialAt(ns) },
-		deleteUDP: ct.DeleteUDP,
-		close:     ct.Close,
+		dial:        func() (conn, error) { return dialAt(ns) },
+		deleteStale: ct.DeleteStale,
+		close:       ct.Close,
 	}, opts.Logger), nil
 }
 
@@ -332,28 +328,26 @@ func (t *Table) dropConnLocked() error {
 	return err
 }
 
-// flushRemoved deletes the UDP conntrack entries of flows through old's VIP to
-// backends that the new state no longer has behind the same VIP. Errors are logged:
-// the batch has landed and the flows time out by themselves.
+// flushRemoved deletes the conntrack entries of UDP flows, and of TCP flows never
+// answered, through old's VIP to backends that the new state no longer has behind
+// the same VIP (Conntrack.DeleteStale). Errors are logged: the batch has landed and
+// the flows time out by themselves.
 func (t *Table) flushRemoved(old, now Service) {
-	if !old.balancesUDP() {
-		return
-	}
 	var gone []netip.Addr
 	for _, b := range old.Backends {
 		if now.VIP != old.VIP || !slices.Contains(now.Backends, b) {
 			gone = append(gone, b)
 		}
 	}
-	if len(gone) == 0 || t.k.deleteUDP == nil {
+	if len(gone) == 0 || t.k.deleteStale == nil {
 		return
 	}
-	n, err := t.k.deleteUDP(old.VIP, gone)
+	n, err := t.k.deleteStale(old.VIP, gone)
 	if err != nil {
-		t.log.Warn("deleting UDP flows to removed backends", "service", old.ID, "vip", old.VIP, "err", err)
+		t.log.Warn("deleting flows to removed backends", "service", old.ID, "vip", old.VIP, "err", err)
 		return
 	}
 	if n > 0 {
-		t.log.Debug("deleted UDP flows to removed backends", "service", old.ID, "flows", n)
+		t.log.Debug("deleted flows to removed backends", "service", old.ID, "flows", n)
 	}
 }

@@ -335,3 +335,47 @@ func TestListeningSeesTCPListenersAndBoundUDP(t *testing.T) {
 		t.Fatal("a UDP socket bound to 53 is not seen as 53/udp only")
 	}
 }
+
+// TestRemovedBackendsUnansweredTCPFlowsAreForgotten: a SYN to a backend that never
+// answers leaves a conntrack entry (SYN_SENT, two minutes) that keeps its DNAT. Once
+// the backend is removed, a connection from the same source port (a retransmission,
+// or a new connection that got the port again) is balanced anew, not sent to the dead
+// backend.
+func TestRemovedBackendsUnansweredTCPFlowsAreForgotten(t *testing.T) {
+	r := newRig(t)
+	ctx := t.Context()
+	dead := netip.MustParseAddr("10.1.0.50") // no host: its ARP fails, SYNs vanish
+	svc := Service{ID: "web", VIP: vip, Ports: []Port{{"tcp", 80}}, Backends: []netip.Addr{dead}}
+	if err := r.tbl.Set(ctx, svc); err != nil {
+		t.Fatal(err)
+	}
+	dial := func(timeout time.Duration) (string, error) {
+		var line string
+		var err error
+		nstest.Do(t, r.client.Handle, func() {
+			d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: net.IPv4(10, 1, 0, 10), Port: 40000},
+				Control: func(_, _ string, c syscall.RawConn) error {
+					return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
+				}}
+			var c net.Conn
+			if c, err = d.Dial("tcp4", vip.String()+":80"); err != nil {
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			line, err = bufio.NewReader(c).ReadString('\n')
+		})
+		return line, err
+	}
+	if _, err := dial(300 * time.Millisecond); err == nil {
+		t.Fatal("a connection to the dead backend succeeded")
+	}
+	svc.Backends = r.addrs("b1")
+	if err := r.tbl.Set(ctx, svc); err != nil {
+		t.Fatal(err)
+	}
+	line, err := dial(2 * time.Second)
+	if err != nil || !strings.HasPrefix(line, "b1 ") {
+		t.Fatalf("from the same source port after the dead backend's removal: %q, %v; want b1 (a stale SYN_SENT entry?)", line, err)
+	}
+}
